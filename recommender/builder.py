@@ -1,0 +1,310 @@
+"""Build (or update) a catalogue index: stream photos through the extractor, checkpointing as it goes.
+
+Work is saved in chunks to a ``.<out>.partial`` directory beside the output; each chunk's vectors
+are written before the small JSON file that marks the chunk complete, so after Ctrl-C, ``kill`` or
+a power cut the same command resumes at the last finished chunk. Memory stays flat: chunks are
+memory-mapped when the final ``vectors.npy`` is assembled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
+from .features import FeatureExtractor
+from .images import ImageDecodeError, load_image
+from .index import (
+    MANIFEST,
+    PRODUCTS,
+    SKIPPED,
+    VECTORS,
+    CatalogueIndex,
+    check_model_matches,
+    load_index,
+    make_manifest,
+    swap_into_place,
+    temporary_sibling,
+    write_json_atomic,
+    write_products,
+    write_skipped,
+)
+
+STATE = "state.json"
+
+
+class BuildError(RuntimeError):
+    """The index cannot be built as asked; the message says why."""
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for the operator's summary."""
+
+    out_dir: Path
+    count: int = 0
+    extracted: int = 0
+    reused: int = 0
+    resumed: int = 0
+    removed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def partial_dir_for(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class _Checkpoint:
+    """Chunks of finished work in the partial directory, valid only for one model + catalogue root."""
+
+    def __init__(self, directory: Path, identity: dict[str, Any]) -> None:
+        self.directory = directory
+        self.identity = identity
+        self.chunks: list[dict[str, Any]] = []
+
+    def open(self) -> None:
+        """Resume matching earlier work, or start clean when there is none or it is for another model."""
+        state_path = self.directory / STATE
+        if state_path.is_file():
+            try:
+                same = json.loads(state_path.read_text(encoding="utf-8")) == self.identity
+            except (OSError, ValueError):
+                same = False
+            if same:
+                self.chunks = self._read_chunks()
+                return
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+        try:
+            self.directory.mkdir(parents=True)
+            write_json_atomic(self.directory / STATE, self.identity)
+        except OSError as exc:
+            raise BuildError(f"Cannot write to {self.directory.parent}: {exc.strerror or exc}") from exc
+
+    def _read_chunks(self) -> list[dict[str, Any]]:
+        chunks = []
+        for meta_path in sorted(self.directory.glob("chunk-*.json")):
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                vectors = np.load(self.directory / meta["vectors"], mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, KeyError):
+                continue  # a chunk cut short by a crash: its images are simply redone
+            if len(vectors) == len(meta["ids"]):
+                chunks.append(meta)
+        return chunks
+
+    def done_ids(self) -> set[str]:
+        return {item_id for chunk in self.chunks for item_id in chunk["ids"]} | {
+            item_id for chunk in self.chunks for item_id, _ in chunk["skipped"]
+        }
+
+    def save(self, ids: list[str], vectors: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+        number = len(self.chunks)
+        name = f"chunk-{number:06d}"
+        _write_npy_atomic(self.directory / f"{name}.npy", vectors.astype(np.float32))
+        meta = {"vectors": f"{name}.npy", "ids": ids, "skipped": [list(s) for s in skipped]}
+        write_json_atomic(self.directory / f"{name}.json", meta)
+        self.chunks.append(meta)
+
+    def vector_sources(self) -> dict[str, tuple[Path, int]]:
+        return {
+            item_id: (self.directory / chunk["vectors"], row)
+            for chunk in self.chunks
+            for row, item_id in enumerate(chunk["ids"])
+        }
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(item_id, reason) for chunk in self.chunks for item_id, reason in chunk["skipped"]]
+
+
+def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: int) -> tuple[list[CatalogueItem], np.ndarray, list[tuple[str, str]]]:
+    good: list[CatalogueItem] = []
+    pixels: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    for item in items:
+        try:
+            pixels.append(load_image(catalogue.images_dir / item.image, size))
+            good.append(item)
+        except ImageDecodeError as exc:
+            skipped.append((item.id, f"{item.image}: {exc}"))
+    array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    return good, array, skipped
+
+
+def _prefetched_batches(catalogue: Catalogue, items: Sequence[CatalogueItem], batch_size: int, size: int) -> Iterator[tuple[list[CatalogueItem], np.ndarray, list[tuple[str, str]]]]:
+    """Decode the next batch on a helper thread while the model works on the current one."""
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending: Future | None = pool.submit(_decode_batch, catalogue, batches[0], size) if batches else None
+        for number in range(len(batches)):
+            assert pending is not None
+            result = pending.result()
+            pending = pool.submit(_decode_batch, catalogue, batches[number + 1], size) if number + 1 < len(batches) else None
+            yield result
+
+
+def build_index(
+    catalogue: Catalogue,
+    out_dir: str | os.PathLike[str],
+    extractor: FeatureExtractor,
+    *,
+    batch_size: int = 32,
+    update: bool = False,
+    checkpoint_every: int = 512,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> BuildReport:
+    """Index ``catalogue`` into ``out_dir`` (atomically replacing what is there).
+
+    With ``update=True`` an existing index is extended: vectors of products already in it are
+    reused, only new photos are extracted, products no longer in the catalogue are dropped.
+    ``on_start(total, already_done)`` and ``on_progress(n)`` drive a progress bar.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir).resolve()
+    if batch_size < 1:
+        raise BuildError("--batch-size must be at least 1")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BuildError(f"Output path {out_dir} exists and is not a directory.")
+    if not os.access(_existing_ancestor(out_dir), os.W_OK):
+        raise BuildError(f"Cannot write to {out_dir}: permission denied.")
+    description = extractor.describe()
+    report = BuildReport(out_dir=out_dir)
+
+    existing: CatalogueIndex | None = None
+    if update:
+        if not (out_dir / MANIFEST).is_file():
+            raise BuildError(f"--update needs an existing index at {out_dir}; build one first (without --update).")
+        existing = load_index(out_dir, mmap=True)
+        check_model_matches(existing.manifest, description)
+    existing_rows = {item_id: row for row, item_id in enumerate(existing.ids())} if existing else {}
+    wanted_ids = {item.id for item in catalogue.items}
+    report.removed = sum(1 for item_id in existing_rows if item_id not in wanted_ids)
+
+    identity = {
+        "model": {key: description[key] for key in ("backbone", "weights_fingerprint", "input_size", "pooling", "dim")},
+        "images_root": str(catalogue.images_dir.resolve()),
+    }
+    checkpoint = _Checkpoint(partial_dir_for(out_dir), identity)
+    checkpoint.open()
+    done = checkpoint.done_ids()
+    todo = [item for item in catalogue.items if item.id not in existing_rows and item.id not in done]
+    report.resumed = sum(1 for item in catalogue.items if item.id in done and item.id not in existing_rows)
+    if on_start:
+        on_start(report.resumed + len(todo), report.resumed)
+
+    pending_ids: list[str] = []
+    pending_vectors: list[np.ndarray] = []
+    pending_skipped: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if pending_ids or pending_skipped:
+            vectors = np.concatenate(pending_vectors) if pending_vectors else np.zeros((0, extractor.dim), np.float32)
+            checkpoint.save(list(pending_ids), vectors, list(pending_skipped))
+            pending_ids.clear(), pending_vectors.clear(), pending_skipped.clear()
+
+    try:
+        for good, pixels, skipped in _prefetched_batches(catalogue, todo, batch_size, extractor.input_size):
+            if len(good):
+                pending_vectors.append(extractor.extract(pixels))
+                pending_ids.extend(item.id for item in good)
+            pending_skipped.extend(skipped)
+            report.extracted += len(good)
+            if on_progress:
+                on_progress(len(good) + len(skipped))
+            if len(pending_ids) + len(pending_skipped) >= checkpoint_every:
+                flush()
+    finally:
+        flush()  # keep finished work on Ctrl-C too
+
+    report.skipped = checkpoint.skipped()
+    _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report)
+    shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _assemble(
+    catalogue: Catalogue,
+    out_dir: Path,
+    description: dict[str, Any],
+    existing: CatalogueIndex | None,
+    existing_rows: dict[str, int],
+    checkpoint: _Checkpoint,
+    report: BuildReport,
+) -> None:
+    """Write the final index to a staging directory in catalogue order, then swap it in."""
+    new_sources = checkpoint.vector_sources()
+    rows = [item for item in catalogue.items if item.id in existing_rows or item.id in new_sources]
+    if not rows:
+        raise BuildError(f"None of the {len(catalogue)} images could be read; nothing to index. See the skipped list above.")
+    staging = temporary_sibling(out_dir, "tmp")
+    staging.mkdir(parents=True)
+    try:
+        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(len(rows), description["dim"]))
+        open_chunks: dict[Path, np.ndarray] = {}
+        for position, item in enumerate(rows):
+            if item.id in existing_rows:
+                assert existing is not None
+                vectors[position] = existing.vectors[existing_rows[item.id]]
+                report.reused += 1
+            else:
+                path, row = new_sources[item.id]
+                if path not in open_chunks:
+                    open_chunks[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+                vectors[position] = open_chunks[path][row]
+        vectors.flush()
+        del vectors, open_chunks
+        label_columns = [column for column in catalogue.columns if column != ID_COLUMN]
+        write_products(
+            staging / PRODUCTS,
+            ({**item.labels, ID_COLUMN: item.id, "image": item.image} for item in rows),
+            [ID_COLUMN, "image", *label_columns],
+        )
+        write_skipped(staging / SKIPPED, report.skipped)
+        extra: dict[str, Any] = {}
+        if existing is not None:
+            extra = {"created_at": existing.manifest.get("created_at"), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = make_manifest(
+            description,
+            count=len(rows),
+            images_root=catalogue.images_dir,
+            catalogue={
+                "styles_csv": str(catalogue.styles_path.resolve()) if catalogue.styles_path else None,
+                "columns": label_columns,
+                "skipped": len(report.skipped),
+                "missing_images": len(catalogue.missing_images),
+                "unlabelled": len(catalogue.unlabelled),
+            },
+            extra=extra,
+        )
+        write_json_atomic(staging / MANIFEST, manifest)
+        swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.count = len(rows)

@@ -1,0 +1,202 @@
+"""The catalogue index on disk: vectors, product table and a self-describing manifest.
+
+Layout of an index directory (no pickle anywhere)::
+
+    manifest.json   what produced the vectors (backbone, weights fingerprint, ...), counts, dates
+    vectors.npy     float32 (N, dim), L2-normalised, row i = products.csv row i
+    products.csv    id, image (relative to manifest["images_root"]), then the styles.csv columns
+    skipped.csv     images that could not be read at build time, with the reason
+
+Indexes are written to a temporary sibling directory and swapped in with renames, so a running
+bot never reads a half-written index.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+PRODUCTS = "products.csv"
+SKIPPED = "skipped.csv"
+#: Keys that must agree between an index and the extractor that queries it.
+MODEL_KEYS = ("backbone", "weights_fingerprint", "input_size", "pooling", "dim")
+
+
+class CatalogueIndexError(RuntimeError):
+    """Any problem with an index directory; the message tells the operator what to do."""
+
+
+class IndexNotFoundError(CatalogueIndexError):
+    """No index at the given directory."""
+
+
+class IndexCorruptError(CatalogueIndexError):
+    """The index directory exists but its files are missing, unreadable or inconsistent."""
+
+
+class ModelMismatchError(CatalogueIndexError):
+    """The extractor asked for does not produce the features stored in the index."""
+
+
+@dataclass
+class CatalogueIndex:
+    """An index loaded in memory: vectors, product rows and the manifest that describes them."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    vectors: np.ndarray
+    products: list[dict[str, str]]
+    columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    @property
+    def images_root(self) -> Path:
+        return Path(self.manifest.get("images_root", ""))
+
+    def image_path(self, row: int) -> Path:
+        """Absolute path of a product's catalogue photo."""
+        return self.images_root / self.products[row]["image"]
+
+    def ids(self) -> list[str]:
+        return [product["id"] for product in self.products]
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_products(path: Path, products: Iterable[Mapping[str, str]], columns: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for product in products:
+            writer.writerow(product)
+
+
+def read_products(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [dict(row) for row in reader]
+        return rows, list(reader.fieldnames or [])
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "reason"])
+        writer.writerows(skipped)
+
+
+def make_manifest(
+    extractor_description: Mapping[str, Any],
+    *,
+    count: int,
+    images_root: Path,
+    catalogue: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        **dict(extractor_description),
+        "count": int(count),
+        "images_root": str(Path(images_root).resolve()),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "catalogue": dict(catalogue or {}),
+    }
+    manifest.update(extra or {})
+    return manifest
+
+
+def temporary_sibling(directory: Path, tag: str) -> Path:
+    return directory.with_name(f".{directory.name}.{tag}-{os.getpid()}-{int(time.time() * 1000)}")
+
+
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the fully written ``staging`` directory.
+
+    The old index is renamed aside first and removed only after the new one is in place, so an
+    index is always present except for the instant between two renames.
+    """
+    old: Path | None = None
+    if target.exists():
+        old = temporary_sibling(target, "old")
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> CatalogueIndex:
+    """Load and validate an index directory; raise a clear error if anything is off."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise IndexNotFoundError(
+            f"No catalogue index at {directory} (no {MANIFEST}). Build one with: "
+            f"python scripts/build_index.py --images DIR --out {directory}"
+        )
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"The index manifest {manifest_path} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexCorruptError(
+            f"{manifest_path} has format version {manifest.get('format_version') if isinstance(manifest, dict) else '?'};"
+            f" this program reads version {FORMAT_VERSION}. Rebuild the index."
+        )
+    missing = [key for key in (*MODEL_KEYS, "backbone", "weights", "count") if key not in manifest]
+    if missing:
+        raise IndexCorruptError(f"{manifest_path} lacks {', '.join(sorted(set(missing)))}. Rebuild the index.")
+    try:
+        vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
+        products, columns = read_products(directory / PRODUCTS)
+    except (OSError, ValueError, csv.Error) as exc:
+        raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != manifest["dim"]:
+        raise IndexCorruptError(
+            f"{directory / VECTORS} holds {vectors.dtype} {vectors.shape}, expected float32 (N, {manifest['dim']})."
+        )
+    if not (len(vectors) == len(products) == manifest["count"]):
+        raise IndexCorruptError(
+            f"The index at {directory} is inconsistent: {len(vectors)} vectors, {len(products)} products,"
+            f" manifest says {manifest['count']}. Rebuild it."
+        )
+    if "id" not in columns or "image" not in columns:
+        raise IndexCorruptError(f"{directory / PRODUCTS} lacks the id/image columns. Rebuild the index.")
+    return CatalogueIndex(directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns)
+
+
+def check_model_matches(manifest: Mapping[str, Any], description: Mapping[str, Any]) -> None:
+    """Refuse an extractor whose features would not be comparable with the index's."""
+    different = [key for key in MODEL_KEYS if manifest.get(key) != description.get(key)]
+    if different:
+        details = "; ".join(f"{key}: index={manifest.get(key)!r}, requested={description.get(key)!r}" for key in different)
+        raise ModelMismatchError(
+            "The requested model does not match the one this index was built with "
+            f"({details}). Query with the index's own model (the default) or rebuild the index."
+        )

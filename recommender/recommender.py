@@ -1,0 +1,159 @@
+"""The public face of the engine: load an index once, answer "what looks like this photo?"."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Mapping, Sequence, Union
+
+import numpy as np
+
+from .catalogue import display_name
+from .features import FeatureExtractor, normalize_weights_option
+from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from .index import CatalogueIndex, ModelMismatchError, check_model_matches, load_index
+from .search import ExactSearcher
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+#: Label columns shown under a product's name, in this order, when the catalogue has them.
+CAPTION_COLUMNS = ("articleType", "baseColour", "gender")
+
+
+@dataclass(frozen=True)
+class Match:
+    """One recommended product."""
+
+    rank: int
+    row: int
+    id: str
+    score: float
+    display_name: str
+    image_path: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def caption(self) -> str:
+        """Display name plus category and colour, e.g. "Puma Men Red Jersey\nTshirts · Red · Men"."""
+        details = " · ".join(self.labels[c] for c in CAPTION_COLUMNS if self.labels.get(c))
+        return f"{self.display_name}\n{details}" if details else self.display_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(self.score, 6), **{k: v for k, v in self.labels.items() if k != "id"}}
+
+
+def extractor_for_index(
+    manifest: Mapping[str, Any],
+    backbone: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> FeatureExtractor:
+    """The extractor recorded in the manifest, or an explicit override (checked later against it)."""
+    chosen_backbone = backbone or manifest["backbone"]
+    chosen_weights = normalize_weights_option(weights) if weights is not None else manifest["weights"]
+    return FeatureExtractor(
+        backbone=chosen_backbone,
+        weights=chosen_weights,
+        input_size=int(manifest.get("input_size", 224)),
+        pooling=str(manifest.get("pooling", "avg")),
+    )
+
+
+class Recommender:
+    """Finds the catalogue products most similar to an image.
+
+    ``Recommender(index_dir).load()`` reads the index, builds the model the index was built with
+    (or the ``backbone``/``weights`` override, refused if its features would not match) and fits
+    the search structure once. ``recommend`` is then safe to call from one worker thread.
+    """
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str],
+        *,
+        backbone: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.index_dir = Path(index_dir)
+        self.backbone = backbone
+        self.weights = weights
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.index: CatalogueIndex | None = None
+        self.extractor: FeatureExtractor | None = None
+        self.searcher: ExactSearcher | None = None
+
+    def load(self) -> "Recommender":
+        index = load_index(self.index_dir)
+        extractor = extractor_for_index(index.manifest, self.backbone, self.weights)
+        if extractor.backbone != index.manifest["backbone"]:
+            raise ModelMismatchError(
+                f"The index at {self.index_dir} was built with backbone {index.manifest['backbone']!r},"
+                f" not {extractor.backbone!r}. Query with the index's own model or rebuild the index."
+            )
+        extractor.load()
+        check_model_matches(index.manifest, extractor.describe())
+        self.index, self.extractor = index, extractor
+        self.searcher = ExactSearcher().fit(index.vectors)
+        return self
+
+    @property
+    def manifest(self) -> Mapping[str, Any]:
+        return self._loaded()[0].manifest
+
+    def __len__(self) -> int:
+        return len(self._loaded()[0])
+
+    def _loaded(self) -> tuple[CatalogueIndex, FeatureExtractor, ExactSearcher]:
+        if self.index is None or self.extractor is None or self.searcher is None:
+            raise RuntimeError("Recommender.load() must be called first")
+        return self.index, self.extractor, self.searcher
+
+    def prepare(self, image: ImageSource) -> np.ndarray:
+        """Decode one image into model input; raises :class:`ImageDecodeError` for bad input."""
+        _, extractor, _ = self._loaded()
+        return load_image(image, extractor.input_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Prepared ``(N, S, S, 3)`` images → query vectors in the index's space."""
+        return self._loaded()[1].extract(pixels)
+
+    def search(self, vectors: np.ndarray, k: int = 5, offset: int = 0) -> list[list[Match]]:
+        """Ranked matches ``offset .. offset+k-1`` for each query vector."""
+        index, _, searcher = self._loaded()
+        rows, scores = searcher.search(vectors, k + offset)
+        return [
+            [self._match(offset + rank, int(row), float(score), index) for rank, (row, score) in enumerate(zip(r[offset:], s[offset:]))]
+            for r, s in zip(rows, scores)
+        ]
+
+    def recommend(self, image: ImageSource, k: int = 5, offset: int = 0) -> list[Match]:
+        """The ``k`` most similar products (skipping the first ``offset``), best first."""
+        return self.search(self.embed(self.prepare(image)[None]), k, offset)[0]
+
+    def recommend_many(
+        self, images: Sequence[ImageSource], k: int = 5, offset: int = 0
+    ) -> list[list[Match] | ImageDecodeError]:
+        """Answer several images with one forward pass; a bad image yields its error in place."""
+        prepared: list[np.ndarray | ImageDecodeError] = []
+        for image in images:
+            try:
+                prepared.append(self.prepare(image))
+            except ImageDecodeError as exc:
+                prepared.append(exc)
+        good = [p for p in prepared if isinstance(p, np.ndarray)]
+        answers = iter(self.search(self.embed(np.stack(good)), k, offset) if good else [])
+        return [p if isinstance(p, ImageDecodeError) else next(answers) for p in prepared]
+
+    def _match(self, rank: int, row: int, score: float, index: CatalogueIndex) -> Match:
+        product = index.products[row]
+        labels = {key: value for key, value in product.items() if key != "image" and value}
+        return Match(
+            rank=rank,
+            row=row,
+            id=product["id"],
+            score=score,
+            display_name=display_name(product),
+            image_path=index.image_path(row),
+            labels=labels,
+        )

@@ -1,0 +1,86 @@
+"""Exact nearest-neighbour search over L2-normalised vectors.
+
+Batches go through scikit-learn's ``NearestNeighbors`` (fitted once, at load). A single query
+(what the bot sends) takes a float32 matrix-vector product plus ``argpartition`` instead: for one
+query ``kneighbors`` pays 70-170 ms of per-call overhead and float64 up-casting on 44k x 2048
+vectors, the product a few milliseconds. Both return the same neighbours (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+#: Below this many queries the matrix-product path is faster than ``kneighbors``.
+BATCH_THRESHOLD = 16
+
+
+class ExactSearcher:
+    """Cosine-similarity search; ``search`` returns ``(rows, similarities)``, best first."""
+
+    def __init__(self, batch_threshold: int = BATCH_THRESHOLD) -> None:
+        self.batch_threshold = batch_threshold
+        self._vectors: np.ndarray | None = None
+        self._neighbors: NearestNeighbors | None = None
+
+    def fit(self, vectors: np.ndarray) -> "ExactSearcher":
+        self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._neighbors = NearestNeighbors(algorithm="brute", metric="euclidean").fit(self._vectors)
+        return self
+
+    @property
+    def size(self) -> int:
+        return 0 if self._vectors is None else len(self._vectors)
+
+    def search(self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows and cosine similarities for each query (``(Q, k)`` arrays).
+
+        ``exclude`` (one row number per query, or -1) removes that catalogue row from the query's
+        results, e.g. the query item itself in leave-one-out evaluation.
+        """
+        if self._vectors is None or self._neighbors is None:
+            raise RuntimeError("ExactSearcher.search called before fit")
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        wanted = min(k + (1 if exclude is not None else 0), self.size)
+        if len(queries) < self.batch_threshold:
+            rows, similarities = self._search_matmul(queries, wanted)
+        else:
+            rows, similarities = self._search_sklearn(queries, wanted)
+        if exclude is not None:
+            rows, similarities = _drop_excluded(rows, similarities, np.asarray(exclude), k)
+        return rows[:, :k], similarities[:, :k]
+
+    def search_sklearn(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Always through ``NearestNeighbors`` (the reference the fast path is tested against)."""
+        assert self._neighbors is not None
+        return self._search_sklearn(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32), min(k, self.size))
+
+    def _search_sklearn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._neighbors is not None
+        distances, rows = self._neighbors.kneighbors(queries, n_neighbors=k)
+        # For unit vectors: |a - b|^2 = 2 - 2 cos(a, b).
+        similarities = (1.0 - np.square(distances) / 2.0).astype(np.float32)
+        return rows.astype(np.int64), similarities
+
+    def _search_matmul(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._vectors is not None
+        scores = queries @ self._vectors.T
+        if k < scores.shape[1]:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(scores.shape[1]), (len(scores), scores.shape[1]))
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        rows = np.take_along_axis(top, order, axis=1).astype(np.int64)
+        return rows, np.take_along_axis(top_scores, order, axis=1)
+
+
+def _drop_excluded(rows: np.ndarray, similarities: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = rows != exclude.reshape(-1, 1)
+    width = int(min(k, keep.sum(axis=1).min(initial=k)))
+    out_rows = np.empty((len(rows), width), dtype=rows.dtype)
+    out_sims = np.empty(out_rows.shape, dtype=similarities.dtype)
+    for i in range(len(rows)):
+        out_rows[i] = rows[i][keep[i]][:width]
+        out_sims[i] = similarities[i][keep[i]][:width]
+    return out_rows, out_sims

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Index a product catalogue for the bot.
+
+    python scripts/build_index.py --images DIR [--styles CSV] --out DIR
+        [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update]
+
+Interrupted builds resume where they stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts._cli import fail, run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from recommender.features import BACKBONES
+
+    parser = argparse.ArgumentParser(description="Build a catalogue index of product photos for the bot.")
+    parser.add_argument("--images", required=True, type=Path, help="folder of product photos (Kaggle: images/)")
+    parser.add_argument("--styles", type=Path, help="styles.csv with an 'id' column matching the file names")
+    parser.add_argument("--out", required=True, type=Path, help="index directory to create or replace")
+    parser.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES), help="feature model (default resnet50)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (Keras downloads them once; needs internet), 'none' (random, for tests) or a .h5 weights file",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
+    parser.add_argument("--checkpoint-every", type=int, default=512, help="save progress every N images (default 512)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    from recommender import FeatureExtractor, build_index, load_catalogue
+
+    catalogue = load_catalogue(args.images, args.styles)
+    print(f"Catalogue: {len(catalogue)} images in {args.images}" + (f", labels from {args.styles}" if args.styles else ""))
+    if catalogue.missing_images:
+        print(f"  note: {len(catalogue.missing_images)} styles.csv rows have no image (e.g. {', '.join(catalogue.missing_images[:5])})")
+    if catalogue.unlabelled:
+        print(f"  note: {len(catalogue.unlabelled)} images have no styles.csv row (indexed without labels)")
+    extractor = FeatureExtractor(args.backbone, args.weights)
+    print(f"Loading {args.backbone} ({extractor.weights_source} weights)...")
+    extractor.load()
+
+    bar: tqdm | None = None
+
+    def on_start(total: int, done: int) -> None:
+        nonlocal bar
+        if done:
+            print(f"Resuming an interrupted build: {done} images already done.")
+        bar = tqdm(total=total, initial=done, unit="img", desc="Extracting", disable=args.quiet, smoothing=0.1)
+
+    try:
+        report = build_index(
+            catalogue,
+            args.out,
+            extractor,
+            batch_size=args.batch_size,
+            update=args.update,
+            checkpoint_every=args.checkpoint_every,
+            on_start=on_start,
+            on_progress=lambda n: bar.update(n) if bar else None,
+        )
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        fail("interrupted. Finished work is saved; run the same command again to resume.", code=130)
+    if bar:
+        bar.close()
+    rate = report.extracted / report.seconds if report.seconds else 0.0
+    print(
+        f"Index written to {report.out_dir}: {report.count} products "
+        f"({report.extracted} extracted at {rate:.1f} img/s, {report.reused} reused, {report.resumed} from checkpoint"
+        f"{f', {report.removed} removed' if report.removed else ''}) in {report.seconds:.1f}s."
+    )
+    if report.skipped:
+        print(f"Skipped {len(report.skipped)} unreadable image(s) (listed in {report.out_dir / 'skipped.csv'}):")
+        for item_id, reason in report.skipped[:20]:
+            print(f"  {item_id}: {reason}")
+        if len(report.skipped) > 20:
+            print(f"  ... and {len(report.skipped) - 20} more")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Check an index before going live: print the most similar products for some photos.
+
+    python scripts/query.py IMAGE [IMAGE ...] --index DIR [--k K] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts._cli import run_cli  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Show the catalogue products most similar to each image.")
+    parser.add_argument("images", nargs="+", help="photos to look up")
+    parser.add_argument("--index", required=True, type=Path, help="index directory built by build_index.py")
+    parser.add_argument("--k", type=int, default=5, help="results per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: image path → ranked results")
+    parser.add_argument("--backbone", help="override the index's backbone (must match it)")
+    parser.add_argument("--weights", help="override where the weights come from (must match the index's)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from recommender import Recommender
+
+    recommender = Recommender(args.index, backbone=args.backbone, weights=args.weights).load()
+    answers = recommender.recommend_many(args.images, k=args.k)
+    failures = 0
+    if args.json:
+        output: dict[str, object] = {}
+        for image, answer in zip(args.images, answers):
+            if isinstance(answer, Exception):
+                failures += 1
+                output[image] = {"error": str(answer)}
+            else:
+                output[image] = [match.to_dict() for match in answer]
+        print(json.dumps(output, indent=2, ensure_ascii=False))
+    else:
+        for image, answer in zip(args.images, answers):
+            print(f"\n{image}")
+            if isinstance(answer, Exception):
+                failures += 1
+                print(f"  error: {answer}")
+                continue
+            print(f"  {'#':>2}  {'score':>6}  {'id':>8}  product")
+            for match in answer:
+                details = match.caption().replace("\n", "  |  ")
+                print(f"  {match.rank + 1:>2}  {match.score:6.3f}  {match.id:>8}  {details}")
+    return 1 if failures == len(args.images) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
