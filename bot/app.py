@@ -1,0 +1,124 @@
+"""Assemble the python-telegram-bot Application and run it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from telegram import Update
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from recommender import CatalogueError, CatalogueIndexError, ModelLoadError, Recommender
+from recommender.builder import BuildError
+
+from . import handlers
+from .config import ConfigError, Settings, load_settings
+from .file_id_cache import FileIdCache
+from .inference import InferenceService
+from .logging_setup import setup_logging
+from .rate_limit import RateLimiter
+from .startup import ensure_index
+
+log = logging.getLogger("bot")
+
+
+async def post_init(application: Application) -> None:
+    """Heavy start-up work, once: load the index and model, warm up, restore the file_id cache."""
+    started = time.perf_counter()
+    settings: Settings = application.bot_data["settings"]
+    recommender = Recommender(
+        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    ).load()
+    inference = InferenceService(recommender, max_batch=settings.max_batch)
+    inference.start()
+    file_ids = FileIdCache(settings.file_id_cache, application.bot.id)
+    await file_ids.load()
+    application.bot_data["runtime"] = handlers.BotRuntime(
+        settings=settings,
+        inference=inference,
+        file_ids=file_ids,
+        catalogue_size=len(recommender),
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+    )
+    await application.bot.set_my_commands([("start", "What this bot does"), ("help", "How to use it")])
+    manifest = recommender.manifest
+    log.info(
+        "Ready: @%s serving %d products (%s, %s weights, %d-d), %d cached photo file_ids; start-up took %.1fs.",
+        application.bot.username, len(recommender), manifest["backbone"], manifest["weights"], manifest["dim"],
+        len(file_ids), time.perf_counter() - started,
+    )
+
+
+async def post_shutdown(application: Application) -> None:
+    runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
+    if runtime is not None:
+        await runtime.file_ids.save()
+        runtime.inference.stop()
+    log.info("Stopped cleanly.")
+
+
+def build_application(settings: Settings) -> Application:
+    """The Application with every handler registered (not started)."""
+    builder = (
+        ApplicationBuilder()
+        .token(settings.token)
+        .concurrent_updates(settings.max_concurrent_updates)
+        .connection_pool_size(max(32, settings.max_concurrent_updates))
+        .read_timeout(30)
+        .write_timeout(30)
+        .media_write_timeout(60)
+        .post_init(post_init)
+        .post_shutdown(post_shutdown)
+    )
+    if settings.api_base_url:
+        builder = builder.base_url(settings.api_base_url)
+    if settings.api_file_url:
+        builder = builder.base_file_url(settings.api_file_url)
+    application = builder.build()
+    application.bot_data["settings"] = settings
+    application.add_handler(TypeHandler(Update, handlers.gate), group=-1)
+    application.add_handler(CommandHandler(["start", "help"], handlers.start))
+    application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, handlers.on_image))
+    application.add_handler(CallbackQueryHandler(handlers.on_more, pattern=r"^more:"))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.on_text))
+    application.add_handler(MessageHandler(filters.COMMAND, handlers.start))
+    application.add_handler(MessageHandler(filters.ALL, handlers.on_other))
+    application.add_error_handler(handlers.on_error)
+    return application
+
+
+def main() -> int:
+    """Entry point of ``python -m bot``: exit status 0 on a clean stop, 2 on operator errors."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.token)
+    try:
+        serving = ensure_index(settings)
+        log.info("Serving the %s.", serving)
+        build_application(settings).run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+    except (CatalogueError, CatalogueIndexError, ModelLoadError, BuildError) as exc:
+        log.error("%s", exc)
+        return 2
+    except InvalidToken:
+        log.error("Telegram rejected TELEGRAM_BOT_TOKEN. Check the token from @BotFather.")
+        return 2
+    except NetworkError as exc:
+        log.error("Cannot reach the Telegram Bot API (%s). Check the network or TELEGRAM_API_BASE_URL.", exc)
+        return 1
+    except TelegramError as exc:
+        log.error("Telegram error at start-up: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,101 @@
+"""Bot settings from environment variables (and a ``.env`` file), validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+#: Telegram lets bots download files up to 20 MB.
+TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names it and says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot reads from its environment. See ``.env.example``."""
+
+    token: str
+    index_dir: Path = Path("data/index")
+    catalogue_dir: Path = Path("data/catalogue")
+    demo_dir: Path = Path("data/demo-catalogue")
+    file_id_cache: Path = Path("data/telegram-file-ids.json")
+    api_base_url: str | None = None
+    api_file_url: str | None = None
+    allowed_user_ids: frozenset[int] = field(default_factory=frozenset)
+    rate_limit_per_minute: int = 20
+    max_image_bytes: int = TELEGRAM_DOWNLOAD_LIMIT
+    max_image_pixels: int = 40_000_000
+    max_concurrent_updates: int = 64
+    max_batch: int = 16
+    index_backbone: str = "resnet50"
+    index_weights: str = "imagenet"
+    log_level: str = "INFO"
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _user_ids(raw: str) -> frozenset[int]:
+    ids = set()
+    for part in raw.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.lstrip("-").isdigit():
+            raise ConfigError(f"ALLOWED_USER_IDS must be comma-separated numeric Telegram user ids; {part!r} is not one.")
+        ids.add(int(part))
+    return frozenset(ids)
+
+
+def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] | None = ".env") -> Settings:
+    """Read settings; values already in the environment win over the ``.env`` file."""
+    if env is None:
+        if dotenv_path and Path(dotenv_path).is_file():
+            load_dotenv(dotenv_path, override=False)
+        env = dict(os.environ)
+    token = env.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if not token:
+        raise ConfigError(
+            "TELEGRAM_BOT_TOKEN is not set. Create a bot with @BotFather, then put "
+            "TELEGRAM_BOT_TOKEN=<token> in the environment or in a .env file (see .env.example)."
+        )
+    if ":" not in token or any(ch.isspace() for ch in token):
+        raise ConfigError("TELEGRAM_BOT_TOKEN does not look like a bot token (expected '<digits>:<secret>' from @BotFather).")
+    log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}.")
+    data = Path(env.get("DATA_DIR", "data"))
+    return Settings(
+        token=token,
+        index_dir=Path(env.get("INDEX_DIR") or data / "index"),
+        catalogue_dir=Path(env.get("CATALOGUE_DIR") or data / "catalogue"),
+        demo_dir=Path(env.get("DEMO_CATALOGUE_DIR") or data / "demo-catalogue"),
+        file_id_cache=Path(env.get("FILE_ID_CACHE") or data / "telegram-file-ids.json"),
+        api_base_url=env.get("TELEGRAM_API_BASE_URL") or None,
+        api_file_url=env.get("TELEGRAM_API_FILE_URL") or None,
+        allowed_user_ids=_user_ids(env.get("ALLOWED_USER_IDS", "")),
+        rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 20),
+        max_image_bytes=_int(env, "MAX_IMAGE_MB", 20, minimum=1) * 1024 * 1024,
+        max_image_pixels=_int(env, "MAX_IMAGE_MEGAPIXELS", 40, minimum=1) * 1_000_000,
+        max_concurrent_updates=_int(env, "MAX_CONCURRENT_UPDATES", 64, minimum=1),
+        max_batch=_int(env, "MAX_BATCH", 16, minimum=1),
+        index_backbone=env.get("INDEX_BACKBONE", "resnet50").strip() or "resnet50",
+        index_weights=env.get("INDEX_WEIGHTS", "imagenet").strip() or "imagenet",
+        log_level=log_level,
+    )

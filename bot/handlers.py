@@ -1,0 +1,265 @@
+"""What the bot says and does for each kind of update."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
+from telegram.constants import ChatAction
+from telegram.error import BadRequest, TelegramError
+from telegram.ext import ApplicationHandlerStop, ContextTypes
+
+from recommender import ImageDecodeError
+
+from .album import send_album
+from .config import TELEGRAM_DOWNLOAD_LIMIT, Settings
+from .file_id_cache import FileIdCache
+from .inference import InferenceService
+from .rate_limit import RateLimiter
+from .retry import with_retries
+
+log = logging.getLogger(__name__)
+
+PAGE = 5
+MAX_RESULTS = 50
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+HELP = (
+    "👋 Send me a photo of a garment, shoe or accessory and I'll show you the 5 most similar "
+    "products from our catalogue.\n\n"
+    "• Send it as a photo, or as a file (JPEG/PNG/WebP) for full quality.\n"
+    "• Several photos at once? I'll answer each one, in order.\n"
+    "• Tap “Next 5” under an answer to see more.\n\n"
+    "/help shows this message again."
+)
+SEND_A_PHOTO = "I can only search with pictures 🙂 Please send a photo of a garment, shoe or accessory."
+TEXT_REPLY = "Send me a photo of a piece of clothing, shoes or an accessory and I'll find similar products. /help explains more."
+FAILED = "Sorry, something went wrong on my side while handling that. Please try again in a moment."
+
+
+@dataclass
+class QuerySession:
+    """A shopper's photo, remembered so "Next 5" does not need to download and embed it again."""
+
+    vector: np.ndarray
+    file_id: str
+
+
+@dataclass
+class BotRuntime:
+    """Everything handlers share, created once at start-up (``post_init``)."""
+
+    settings: Settings
+    inference: InferenceService
+    file_ids: FileIdCache
+    catalogue_size: int
+    rate_limiter: RateLimiter
+    sessions: "OrderedDict[str, QuerySession]" = field(default_factory=OrderedDict)
+    max_sessions: int = 5000
+    _chat_tails: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+    def remember(self, session: QuerySession) -> str:
+        token = secrets.token_urlsafe(9)
+        self.sessions[token] = session
+        while len(self.sessions) > self.max_sessions:
+            self.sessions.popitem(last=False)
+        return token
+
+    def reserve_turn(self, chat_id: int) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        """Answers to one chat go out in the order its updates arrived, however long each takes."""
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        previous = self._chat_tails.get(chat_id)
+        self._chat_tails[chat_id] = mine
+        return previous, mine
+
+    def end_turn(self, chat_id: int, mine: asyncio.Future[None]) -> None:
+        if not mine.done():
+            mine.set_result(None)
+        if self._chat_tails.get(chat_id) is mine:
+            del self._chat_tails[chat_id]
+
+
+def runtime_of(context: ContextTypes.DEFAULT_TYPE) -> BotRuntime:
+    return context.application.bot_data["runtime"]
+
+
+async def reply(message: Message, text: str, **kwargs: object) -> Message:
+    return await with_retries(lambda: message.reply_text(text, **kwargs))  # type: ignore[arg-type]
+
+
+async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Runs before every handler: a private bot answers only its allowed users."""
+    allowed = runtime_of(context).settings.allowed_user_ids
+    user = update.effective_user
+    if allowed and (user is None or user.id not in allowed):
+        if update.callback_query:
+            await update.callback_query.answer("This is a private bot.")
+        elif update.effective_message:
+            await reply(update.effective_message, "Sorry, this is a private bot.")
+        raise ApplicationHandlerStop
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.effective_message:
+        await reply(update.effective_message, HELP)
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.effective_message:
+        await reply(update.effective_message, TEXT_REPLY)
+
+
+async def on_other(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Stickers, voice, video, non-image files...: never silence."""
+    if update.effective_message:
+        await reply(update.effective_message, SEND_A_PHOTO)
+
+
+def _image_file(message: Message) -> tuple[str, int | None] | None:
+    """(file_id, size) of the photo's largest version or of an image document."""
+    if message.photo:
+        largest = max(message.photo, key=lambda size: (size.width * size.height, size.file_size or 0))
+        return largest.file_id, largest.file_size
+    document = message.document
+    if document and (
+        (document.mime_type or "").startswith("image/")
+        or Path(document.file_name or "").suffix.lower() in IMAGE_SUFFIXES
+    ):
+        return document.file_id, document.file_size
+    return None
+
+
+async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A photo or image file: answer with an album of the most similar products."""
+    message = update.effective_message
+    if message is None:
+        return
+    runtime = runtime_of(context)
+    found = _image_file(message)
+    if found is None:
+        await on_other(update, context)
+        return
+    chat_id = message.chat_id
+    previous, mine = runtime.reserve_turn(chat_id)  # before any await: keeps arrival order
+    try:
+        wait = runtime.rate_limiter.retry_in(update.effective_user.id if update.effective_user else chat_id)
+        if wait > 0:
+            await _after(previous)
+            await reply(message, f"You're sending photos faster than I can look 🙂 Please try again in {int(wait) + 1} s.")
+            return
+        await _chat_action(context, chat_id)
+        file_id, size = found
+        limit = min(runtime.settings.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT)
+        if size is not None and size > limit:
+            await _after(previous)
+            await reply(message, f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB.")
+            return
+        try:
+            data = await _download(context, file_id)
+            vector = await runtime.inference.embed(data)
+        except ImageDecodeError as exc:
+            await _after(previous)
+            await reply(message, f"I couldn't use that image: {exc} Please send a normal photo (JPEG, PNG or WebP).")
+            return
+        except BadRequest as exc:  # e.g. Telegram's "file is too big" on getFile
+            log.info("getFile refused for chat %s: %s", chat_id, exc)
+            await _after(previous)
+            await reply(message, "I couldn't download that image; it may be too big. Please send a smaller photo.")
+            return
+        matches = await runtime.inference.search(vector, PAGE, 0)
+        await _after(previous)
+        await _send_page(context, runtime, message, chat_id, QuerySession(vector, file_id), matches, 0)
+    finally:
+        runtime.end_turn(chat_id, mine)
+
+
+async def on_more(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The "Next 5" button: the following page of results for the same photo."""
+    query = update.callback_query
+    if query is None or query.message is None or not isinstance(query.message, Message):
+        return
+    runtime = runtime_of(context)
+    _, token, raw_offset = (query.data or "more::0").split(":", 2)
+    session = runtime.sessions.get(token)
+    if session is None:
+        await query.answer()
+        await reply(query.message, "That search has expired. Please send the photo again.")
+        return
+    offset = int(raw_offset) if raw_offset.isdigit() else PAGE
+    await query.answer()
+    chat_id = query.message.chat_id
+    await _chat_action(context, chat_id)
+    with_more = query.message
+    try:
+        await with_retries(lambda: with_more.edit_reply_markup(reply_markup=None))
+    except TelegramError as exc:
+        log.debug("could not remove the old button: %s", exc)
+    matches = await runtime.inference.search(session.vector, PAGE, offset)
+    await _send_page(context, runtime, query.message, chat_id, session, matches, offset, token)
+
+
+async def _send_page(
+    context: ContextTypes.DEFAULT_TYPE,
+    runtime: BotRuntime,
+    message: Message,
+    chat_id: int,
+    session: QuerySession,
+    matches: list,
+    offset: int,
+    token: str | None = None,
+) -> None:
+    if not matches:
+        await reply(message, "That's everything similar I have in the catalogue.")
+        return
+    reply_to = message.message_id if offset == 0 else None
+    await send_album(context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to)
+    next_offset = offset + len(matches)
+    if next_offset < min(runtime.catalogue_size, MAX_RESULTS) and len(matches) == PAGE:
+        token = token or runtime.remember(session)
+        keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=f"more:{token}:{next_offset}")]])
+        shown = f"{offset + 1}-{next_offset}"
+        await with_retries(
+            lambda: context.bot.send_message(
+                chat_id,
+                f"Products {shown} most similar to your photo. Want to see more?",
+                reply_markup=keyboard,
+                reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True) if offset == 0 else None,
+            )
+        )
+
+
+async def _after(previous: asyncio.Future[None] | None) -> None:
+    if previous is not None:
+        await asyncio.shield(previous)
+
+
+async def _chat_action(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> None:
+    try:
+        await context.bot.send_chat_action(chat_id, ChatAction.UPLOAD_PHOTO)
+    except TelegramError as exc:  # cosmetic: never worth failing the answer for
+        log.debug("send_chat_action failed: %s", exc)
+
+
+async def _download(context: ContextTypes.DEFAULT_TYPE, file_id: str) -> bytes:
+    telegram_file = await with_retries(lambda: context.bot.get_file(file_id))
+    return bytes(await with_retries(lambda: telegram_file.download_as_bytearray()))
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log every unexpected failure with context; tell the user without details."""
+    where = ""
+    if isinstance(update, Update):
+        chat = update.effective_chat
+        where = f" (update {update.update_id}, chat {chat.id if chat else '?'})"
+    log.error("Unhandled error%s: %s", where, context.error, exc_info=context.error)
+    if isinstance(update, Update) and update.effective_message:
+        try:
+            await update.effective_message.reply_text(FAILED)
+        except TelegramError:
+            log.warning("Could not tell the user about the error%s", where)

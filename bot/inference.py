@@ -1,0 +1,101 @@
+"""Run the recommender off the event loop, batching concurrent shoppers into one forward pass.
+
+Decoding runs on the loop's default executor (parallel, independent per image). The model runs on
+one dedicated thread that takes every request waiting at that moment as one batch: with 20
+shoppers at once a batch of 20 costs far less than 20 batches of one, and the event loop never
+blocks on TensorFlow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from recommender import Match, Recommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    pixels: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop
+
+
+class InferenceService:
+    """``await embed(bytes)`` → query vector; ``await search(vector, k, offset)`` → matches."""
+
+    def __init__(self, recommender: Recommender, max_batch: int = 16) -> None:
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.images = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    async def embed(self, data: bytes) -> np.ndarray:
+        """Decode (raises ``ImageDecodeError`` for bad images) and embed one image."""
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(None, self.recommender.prepare, data)
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.put(_Request(pixels, future, loop))
+        return await future
+
+    async def search(self, vector: np.ndarray, k: int = 5, offset: int = 0) -> list[Match]:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(None, self.recommender.search, vector[None], k, offset)
+        return results[0]
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                vectors = self.recommender.embed(np.stack([request.pixels for request in batch]))
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+                log.exception("inference failed for a batch of %d", len(batch))
+                for request in batch:
+                    request.loop.call_soon_threadsafe(_set_exception, request.future, exc)
+                continue
+            self.batches += 1
+            self.images += len(batch)
+            for request, vector in zip(batch, vectors):
+                request.loop.call_soon_threadsafe(_set_result, request.future, vector)
+
+
+def _set_result(future: asyncio.Future[np.ndarray], value: np.ndarray) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[np.ndarray], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
