@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +23,10 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Catalogue photos sit on white studio backgrounds; transparent areas and padding become white.
 BACKGROUND = (255, 255, 255)
+#: What Pillow's plugins raise on damaged or truncated input, while opening (headers) as well as
+#: while decoding: e.g. a JPEG cut inside its header raises ``OSError("Truncated File Read")`` from
+#: ``Image.open``, a cut WebP ``OSError("could not create decoder object")``.
+DECODER_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError, KeyError)
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO", "TIFF")
 
@@ -41,6 +46,8 @@ def _open_limited(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("This file is not an image I can read (JPEG, PNG, WebP, GIF or BMP).") from exc
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("This image is too large (too many pixels).") from exc
+    except DECODER_ERRORS as exc:
+        raise ImageDecodeError("This image is damaged or incomplete and cannot be decoded.") from exc
     if image.format not in SUPPORTED_FORMATS:
         raise ImageDecodeError(f"Unsupported image format {image.format}; please send a JPEG, PNG or WebP.")
     width, height = image.size
@@ -132,7 +139,7 @@ def decode_image(
         return _to_rgb(image)
     except ImageDecodeError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except (*DECODER_ERRORS, Image.DecompressionBombError) as exc:
         raise ImageDecodeError("This image is damaged or incomplete and cannot be decoded.") from exc
 
 
@@ -147,5 +154,5 @@ def load_image(
     image = decode_image(source, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         return _square_resize(image, size)
-    except (OSError, ValueError) as exc:
+    except DECODER_ERRORS as exc:
         raise ImageDecodeError("This image is damaged or incomplete and cannot be decoded.") from exc
