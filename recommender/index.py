@@ -175,7 +175,7 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
     try:
         vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
         products, columns = read_products(directory / PRODUCTS)
-    except (OSError, ValueError, csv.Error) as exc:
+    except (OSError, ValueError, EOFError, csv.Error) as exc:  # np.load raises EOFError on an empty file
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
     if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != manifest["dim"]:
         raise IndexCorruptError(
