@@ -105,11 +105,26 @@ class _Checkpoint:
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 vectors = np.load(self.directory / meta["vectors"], mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError, KeyError):
+                valid = (
+                    isinstance(meta["ids"], list)
+                    and isinstance(meta["skipped"], list)
+                    and vectors.ndim == 2
+                    and len(vectors) == len(meta["ids"])
+                )
+            except (OSError, ValueError, EOFError, KeyError, TypeError):
                 continue  # a chunk cut short by a crash: its images are simply redone
-            if len(vectors) == len(meta["ids"]):
+            if valid:
                 chunks.append(meta)
         return chunks
+
+    def _next_number(self) -> int:
+        """One past the highest chunk number on disk, so a new chunk never overwrites a kept one.
+
+        (Numbering by ``len(self.chunks)`` reused the name of a valid chunk whenever an earlier
+        one had been discarded, silently pairing the old chunk's ids with the new vectors.)
+        """
+        numbers = [int(path.stem[len("chunk-") :]) for path in self.directory.glob("chunk-*.json") if path.stem[len("chunk-") :].isdigit()]
+        return max(numbers, default=-1) + 1
 
     def done_ids(self) -> set[str]:
         return {item_id for chunk in self.chunks for item_id in chunk["ids"]} | {
@@ -117,7 +132,7 @@ class _Checkpoint:
         }
 
     def save(self, ids: list[str], vectors: np.ndarray, skipped: list[tuple[str, str]]) -> None:
-        number = len(self.chunks)
+        number = self._next_number()
         name = f"chunk-{number:06d}"
         _write_npy_atomic(self.directory / f"{name}.npy", vectors.astype(np.float32))
         meta = {"vectors": f"{name}.npy", "ids": ids, "skipped": [list(s) for s in skipped]}
