@@ -55,7 +55,7 @@ def _open_limited(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("This image is empty.")
     if width * height > max_pixels:
         raise ImageDecodeError(
-            f"This image is too large ({width}x{height} pixels; the limit is {max_pixels // 1_000_000} megapixels)."
+            f"This image is too large ({width}x{height} pixels; the limit is {max_pixels / 1e6:.3g} megapixels)."
         )
     return image
 
