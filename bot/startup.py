@@ -13,7 +13,7 @@ from pathlib import Path
 from recommender import FeatureExtractor, ModelLoadError, build_index, load_catalogue
 from recommender.catalogue import IMAGE_SUFFIXES, Catalogue
 from recommender.demo import make_demo_catalogue
-from recommender.index import MANIFEST
+from recommender.index import MANIFEST, load_index
 
 from .config import Settings
 
@@ -51,7 +51,8 @@ def _build(catalogue: Catalogue, settings: Settings, allow_random_fallback: bool
 def ensure_index(settings: Settings) -> str:
     """Build an index if ``INDEX_DIR`` has none; returns a line saying which catalogue is served."""
     if (settings.index_dir / MANIFEST).is_file():
-        return f"catalogue index at {settings.index_dir}"
+        index = load_index(settings.index_dir, mmap=True)  # fail fast, before connecting to Telegram
+        return f"catalogue index at {settings.index_dir} ({len(index)} products)"
     found = find_operator_catalogue(settings.catalogue_dir)
     if found:
         images, styles = found

@@ -1,0 +1,324 @@
+"""End-to-end: the real bot (``python -m bot``) talks HTTP to the stand-in Bot API server.
+
+One bot process serves most tests (each test uses its own chat); the bot builds its own demo
+index at first start, exactly as ``make run`` does on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image
+
+from tests.fake_bot_api import FakeBotApi
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 240
+ANSWER_TIMEOUT = 60
+RATE_LIMIT = 12
+
+
+class BotProcess:
+    """A ``python -m bot`` subprocess with its output captured to a file."""
+
+    def __init__(self, api: FakeBotApi, data_dir: Path, log_path: Path, **env: str) -> None:
+        self.api = api
+        self.log_path = log_path
+        self._log = open(log_path, "w", encoding="utf-8")
+        environment = {
+            **os.environ,
+            "TELEGRAM_BOT_TOKEN": api.token,
+            "TELEGRAM_API_BASE_URL": api.base_url,
+            "TELEGRAM_API_FILE_URL": api.base_file_url,
+            "DATA_DIR": str(data_dir),
+            "INDEX_WEIGHTS": "none",
+            "LOG_LEVEL": "DEBUG",
+            "RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot"], cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, polls_before: int = 0) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"bot exited with {self.process.returncode}:\n{self.output()[-4000:]}")
+            if len(self.api.calls_to("getUpdates")) > polls_before:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"bot not polling after {START_TIMEOUT}s:\n{self.output()[-4000:]}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[FakeBotApi]:
+    with FakeBotApi() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bot-data")
+
+
+@pytest.fixture(scope="module")
+def bot(api: FakeBotApi, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotProcess]:
+    process = BotProcess(api, data_dir, tmp_path_factory.mktemp("logs") / "bot.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        code = process.stop()
+        output = process.output()
+        # Checked here so every test of the module ran against a bot that also shut down cleanly.
+        assert code == 0, f"bot did not stop cleanly (exit {code}):\n{output[-3000:]}"
+        assert "Stopped cleanly" in output
+
+
+@pytest.fixture(scope="module")
+def catalogue(bot: BotProcess, data_dir: Path) -> list[dict[str, str]]:
+    """The demo catalogue the bot built its index from."""
+    with open(data_dir / "demo-catalogue" / "styles.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def photo_of(data_dir: Path, product_id: str) -> bytes:
+    return (data_dir / "demo-catalogue" / "images" / f"{product_id}.jpg").read_bytes()
+
+
+def texts(api: FakeBotApi, chat: int) -> list[str]:
+    return [m.get("text", "") for m in api.sent_messages(chat) if "text" in m]
+
+
+def wait_albums(api: FakeBotApi, chat: int, count: int = 1):
+    return api.wait_for(lambda s: len(s.albums(chat)) >= count and s.albums(chat), timeout=ANSWER_TIMEOUT)
+
+
+def wait_text(api: FakeBotApi, chat: int, count: int = 1) -> list[str]:
+    return api.wait_for(lambda s: len(texts(s, chat)) >= count and texts(s, chat), timeout=ANSWER_TIMEOUT)
+
+
+def test_start_and_help_explain_the_bot(api: FakeBotApi, bot: BotProcess) -> None:
+    api.user_sends_text("/start", chat_id=2001)
+    api.user_sends_text("/help", chat_id=2001)
+    answers = wait_text(api, 2001, 2)
+    assert all("photo" in text and "similar" in text for text in answers)
+
+
+def test_photo_gets_album_of_five_captioned_products(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    product = catalogue[10]
+    api.user_sends_photo(photo_of(data_dir, product["id"]), chat_id=2002)
+    album = wait_albums(api, 2002)[0]
+    assert len(album.items) == 5
+    assert "upload_photo" in api.chat_actions(2002)
+    # The exact catalogue photo finds itself first; every caption names a product and its category.
+    assert album.items[0].caption.startswith(product["productDisplayName"])
+    names = {row["productDisplayName"]: row for row in catalogue}
+    for item in album.items:
+        name, details = item.caption.split("\n")
+        assert name in names and names[name]["articleType"] in details and names[name]["baseColour"] in details
+    # Below the album: a message with the "Next 5" button.
+    more = api.wait_for(lambda s: [m for m in s.sent_messages(2002) if m.get("reply_markup")], timeout=ANSWER_TIMEOUT)[0]
+    button = more["reply_markup"]["inline_keyboard"][0][0]
+    assert button["text"].startswith("Next 5") and button["callback_data"].startswith("more:")
+
+
+def test_image_sent_as_file_is_answered_like_a_photo(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    product = catalogue[30]
+    png = io.BytesIO()
+    Image.open(io.BytesIO(photo_of(data_dir, product["id"]))).save(png, format="PNG")
+    api.user_sends_document(png.getvalue(), file_name="look.png", mime_type="image/png", chat_id=2003)
+    album = wait_albums(api, 2003)[0]
+    assert len(album.items) == 5
+    assert album.items[0].caption.startswith(product["productDisplayName"])
+
+
+def test_next_five_button_shows_the_following_products(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    api.user_sends_photo(photo_of(data_dir, catalogue[40]["id"]), chat_id=2004)
+    first = wait_albums(api, 2004)[0]
+    more = api.wait_for(lambda s: [m for m in s.sent_messages(2004) if m.get("reply_markup")], timeout=ANSWER_TIMEOUT)[0]
+    api.user_presses_button(more, more["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+    second = wait_albums(api, 2004, 2)[1]
+    assert len(second.items) == 5
+    assert not {i.caption for i in first.items} & {i.caption for i in second.items}
+    assert api.wait_for(lambda s: [c for c in s.calls_to("answerCallbackQuery") if c.ok], timeout=ANSWER_TIMEOUT)
+    # The new page offers the page after it.
+    buttons = api.wait_for(
+        lambda s: [m["reply_markup"]["inline_keyboard"][0][0]["callback_data"] for m in s.sent_messages(2004) if m.get("reply_markup")],
+        timeout=ANSWER_TIMEOUT,
+    )
+    assert buttons[-1].endswith(":10")
+
+
+@pytest.mark.parametrize(
+    ("send", "expected"),
+    [
+        (lambda api, chat: api.user_sends_text("hello there", chat_id=chat), "Send me a photo"),
+        (lambda api, chat: api.user_sends_sticker(chat_id=chat), "Please send a photo"),
+        (lambda api, chat: api.user_sends_voice(chat_id=chat), "Please send a photo"),
+        (lambda api, chat: api.user_sends_video(chat_id=chat), "Please send a photo"),
+        (
+            lambda api, chat: api.user_sends_document(b"%PDF-1.4 not a picture", "catalogue.pdf", "application/pdf", chat_id=chat),
+            "Please send a photo",
+        ),
+        (
+            lambda api, chat: api.user_sends_document(b"\xff\xd8\xff\xe0 broken jpeg", "broken.jpg", "image/jpeg", chat_id=chat),
+            "couldn't use that image",
+        ),
+        (
+            lambda api, chat: api.user_sends_document(b"\x89PNG big", "huge.png", "image/png", chat_id=chat, declared_size=25 * 1024 * 1024),
+            "too big",
+        ),
+    ],
+    ids=["text", "sticker", "voice", "video", "pdf", "corrupt-image", "over-20MB"],
+)
+def test_anything_else_gets_a_helpful_answer(api: FakeBotApi, bot: BotProcess, send, expected: str) -> None:
+    chat = 2100 + len(api.updates)
+    send(api, chat)
+    answer = wait_text(api, chat)[0]
+    assert expected.lower() in answer.lower()
+    assert not api.albums(chat)
+
+
+def test_image_over_the_pixel_limit_is_refused_politely(api: FakeBotApi, bot: BotProcess) -> None:
+    huge = io.BytesIO()
+    Image.new("RGB", (9000, 5000), (200, 30, 40)).save(huge, format="PNG")  # 45 MP > 40 MP limit, ~100 kB
+    api.user_sends_document(huge.getvalue(), file_name="huge.png", mime_type="image/png", chat_id=2201)
+    assert "too large" in wait_text(api, 2201)[0]
+
+
+def test_flood_control_429_is_waited_out_and_album_delivered(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    before = api.injected_count("sendMediaGroup")
+    api.fail_next("sendMediaGroup", retry_after=1)
+    started = time.monotonic()
+    api.user_sends_photo(photo_of(data_dir, catalogue[50]["id"]), chat_id=2301)
+    album = wait_albums(api, 2301)[0]
+    assert len(album.items) == 5
+    assert api.injected_count("sendMediaGroup") == before + 1
+    assert time.monotonic() - started >= 1.0  # it waited as long as Telegram asked
+
+
+def test_server_errors_and_timeouts_are_retried(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    api.fail_next("getFile", status=500)
+    api.fail_next("sendMediaGroup", status=502)
+    api.user_sends_photo(photo_of(data_dir, catalogue[51]["id"]), chat_id=2302)
+    assert len(wait_albums(api, 2302)[0].items) == 5
+
+
+def test_twenty_shoppers_at_once_all_get_albums(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    chats = list(range(3000, 3020))
+    for n, chat in enumerate(chats):
+        api.user_sends_photo(photo_of(data_dir, catalogue[n * 4]["id"]), chat_id=chat)
+    api.wait_for(lambda s: all(s.albums(chat) for chat in chats), timeout=ANSWER_TIMEOUT * 2)
+    for n, chat in enumerate(chats):
+        assert api.albums(chat)[0].items[0].caption.startswith(catalogue[n * 4]["productDisplayName"])
+
+
+def test_album_of_photos_is_answered_in_order(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    products = [catalogue[5], catalogue[60], catalogue[90]]
+    api.user_sends_album([photo_of(data_dir, p["id"]) for p in products], chat_id=2401)
+    albums = wait_albums(api, 2401, 3)
+    assert [a.items[0].caption.split("\n")[0] for a in albums[:3]] == [p["productDisplayName"] for p in products]
+
+
+def test_catalogue_photos_are_resent_by_file_id(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    photo = photo_of(data_dir, catalogue[70]["id"])
+    api.user_sends_photo(photo, chat_id=2501)
+    first = wait_albums(api, 2501)[0]
+    api.user_sends_photo(photo, chat_id=2502)
+    second = wait_albums(api, 2502)[0]
+    assert [i.caption for i in first.items] == [i.caption for i in second.items]
+    assert {i.source for i in second.items} == {"file_id"}
+    assert [i.file_id for i in second.items] == [i.file_id for i in first.items]
+
+
+def test_rate_limit_answers_politely(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    chat = 2601
+    for n in range(RATE_LIMIT + 2):
+        api.user_sends_photo(photo_of(data_dir, catalogue[n]["id"]), chat_id=chat)
+    api.wait_for(lambda s: len(s.albums(chat)) >= RATE_LIMIT and len([t for t in texts(s, chat) if "faster" in t]) >= 2, timeout=ANSWER_TIMEOUT * 2)
+    assert len(api.albums(chat)) == RATE_LIMIT
+
+
+def test_token_never_appears_in_logs(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    api.user_sends_photo(photo_of(data_dir, catalogue[3]["id"]), chat_id=2701)
+    wait_albums(api, 2701)
+    output = bot.output()
+    assert "Ready:" in output and "DEBUG" in output  # the log is really being captured, at DEBUG
+    secret = api.token.split(":", 1)[1]
+    assert api.token not in output and secret not in output
+
+
+def test_file_id_cache_survives_restart_and_private_mode(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue, tmp_path: Path) -> None:
+    """A second bot on the same index and cache re-sends by file_id at once; strangers are turned away."""
+    photo = photo_of(data_dir, catalogue[80]["id"])
+    cache = data_dir / "telegram-file-ids.json"
+    api.user_sends_photo(photo, chat_id=2801)
+    wait_albums(api, 2801)
+    assert cache.is_file()
+    bot.stop()  # the module fixture's teardown re-checks the clean exit
+    polls = len(api.calls_to("getUpdates"))
+    second = BotProcess(api, data_dir, tmp_path / "second.log", ALLOWED_USER_IDS="2802")
+    try:
+        second.wait_ready(polls)
+        api.user_sends_photo(photo, chat_id=2802)
+        album = wait_albums(api, 2802)[0]
+        assert {i.source for i in album.items} == {"file_id"}
+        api.user_sends_photo(photo, chat_id=2803)
+        assert "private" in wait_text(api, 2803)[0]
+        assert not api.albums(2803)
+    finally:
+        assert second.stop() == 0
+
+
+def run_bot_expecting_failure(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TELEGRAM_")}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env={**environment, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_missing_token_is_one_clear_message(tmp_path: Path) -> None:
+    result = run_bot_expecting_failure({}, tmp_path)
+    assert result.returncode == 2
+    assert "TELEGRAM_BOT_TOKEN is not set" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_corrupt_index_is_one_clear_message(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "manifest.json").write_text("{not json", encoding="utf-8")
+    result = run_bot_expecting_failure({"TELEGRAM_BOT_TOKEN": "1:secret-for-this-test", "INDEX_DIR": str(index)}, tmp_path)
+    output = result.stderr + result.stdout
+    assert result.returncode == 2
+    assert "manifest" in output and "unreadable" in output
+    assert "Traceback" not in output
