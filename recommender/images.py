@@ -125,15 +125,20 @@ def decode_image(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> Image.Image:
     """Decode to an upright RGB Pillow image, or raise :class:`ImageDecodeError`.
 
     EXIF orientation is applied, GIFs use their first frame, every mode becomes RGB on white.
+    With ``min_side``, large JPEGs are decoded at a reduced DCT scale (1/2, 1/4, 1/8) that still
+    leaves both sides at least ``min_side`` pixels: a phone photo decodes several times faster.
     """
     data = read_image_bytes(source, max_bytes)
     image = _open_limited(data, max_pixels)
     try:
         image.seek(0)
+        if min_side and image.format in ("JPEG", "MPO"):
+            image.draft(None, (min_side, min_side))
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return _to_rgb(image)
@@ -151,7 +156,7 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode and prepare one image as a ``(size, size, 3)`` uint8 array ready for the extractor."""
-    image = decode_image(source, max_bytes=max_bytes, max_pixels=max_pixels)
+    image = decode_image(source, max_bytes=max_bytes, max_pixels=max_pixels, min_side=2 * size)
     try:
         return _square_resize(image, size)
     except DECODER_ERRORS as exc:

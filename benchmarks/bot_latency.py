@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Bot latency and concurrency, end to end over HTTP against the stand-in Bot API server.
+
+    python benchmarks/bot_latency.py [--index DIR] [--backbone resnet50] [--rounds 3]
+
+Builds (once, cached in --work) an index over ../shared/data/fashion-products-4k (or the demo
+catalogue when ../shared is absent), starts the real bot (``python -m bot``) against the stand-in
+server, and prints:
+  * latency from the update being available to ``getUpdates`` until the album arrives
+    (p50/p95, one shopper at a time), target p50 < 250 ms with ResNet50;
+  * 20 shoppers one after another versus 20 at the same moment (wall time and ratio),
+    target >= 1.3x.
+Query photos are catalogue photos upscaled to 960x1280 and re-encoded, like a phone photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from tests.fake_bot_api import FakeBotApi  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
+
+
+def ensure_index(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(index_dir, images_dir), building the index once if needed."""
+    if args.index:
+        from recommender.index import load_index
+
+        return args.index, Path(load_index(args.index).manifest["images_root"])
+    work = Path(args.work)
+    if SHARED.is_dir():
+        images, styles = SHARED / "images", SHARED / "styles.csv"
+    else:
+        from recommender.demo import make_demo_catalogue
+
+        print("../shared not found: using the demo catalogue (98 products).")
+        images, styles = make_demo_catalogue(work / "demo")
+    index = work / f"index-{args.backbone}-{args.weights if args.weights in ('none', 'imagenet') else 'file'}"
+    if not (index / "manifest.json").is_file():
+        print(f"Building the index once into {index} ...", flush=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "build_index.py"), "--images", str(images), "--styles", str(styles),
+             "--out", str(index), "--backbone", args.backbone, "--weights", args.weights, "--quiet"],
+            check=True,
+        )
+    return index, images
+
+
+def query_photos(images_dir: Path, count: int, offset: int) -> list[bytes]:
+    paths = sorted(images_dir.glob("*.jpg"))[offset : offset + count]
+    photos = []
+    for path in paths:
+        buffer = io.BytesIO()
+        Image.open(path).convert("RGB").resize((960, 1280), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=87)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def album_latency(api: FakeBotApi, chat: int, photo: bytes) -> float:
+    started = time.perf_counter()
+    api.user_sends_photo(photo, chat_id=chat)
+    api.wait_for(lambda s: s.albums(chat), timeout=120, interval=0.002)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, help="use this index instead of building one")
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--weights", default="none", help="none (default: speed does not depend on weights), imagenet or a file")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bot-latency-bench"))
+    parser.add_argument("--single", type=int, default=30, help="photos for the one-shopper latency figure")
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="sequential/concurrent rounds (alternated)")
+    args = parser.parse_args()
+
+    index, images = ensure_index(args)
+    needed = 3 + args.single + 2 * args.rounds * args.users
+    photos = query_photos(images, needed, 0)
+    if len(photos) < needed:  # small catalogue: reuse photos
+        photos = (photos * (needed // max(1, len(photos)) + 1))[:needed]
+    data_dir = Path(tempfile.mkdtemp(prefix="bot-bench-"))
+    with FakeBotApi() as api:
+        env = {**os.environ, "TELEGRAM_BOT_TOKEN": api.token, "TELEGRAM_API_BASE_URL": api.base_url,
+               "TELEGRAM_API_FILE_URL": api.base_file_url, "INDEX_DIR": str(index), "DATA_DIR": str(data_dir),
+               "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "WARNING"}
+        bot = subprocess.Popen([sys.executable, "-m", "bot"], cwd=ROOT, env=env)
+        try:
+            api.wait_for(lambda s: s.calls_to("getUpdates"), timeout=300)
+            chat = 10_000
+            for photo in photos[:3]:  # warm-up
+                chat += 1
+                album_latency(api, chat, photo)
+            used = 3
+            single = []
+            for photo in photos[used : used + args.single]:
+                chat += 1
+                single.append(album_latency(api, chat, photo))
+            used += args.single
+            single_ms = sorted(1000 * s for s in single)
+            p50 = statistics.median(single_ms)
+            p95 = single_ms[min(len(single_ms) - 1, int(round(0.95 * (len(single_ms) - 1))))]
+            print(f"\nOne shopper at a time ({len(single)} photos, 960x1280 JPEG, {args.backbone}):")
+            print(f"  latency update → album: p50 {p50:.0f} ms, p95 {p95:.0f} ms, min {single_ms[0]:.0f} ms   (target p50 < 250 ms)")
+
+            ratios = []
+            for round_number in range(args.rounds):
+                batch = photos[used : used + args.users]
+                used += args.users
+                started = time.perf_counter()
+                for photo in batch:
+                    chat += 1
+                    album_latency(api, chat, photo)
+                sequential = time.perf_counter() - started
+                batch = photos[used : used + args.users]
+                used += args.users
+                chats = list(range(chat + 1, chat + 1 + len(batch)))
+                chat += len(batch)
+                started = time.perf_counter()
+                for c, photo in zip(chats, batch):
+                    api.user_sends_photo(photo, chat_id=c)
+                api.wait_for(lambda s: all(s.albums(c) for c in chats), timeout=300, interval=0.002)
+                concurrent = time.perf_counter() - started
+                ratios.append(sequential / concurrent)
+                print(
+                    f"  round {round_number + 1}: {args.users} shoppers one after another {sequential:.2f} s "
+                    f"({args.users / sequential:.1f} photos/s), all at once {concurrent:.2f} s "
+                    f"({args.users / concurrent:.1f} photos/s): {sequential / concurrent:.2f}x"
+                )
+            ratio = statistics.median(ratios)
+            print(f"\n{args.users} concurrent shoppers vs one at a time: median {ratio:.2f}x faster   (target >= 1.3x)")
+            print(f"Targets: p50 < 250 ms {'MET' if p50 < 250 else 'MISSED'}; concurrency >= 1.3x {'MET' if ratio >= 1.3 else 'MISSED'}")
+        finally:
+            bot.send_signal(signal.SIGTERM)
+            bot.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
