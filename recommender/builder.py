@@ -20,9 +20,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
+from . import colour
+from . import refine as refine_module
+from .colour import colour_histograms
 from .features import FeatureExtractor
 from .images import ImageDecodeError, load_image
 from .index import (
+    COLOURS,
+    FEATURES,
     MANIFEST,
     PRODUCTS,
     SKIPPED,
@@ -57,6 +62,7 @@ class BuildReport:
     removed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    refinement: str = "none"
 
 
 def partial_dir_for(out_dir: Path) -> Path:
@@ -105,11 +111,12 @@ class _Checkpoint:
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
                 vectors = np.load(self.directory / meta["vectors"], mmap_mode="r", allow_pickle=False)
+                colours = np.load(self.directory / meta["colours"], mmap_mode="r", allow_pickle=False)
                 valid = (
                     isinstance(meta["ids"], list)
                     and isinstance(meta["skipped"], list)
                     and vectors.ndim == 2
-                    and len(vectors) == len(meta["ids"])
+                    and len(vectors) == len(meta["ids"]) == len(colours)
                 )
             except (OSError, ValueError, EOFError, KeyError, TypeError):
                 continue  # a chunk cut short by a crash: its images are simply redone
@@ -131,17 +138,19 @@ class _Checkpoint:
             item_id for chunk in self.chunks for item_id, _ in chunk["skipped"]
         }
 
-    def save(self, ids: list[str], vectors: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+    def save(self, ids: list[str], vectors: np.ndarray, colours: np.ndarray, skipped: list[tuple[str, str]]) -> None:
         number = self._next_number()
         name = f"chunk-{number:06d}"
         _write_npy_atomic(self.directory / f"{name}.npy", vectors.astype(np.float32))
-        meta = {"vectors": f"{name}.npy", "ids": ids, "skipped": [list(s) for s in skipped]}
+        _write_npy_atomic(self.directory / f"{name}.colour.npy", colours.astype(np.float32))
+        meta = {"vectors": f"{name}.npy", "colours": f"{name}.colour.npy", "ids": ids, "skipped": [list(s) for s in skipped]}
         write_json_atomic(self.directory / f"{name}.json", meta)
         self.chunks.append(meta)
 
-    def vector_sources(self) -> dict[str, tuple[Path, int]]:
+    def vector_sources(self) -> dict[str, tuple[Path, Path, int]]:
+        """id → (features file, colour file, row) of every finished item."""
         return {
-            item_id: (self.directory / chunk["vectors"], row)
+            item_id: (self.directory / chunk["vectors"], self.directory / chunk["colours"], row)
             for chunk in self.chunks
             for row, item_id in enumerate(chunk["ids"])
         }
@@ -150,7 +159,11 @@ class _Checkpoint:
         return [(item_id, reason) for chunk in self.chunks for item_id, reason in chunk["skipped"]]
 
 
-def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: int) -> tuple[list[CatalogueItem], np.ndarray, list[tuple[str, str]]]:
+Batch = tuple[list[CatalogueItem], np.ndarray, np.ndarray, list[tuple[str, str]]]
+
+
+def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: int) -> Batch:
+    """(readable items, their pixels, their colour histograms, skipped (id, reason))."""
     good: list[CatalogueItem] = []
     pixels: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
@@ -161,10 +174,10 @@ def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: in
         except ImageDecodeError as exc:
             skipped.append((item.id, f"{item.image}: {exc}"))
     array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-    return good, array, skipped
+    return good, array, colour_histograms(array), skipped
 
 
-def _prefetched_batches(catalogue: Catalogue, items: Sequence[CatalogueItem], batch_size: int, size: int) -> Iterator[tuple[list[CatalogueItem], np.ndarray, list[tuple[str, str]]]]:
+def _prefetched_batches(catalogue: Catalogue, items: Sequence[CatalogueItem], batch_size: int, size: int) -> Iterator[Batch]:
     """Decode the next batch on a helper thread while the model works on the current one."""
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
@@ -186,12 +199,15 @@ def build_index(
     checkpoint_every: int = 512,
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    refine: str = "auto",
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing what is there).
 
     With ``update=True`` an existing index is extended: vectors of products already in it are
     reused, only new photos are extracted, products no longer in the catalogue are dropped.
     ``on_start(total, already_done)`` and ``on_progress(n)`` drive a progress bar.
+    ``refine``: ``auto`` (label-aware refinement when the catalogue has articleType and
+    baseColour labels), ``label-centroids`` or ``none`` (plain backbone features).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
@@ -203,6 +219,7 @@ def build_index(
         raise BuildError(f"Cannot write to {out_dir}: permission denied.")
     description = extractor.describe()
     report = BuildReport(out_dir=out_dir)
+    refine = report.refinement = _resolve_refine(refine, catalogue)
 
     existing: CatalogueIndex | None = None
     if update:
@@ -228,18 +245,21 @@ def build_index(
 
     pending_ids: list[str] = []
     pending_vectors: list[np.ndarray] = []
+    pending_colours: list[np.ndarray] = []
     pending_skipped: list[tuple[str, str]] = []
 
     def flush() -> None:
         if pending_ids or pending_skipped:
             vectors = np.concatenate(pending_vectors) if pending_vectors else np.zeros((0, extractor.dim), np.float32)
-            checkpoint.save(list(pending_ids), vectors, list(pending_skipped))
-            pending_ids.clear(), pending_vectors.clear(), pending_skipped.clear()
+            colours = np.concatenate(pending_colours) if pending_colours else np.zeros((0, colour.DIM), np.float32)
+            checkpoint.save(list(pending_ids), vectors, colours, list(pending_skipped))
+            pending_ids.clear(), pending_vectors.clear(), pending_colours.clear(), pending_skipped.clear()
 
     try:
-        for good, pixels, skipped in _prefetched_batches(catalogue, todo, batch_size, extractor.input_size):
+        for good, pixels, colours, skipped in _prefetched_batches(catalogue, todo, batch_size, extractor.input_size):
             if len(good):
                 pending_vectors.append(extractor.extract(pixels))
+                pending_colours.append(colours)
                 pending_ids.extend(item.id for item in good)
             pending_skipped.extend(skipped)
             report.extracted += len(good)
@@ -251,10 +271,23 @@ def build_index(
         flush()  # keep finished work on Ctrl-C too
 
     report.skipped = checkpoint.skipped()
-    _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report)
+    _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report, refine)
     shutil.rmtree(checkpoint.directory, ignore_errors=True)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _resolve_refine(refine: str, catalogue: Catalogue) -> str:
+    if refine == "auto":
+        return refine_module.METHOD if refine_module.can_refine(catalogue.columns) else refine_module.NONE
+    if refine == refine_module.METHOD and not refine_module.can_refine(catalogue.columns):
+        raise BuildError(
+            f"--refine {refine_module.METHOD} learns from the {refine_module.TYPE_LABEL} and {refine_module.COLOUR_LABEL} "
+            "labels: give a --styles CSV with both columns, or use --refine none."
+        )
+    if refine not in (refine_module.METHOD, refine_module.NONE):
+        raise BuildError(f"Unknown --refine {refine!r}; choose auto, {refine_module.METHOD} or none.")
+    return refine
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -271,6 +304,7 @@ def _assemble(
     existing_rows: dict[str, int],
     checkpoint: _Checkpoint,
     report: BuildReport,
+    refine: str,
 ) -> None:
     """Write the final index to a staging directory in catalogue order, then swap it in."""
     new_sources = checkpoint.vector_sources()
@@ -280,20 +314,48 @@ def _assemble(
     staging = temporary_sibling(out_dir, "tmp")
     staging.mkdir(parents=True)
     try:
-        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(len(rows), description["dim"]))
+        refined = refine == refine_module.METHOD
+        features = np.lib.format.open_memmap(
+            staging / (FEATURES if refined else VECTORS), mode="w+", dtype=np.float32, shape=(len(rows), description["dim"])
+        )
+        colours = np.lib.format.open_memmap(staging / COLOURS, mode="w+", dtype=np.float32, shape=(len(rows), colour.DIM))
         open_chunks: dict[Path, np.ndarray] = {}
+
+        def chunk(path: Path) -> np.ndarray:
+            if path not in open_chunks:
+                open_chunks[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+            return open_chunks[path]
+
         for position, item in enumerate(rows):
             if item.id in existing_rows:
-                assert existing is not None
-                vectors[position] = existing.vectors[existing_rows[item.id]]
+                assert existing is not None and existing.features is not None
+                row = existing_rows[item.id]
+                features[position] = existing.features[row]
+                if existing.colours is None:
+                    raise BuildError("This index predates colour histograms; rebuild it without --update.")
+                colours[position] = existing.colours[row]
                 report.reused += 1
             else:
-                path, row = new_sources[item.id]
-                if path not in open_chunks:
-                    open_chunks[path] = np.load(path, mmap_mode="r", allow_pickle=False)
-                vectors[position] = open_chunks[path][row]
-        vectors.flush()
-        del vectors, open_chunks
+                features_path, colours_path, row = new_sources[item.id]
+                features[position] = chunk(features_path)[row]
+                colours[position] = chunk(colours_path)[row]
+        features.flush(), colours.flush()
+        open_chunks.clear()
+        refinement: dict[str, Any] = {"method": refine_module.NONE}
+        vector_dim = description["dim"]
+        if refined:
+            labels = [item.labels for item in rows]
+            refiner = refine_module.LabelCentroids.fit(features, colours, labels)
+            vector_dim = refiner.dim(description["dim"])
+            vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(len(rows), vector_dim))
+            for start in range(0, len(rows), 8192):  # bounded memory for huge catalogues
+                stop = start + 8192
+                vectors[start:stop] = refiner.index_vectors(features[start:stop], colours[start:stop], labels[start:stop])
+            vectors.flush()
+            refiner.save(staging)
+            refinement = refiner.describe()
+            del vectors
+        del features, colours
         label_columns = [column for column in catalogue.columns if column != ID_COLUMN]
         write_products(
             staging / PRODUCTS,
@@ -315,7 +377,7 @@ def _assemble(
                 "missing_images": len(catalogue.missing_images),
                 "unlabelled": len(catalogue.unlabelled),
             },
-            extra=extra,
+            extra={**extra, "refinement": refinement, "vector_dim": vector_dim},
         )
         write_json_atomic(staging / MANIFEST, manifest)
         swap_into_place(staging, out_dir)

@@ -2,8 +2,11 @@
 
 Layout of an index directory (no pickle anywhere)::
 
-    manifest.json   what produced the vectors (backbone, weights fingerprint, ...), counts, dates
-    vectors.npy     float32 (N, dim), L2-normalised, row i = products.csv row i
+    manifest.json   what produced the vectors (backbone, weights fingerprint, refinement, ...), counts, dates
+    vectors.npy     float32 (N, vector_dim), L2-normalised search vectors, row i = products.csv row i
+    features.npy    float32 (N, dim) raw backbone features (only when a refinement made vectors differ)
+    colour.npy      float32 (N, 320) colour histograms of the products (recommender/colour.py)
+    refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
     products.csv    id, image (relative to manifest["images_root"]), then the styles.csv columns
     skipped.csv     images that could not be read at build time, with the reason
 
@@ -25,9 +28,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .refine import METHOD as REFINE_METHOD
+from .refine import LabelCentroids
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
+FEATURES = "features.npy"
+COLOURS = "colour.npy"
 PRODUCTS = "products.csv"
 SKIPPED = "skipped.csv"
 #: Keys that must agree between an index and the extractor that queries it.
@@ -59,6 +67,12 @@ class CatalogueIndex:
     vectors: np.ndarray
     products: list[dict[str, str]]
     columns: list[str] = field(default_factory=list)
+    #: raw backbone features (the same array as ``vectors`` when there is no refinement)
+    features: np.ndarray | None = None
+    #: colour histograms, or None for an index built without them
+    colours: np.ndarray | None = None
+    #: the label-aware refinement the vectors were built with, or None
+    refiner: LabelCentroids | None = None
 
     def __len__(self) -> int:
         return len(self.products)
@@ -177,9 +191,10 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         products, columns = read_products(directory / PRODUCTS)
     except (OSError, ValueError, EOFError, csv.Error) as exc:  # np.load raises EOFError on an empty file
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
-    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != manifest["dim"]:
+    vector_dim = manifest.get("vector_dim", manifest["dim"])
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != vector_dim:
         raise IndexCorruptError(
-            f"{directory / VECTORS} holds {vectors.dtype} {vectors.shape}, expected float32 (N, {manifest['dim']})."
+            f"{directory / VECTORS} holds {vectors.dtype} {vectors.shape}, expected float32 (N, {vector_dim})."
         )
     if not (len(vectors) == len(products) == manifest["count"]):
         raise IndexCorruptError(
@@ -188,7 +203,24 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         )
     if "id" not in columns or "image" not in columns:
         raise IndexCorruptError(f"{directory / PRODUCTS} lacks the id/image columns. Rebuild the index.")
-    return CatalogueIndex(directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns)
+    refined = (manifest.get("refinement") or {}).get("method") == REFINE_METHOD
+    try:
+        refiner = LabelCentroids.load(directory) if refined else None
+        features = _load_rows(directory / FEATURES, len(vectors), manifest["dim"], mmap) if refined else vectors
+        colours = _load_rows(directory / COLOURS, len(vectors), None, mmap) if (directory / COLOURS).exists() or refined else None
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
+    return CatalogueIndex(
+        directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns,
+        features=features, colours=colours, refiner=refiner,
+    )
+
+
+def _load_rows(path: Path, count: int, dim: int | None, mmap: bool) -> np.ndarray:
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if array.dtype != np.float32 or array.ndim != 2 or len(array) != count or (dim is not None and array.shape[1] != dim):
+        raise ValueError(f"{path.name} holds {array.dtype} {array.shape}, expected float32 ({count}, {dim or 'd'})")
+    return array
 
 
 def check_model_matches(manifest: Mapping[str, Any], description: Mapping[str, Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Mapping, Sequence, Union
 import numpy as np
 
 from .catalogue import display_name
+from .colour import colour_histograms
 from .features import FeatureExtractor, normalize_weights_option
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from .index import CatalogueIndex, ModelMismatchError, check_model_matches, load_index
@@ -115,8 +116,16 @@ class Recommender:
         return load_image(image, extractor.input_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """Prepared ``(N, S, S, 3)`` images → query vectors in the index's space."""
-        return self._loaded()[1].extract(pixels)
+        """Prepared ``(N, S, S, 3)`` images → query vectors in the index's space.
+
+        With a label-aware index the query gets the same treatment it was built for: backbone
+        features plus the photo's colour histogram (recommender/refine.py).
+        """
+        index, extractor, _ = self._loaded()
+        features = extractor.extract(pixels)
+        if index.refiner is None:
+            return features
+        return index.refiner.query_vectors(features, colour_histograms(pixels))
 
     def search(self, vectors: np.ndarray, k: int = 5, offset: int = 0) -> list[list[Match]]:
         """Ranked matches ``offset .. offset+k-1`` for each query vector."""

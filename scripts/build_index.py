@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="'imagenet' (Keras downloads them once; needs internet), 'none' (random, for tests) or a .h5 weights file",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument(
+        "--refine",
+        default="auto",
+        choices=["auto", "label-centroids", "none"],
+        help="label-aware refinement learned from styles.csv (articleType + baseColour); auto = on when both labels exist",
+    )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=int, default=512, help="save progress every N images (default 512)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             on_start=on_start,
             on_progress=lambda n: bar.update(n) if bar else None,
+            refine=args.refine,
         )
     except KeyboardInterrupt:
         if bar:
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({report.extracted} extracted at {rate:.1f} img/s, {report.reused} reused, {report.resumed} from checkpoint"
         f"{f', {report.removed} removed' if report.removed else ''}) in {report.seconds:.1f}s."
     )
+    if report.refinement != "none":
+        print(f"Refinement: {report.refinement} (learned from this catalogue's articleType and baseColour labels).")
     if report.skipped:
         print(f"Skipped {len(report.skipped)} unreadable image(s) (listed in {report.out_dir / 'skipped.csv'}):")
         for item_id, reason in report.skipped[:20]:

@@ -1,0 +1,145 @@
+"""Label-aware refinement, learned at index-build time from the catalogue's own labels.
+
+Plain ImageNet features confuse article types that look alike and mostly ignore colour. The
+catalogue's labels are free, so the index pulls every product towards the centroid of its
+article type (in CNN space) and of its colour (in colour-histogram space)::
+
+    index item  x → l2n([x + 1.5 * C_type[type(x)],  0.1 * h(x) + 0.2 * H_colour[colour(x)]])
+    query       q → l2n([q, h(q)])
+
+Search stays a flat cosine search. Measured on held-out queries (80/20 stratified splits of
+the 4k real catalogue, MobileNetV2, mean of 8 splits, centroids learned on the 80% only):
+articleType macro P@5 +6.2 points, baseColour P@5 +13.5 points, no metric worse (README, Quality).
+Queries need no labels; products whose label is unknown keep their own vector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import colour
+from .features import l2_normalize
+
+METHOD = "label-centroids"
+NONE = "none"
+TYPE_LABEL = "articleType"
+COLOUR_LABEL = "baseColour"
+PARAMS_JSON = "refine.json"
+TYPE_CENTROIDS = "refine_type_centroids.npy"
+COLOUR_CENTROIDS = "refine_colour_centroids.npy"
+DEFAULT_WEIGHTS = {"feature": 1.0, "type_centroid": 1.5, "colour": 0.1, "colour_centroid": 0.2}
+
+
+def _centroids(vectors: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Unit-length mean vector of each non-empty label, accumulated in one pass."""
+    names = sorted({label for label in labels if label})
+    position = {name: i for i, name in enumerate(names)}
+    sums = np.zeros((len(names), vectors.shape[1]), dtype=np.float64)
+    for row, label in enumerate(labels):
+        if label:
+            sums[position[label]] += vectors[row]
+    return names, l2_normalize(sums.astype(np.float32))
+
+
+@dataclass
+class LabelCentroids:
+    """Fitted refinement: class centroids plus the weights that combine them."""
+
+    type_names: list[str] = field(default_factory=list)
+    type_centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    colour_names: list[str] = field(default_factory=list)
+    colour_centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, colour.DIM), np.float32))
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    type_label: str = TYPE_LABEL
+    colour_label: str = COLOUR_LABEL
+
+    @classmethod
+    def fit(
+        cls,
+        features: np.ndarray,
+        colours: np.ndarray,
+        labels: Sequence[Mapping[str, str]],
+        weights: Mapping[str, float] | None = None,
+    ) -> "LabelCentroids":
+        """Learn centroids from the catalogue's features, colour histograms and labels."""
+        type_names, type_centroids = _centroids(np.asarray(features, np.float32), [l.get(TYPE_LABEL, "") for l in labels])
+        colour_names, colour_centroids = _centroids(np.asarray(colours, np.float32), [l.get(COLOUR_LABEL, "") for l in labels])
+        return cls(type_names, type_centroids, colour_names, colour_centroids, dict(weights or DEFAULT_WEIGHTS))
+
+    def index_vectors(self, features: np.ndarray, colours: np.ndarray, labels: Sequence[Mapping[str, str]]) -> np.ndarray:
+        """Catalogue side: each product pulled towards its type and colour centroids."""
+        features = l2_normalize(features)
+        colours = l2_normalize(colours)
+        type_pos = {name: i for i, name in enumerate(self.type_names)}
+        colour_pos = {name: i for i, name in enumerate(self.colour_names)}
+        type_part = np.stack(
+            [self.type_centroids[type_pos[l.get(self.type_label, "")]] if l.get(self.type_label, "") in type_pos else features[i]
+             for i, l in enumerate(labels)]
+        ) if len(labels) else np.zeros_like(features)
+        colour_part = np.stack(
+            [self.colour_centroids[colour_pos[l.get(self.colour_label, "")]] if l.get(self.colour_label, "") in colour_pos else colours[i]
+             for i, l in enumerate(labels)]
+        ) if len(labels) else np.zeros_like(colours)
+        w = self.weights
+        return l2_normalize(
+            np.concatenate(
+                [w["feature"] * features + w["type_centroid"] * type_part, w["colour"] * colours + w["colour_centroid"] * colour_part],
+                axis=1,
+            )
+        )
+
+    @staticmethod
+    def query_vectors(features: np.ndarray, colours: np.ndarray) -> np.ndarray:
+        """Query side: needs no labels, only the photo's features and colour histogram."""
+        return l2_normalize(np.concatenate([l2_normalize(features), l2_normalize(colours)], axis=1))
+
+    def dim(self, feature_dim: int) -> int:
+        return feature_dim + colour.DIM
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records."""
+        return {
+            "method": METHOD,
+            "type_label": self.type_label,
+            "colour_label": self.colour_label,
+            "weights": dict(self.weights),
+            "types": len(self.type_names),
+            "colours": len(self.colour_names),
+            "colour_histogram": {"space": "CIE-Lab", "bins": [colour.L_BINS, colour.AB_BINS, colour.AB_BINS],
+                                 "white_threshold": colour.WHITE_THRESHOLD, "step": colour.STEP},
+        }
+
+    def save(self, directory: Path) -> None:
+        np.save(directory / TYPE_CENTROIDS, self.type_centroids.astype(np.float32), allow_pickle=False)
+        np.save(directory / COLOUR_CENTROIDS, self.colour_centroids.astype(np.float32), allow_pickle=False)
+        (directory / PARAMS_JSON).write_text(
+            json.dumps({"type_names": self.type_names, "colour_names": self.colour_names, "weights": self.weights,
+                        "type_label": self.type_label, "colour_label": self.colour_label}, indent=1, ensure_ascii=False),
+            encoding="utf-8",
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> "LabelCentroids":
+        params = json.loads((directory / PARAMS_JSON).read_text(encoding="utf-8"))
+        refiner = cls(
+            type_names=list(params["type_names"]),
+            type_centroids=np.load(directory / TYPE_CENTROIDS, allow_pickle=False),
+            colour_names=list(params["colour_names"]),
+            colour_centroids=np.load(directory / COLOUR_CENTROIDS, allow_pickle=False),
+            weights={k: float(v) for k, v in params["weights"].items()},
+            type_label=params.get("type_label", TYPE_LABEL),
+            colour_label=params.get("colour_label", COLOUR_LABEL),
+        )
+        if len(refiner.type_names) != len(refiner.type_centroids) or len(refiner.colour_names) != len(refiner.colour_centroids):
+            raise ValueError("refinement centroids do not match their names")
+        return refiner
+
+
+def can_refine(columns: Sequence[str]) -> bool:
+    """The refinement needs both labels in the catalogue."""
+    return TYPE_LABEL in columns and COLOUR_LABEL in columns
