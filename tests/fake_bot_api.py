@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -162,6 +162,8 @@ class FakeBotApi:
         self.calls: list[RecordedCall] = []
         self.updates: list[JSON] = []        # every update ever produced
         self.downloads: list[str] = []       # file_ids downloaded through the file route
+        self.delivered_at: dict[int, float] = {}  # update_id -> time.perf_counter() of first delivery
+        self._holding = 0
         self.commands: dict[str, list[JSON]] = {}
         self.webhook_url = ""
         self._lock = threading.RLock()
@@ -532,6 +534,18 @@ class FakeBotApi:
         return [c.params.get("action", "") for c in self.calls_to("sendChatAction")
                 if c.ok and (chat_id is None or c.params.get("chat_id") == chat_id)]
 
+    @contextlib.contextmanager
+    def simultaneously(self) -> Iterator[None]:
+        """Updates created inside the block reach the bot together, in one getUpdates answer."""
+        with self._lock:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holding -= 1
+            self._notify()
+
     def pending_updates(self) -> list[JSON]:
         """Updates not yet confirmed through getUpdates' offset."""
         with self._lock:
@@ -597,8 +611,12 @@ class FakeBotApi:
                     self._pending = self._pending[offset:]
                 if allowed:
                     self._pending = [u for u in self._pending if set(u) & set(allowed)]
-                if self._pending:
-                    return self._pending[:limit]
+                if self._pending and not self._holding:
+                    batch = self._pending[:limit]
+                    now = time.perf_counter()
+                    for update in batch:
+                        self.delivered_at.setdefault(update["update_id"], now)
+                    return batch
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed:
                 return []

@@ -294,3 +294,13 @@ async def test_real_application_polls_and_replies(server: FakeBotApi) -> None:
         await app.updater.stop()
         await app.stop()
     assert messages[0]["text"] == "Send me a photo"
+
+
+async def test_simultaneous_updates_arrive_together_with_delivery_times(bot: Bot, server: FakeBotApi) -> None:
+    with server.simultaneously():
+        sent = [server.user_sends_text(f"hi {n}", chat_id=1000 + n) for n in range(3)]
+        assert await bot.get_updates(timeout=0) == ()  # held back until the block ends
+    updates = await bot.get_updates(timeout=1)
+    assert [u.update_id for u in updates] == [u["update_id"] for u in sent]
+    delivered = {server.delivered_at[u["update_id"]] for u in sent}
+    assert len(delivered) == 1 and delivered.pop() <= time.perf_counter()
