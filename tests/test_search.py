@@ -1,0 +1,113 @@
+"""ExactSearcher: the matrix-product fast path and scikit-learn's NearestNeighbors agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recommender.features import l2_normalize
+from recommender.search import BATCH_THRESHOLD, ExactSearcher
+from tests.recommender_helpers import assert_same_neighbours
+
+
+def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).standard_normal((count, dim)))
+
+
+def both_paths(vectors: np.ndarray) -> tuple[ExactSearcher, ExactSearcher]:
+    """One searcher that always multiplies matrices, one that always asks NearestNeighbors."""
+    return ExactSearcher(batch_threshold=10**9).fit(vectors), ExactSearcher(batch_threshold=0).fit(vectors)
+
+
+def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("queries", [1, 3, BATCH_THRESHOLD, 50], ids=lambda n: f"{n}q")
+def test_paths_agree_on_random_unit_vectors(queries):
+    vectors = unit_vectors(700, 96, seed=1)
+    query = unit_vectors(queries, 96, seed=2)
+    matmul, sklearn = both_paths(vectors)
+    fast = matmul.search(query, 10)
+    reference = sklearn.search(query, 10)
+    assert_same_neighbours(vectors, query, fast, reference)
+    np.testing.assert_array_equal(fast[0], brute_force(vectors, query, 10))
+    # The public default picks a path by batch size; either way the answer is the same.
+    assert_same_neighbours(vectors, query, ExactSearcher().fit(vectors).search(query, 10), reference)
+    assert_same_neighbours(vectors, query, matmul.search_sklearn(query, 10), reference)
+
+
+def test_single_vector_query_is_accepted_as_1d():
+    vectors = unit_vectors(50, 16, seed=3)
+    rows, sims = ExactSearcher().fit(vectors).search(vectors[7], 3)
+    assert rows.shape == sims.shape == (1, 3)
+    assert rows[0, 0] == 7 and sims[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def _real_vectors(request, name: str) -> np.ndarray:
+    return request.getfixturevalue(name).load().vectors
+
+
+@pytest.mark.parametrize("index", ["demo_index", pytest.param("fashion_index", marks=pytest.mark.shared)])
+def test_paths_agree_on_real_index_vectors(request, index):
+    vectors = _real_vectors(request, index)
+    rng = np.random.default_rng(4)
+    matmul, sklearn = both_paths(vectors)
+    # Catalogue vectors themselves, and blends of two products (queries between catalogue items).
+    picks = rng.choice(len(vectors), 40, replace=False)
+    blends = l2_normalize(vectors[picks[:20]] + 0.7 * vectors[picks[20:]])
+    for query in (vectors[picks[:1]], vectors[picks[:5]], vectors[picks], blends, blends[:1]):
+        assert_same_neighbours(vectors, query, matmul.search(query, 8), sklearn.search(query, 8))
+    rows, sims = matmul.search(vectors[picks], 1)
+    np.testing.assert_array_equal(rows[:, 0], picks)
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+def test_exclude_removes_exactly_the_excluded_row(path):
+    vectors = unit_vectors(300, 32, seed=5)
+    searcher = both_paths(vectors)[path == "sklearn"]
+    queries = vectors[[10, 20, 30, 40]] + 0.01 * unit_vectors(4, 32, seed=6)
+    exclude = np.array([10, -1, 30, 123])  # own row, nothing, own row, a row not in the top-k
+    full_rows, full_sims = searcher.search(queries, 6)
+    rows, sims = searcher.search(queries, 5, exclude=exclude)
+    assert rows.shape == (4, 5)
+    for query, excluded in enumerate(exclude):
+        assert excluded not in rows[query]
+        keep = full_rows[query] != excluded
+        np.testing.assert_array_equal(rows[query], full_rows[query][keep][:5])
+        np.testing.assert_allclose(sims[query], full_sims[query][keep][:5], atol=1e-6)
+    assert rows[0, 0] != 10 and rows[1, 0] == 20  # the query's own row is what disappears
+
+
+@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+def test_k_larger_than_the_index(path):
+    vectors = unit_vectors(5, 8, seed=7)
+    searcher = both_paths(vectors)[path == "sklearn"]
+    rows, sims = searcher.search(vectors[:2], 50)
+    assert rows.shape == sims.shape == (2, 5)
+    for row in rows:
+        assert sorted(row.tolist()) == [0, 1, 2, 3, 4]
+    assert rows[0, 0] == 0 and rows[1, 0] == 1
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+    rows, _ = searcher.search(vectors[:2], 50, exclude=np.array([0, 1]))
+    assert rows.shape == (2, 4)
+    assert 0 not in rows[0] and 1 not in rows[1]
+
+
+@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+def test_float32_is_preserved(path):
+    vectors = unit_vectors(100, 24, seed=8)
+    searcher = both_paths(vectors)[path == "sklearn"]
+    for queries in (vectors[:3], vectors[:3].astype(np.float64), vectors[:20]):
+        rows, sims = searcher.search(queries, 4)
+        assert sims.dtype == np.float32
+        assert rows.dtype == np.int64
+    assert searcher.search_sklearn(vectors[:3], 4)[1].dtype == np.float32
+
+
+def test_search_before_fit_is_an_error():
+    with pytest.raises(RuntimeError, match="before fit"):
+        ExactSearcher().search(np.zeros((1, 4), np.float32))
+    assert ExactSearcher().size == 0
