@@ -1,0 +1,132 @@
+"""The operator scripts run as real processes: clear ``error:`` lines, table and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from recommender import build_index, load_catalogue
+from tests.recommender_helpers import error_line, make_broken_catalogue, run_script
+
+
+@pytest.fixture
+def demo_photo(demo_catalogue):
+    return demo_catalogue.images_dir / demo_catalogue.items[0].image
+
+
+# --- build_index.py: operator mistakes --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("empty-folder", "No images in"),
+        ("missing-folder", "Images folder not found"),
+        ("no-id-column", "has no 'id' column"),
+        ("duplicate-file-id", "Duplicate product id '1': both 1.jpg and 1.png"),
+        ("duplicate-row", "styles.csv:4: duplicate id '1'"),
+    ],
+)
+def test_catalogue_mistakes_give_one_error_line(tmp_path, demo_photo, setup, message):
+    images, styles = make_broken_catalogue(tmp_path, demo_photo, setup)
+    out = tmp_path / "index"
+    result = run_script("build_index.py", "--images", images, *(["--styles", styles] if styles else []), "--out", out)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in error_line(result)
+    assert not out.exists() and not list(tmp_path.glob(".index.*"))
+
+
+def test_output_under_a_file_is_refused(tmp_path, demo_photo):
+    """An output path that cannot be created (works as root, where permissions don't stop writes)."""
+    images, _ = make_broken_catalogue(tmp_path, demo_photo, "duplicate-row")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file")
+    result = run_script(
+        "build_index.py", "--images", images, "--out", blocker / "index",
+        "--backbone", "mobilenet_v2", "--weights", "none", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"Cannot write to {blocker}" in error_line(result)
+    assert blocker.read_text() == "a file"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_parent_is_refused(tmp_path, demo_photo):
+    images, _ = make_broken_catalogue(tmp_path, demo_photo, "duplicate-row")
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        result = run_script("build_index.py", "--images", images, "--out", parent / "index", "--backbone", "mobilenet_v2", "--weights", "none")
+    finally:
+        parent.chmod(0o755)
+    assert result.returncode == 2
+    assert "permission denied" in error_line(result)
+
+
+def test_bad_option_values_are_refused_before_any_work(tmp_path, demo_photo):
+    images, _ = make_broken_catalogue(tmp_path, demo_photo, "duplicate-row")
+    result = run_script("build_index.py", "--images", images, "--out", tmp_path / "index", "--backbone", "vgg")
+    assert result.returncode == 2 and "invalid choice: 'vgg'" in result.stderr
+    result = run_script("build_index.py", "--images", images, "--out", tmp_path / "index", "--weights", tmp_path / "missing.h5")
+    assert result.returncode == 2 and "Weights file not found" in error_line(result)
+
+
+# --- query.py -------------------------------------------------------------------------------
+
+
+def test_query_json_output(tmp_path, demo_index):
+    catalogue = demo_index.catalogue
+    good = [catalogue.images_dir / item.image for item in catalogue.items[:2]]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(good[0].read_bytes()[:200])
+    arguments = [str(good[0]), str(bad), str(good[1])]
+    result = run_script("query.py", *arguments, "--index", demo_index.path, "--k", 3, "--json")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert list(output) == arguments
+    assert set(output[str(bad)]) == {"error"} and "damaged" in output[str(bad)]["error"]
+    label_columns = [column for column in catalogue.columns if column != "id"]
+    for path, item in zip(good, catalogue.items[:2]):
+        results = output[str(path)]
+        assert len(results) == 3
+        assert all(list(r) == ["id", "score", *label_columns] for r in results)
+        assert results[0]["id"] == item.id and results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert results[0]["productDisplayName"] == item.labels["productDisplayName"]
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+
+def test_query_table_on_a_plain_folder(tmp_path, demo_catalogue, resnet_random):
+    """No styles.csv: ids are file names and products are captioned "Product <id>"."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for item in demo_catalogue.items[:6]:
+        shutil.copy(demo_catalogue.images_dir / item.image, photos / f"p{item.id}.png")
+    build_index(load_catalogue(photos), tmp_path / "index", resnet_random)
+    query = photos / "p1003.png"
+    missing = tmp_path / "missing.jpg"
+
+    result = run_script("query.py", query, missing, "--index", tmp_path / "index", "--k", 4)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index(str(query))
+    assert lines[start + 1].split() == ["#", "score", "id", "product"]
+    rows = [line.split() for line in lines[start + 2 : start + 6]]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    assert rows[0][2:] == ["p1003", "Product", "p1003"]
+    assert float(rows[0][1]) == pytest.approx(1.0, abs=1e-3)
+    assert all(row[3] == "Product" and row[4] == row[2] for row in rows)
+    assert lines[lines.index(str(missing)) + 1].strip().startswith("error: Cannot read image file missing.jpg")
+
+
+def test_query_with_a_mismatched_model_or_missing_index(tmp_path, demo_index):
+    result = run_script("query.py", "x.jpg", "--index", demo_index.path, "--backbone", "mobilenet_v2")
+    assert result.returncode == 2
+    assert "built with backbone 'resnet50', not 'mobilenet_v2'" in error_line(result)
+    result = run_script("query.py", "x.jpg", "--index", tmp_path / "nothing")
+    assert result.returncode == 2
+    assert "No catalogue index at" in error_line(result)
