@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Measure retrieval quality of an index against the catalogue's own labels.
+
+    python scripts/evaluate.py --images DIR --styles CSV --index DIR [--holdout FRACTION] [--seed N]
+        [--k 5] [--json FILE] [--sheet FILE.png] [--per-type-csv FILE] [--compare]
+
+Protocols:
+  * leave-one-out (default for a plain index): every labelled product queries the index with its
+    stored vector; its own row is excluded from its results.
+  * held-out (--holdout 0.2): a stratified 20% per articleType queries the other 80%. Anything the
+    index learned from labels (the label-centroid refinement) is re-learned on the 80% only. A
+    refined index is always evaluated this way (leave-one-out would leak its labels).
+  * --compare: plain backbone features vs the label-centroid refinement on the same split.
+
+Metrics: precision@k (share of the k results with the query's label) for articleType,
+masterCategory, baseColour and gender, micro (over queries) and macro (over article types with 5+
+items), and mAP@k; see recommender/evaluation.py for the exact definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts._cli import fail, run_cli  # noqa: E402
+
+REQUIRED_COLUMNS = ["articleType", "masterCategory", "baseColour", "gender"]
+DEFAULT_HOLDOUT = 0.2
+SHEET_QUERIES = 12
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Measure how often an index's nearest products share the query's labels.")
+    parser.add_argument("--images", required=True, type=Path, help="the catalogue's photo folder (Kaggle: images/)")
+    parser.add_argument("--styles", required=True, type=Path, help="styles.csv with id, articleType, masterCategory, baseColour, gender")
+    parser.add_argument("--index", required=True, type=Path, help="index directory built by build_index.py")
+    parser.add_argument("--holdout", type=float, help="evaluate FRACTION held-out products (e.g. 0.2) instead of leave-one-out")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of the sheet's queries (default 0)")
+    parser.add_argument("--k", type=int, default=5, help="results per query (default 5)")
+    parser.add_argument("--json", type=Path, help="write the metrics as JSON to FILE")
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of 12 random queries and their results")
+    parser.add_argument("--per-type-csv", type=Path, help="write per-articleType figures (default: <json stem>.per_type.csv)")
+    parser.add_argument("--compare", action="store_true", help="also compare plain features with the label-centroid refinement")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.k < 1:
+        fail("--k must be at least 1")
+    if args.holdout is not None and not 0.0 < args.holdout < 1.0:
+        fail("--holdout must be between 0 and 1 (e.g. 0.2)")
+
+    import numpy as np
+
+    from recommender import load_catalogue, load_index
+    from recommender import evaluation as ev
+
+    started = time.perf_counter()
+    catalogue = load_catalogue(args.images, args.styles, require_columns=REQUIRED_COLUMNS)
+    index = load_index(args.index)
+    unlabelled_ids = set(catalogue.unlabelled)
+    labels_by_id = {item.id: item.labels for item in catalogue.items if item.id not in unlabelled_ids}
+    labels = [labels_by_id.get(product["id"], {}) for product in index.products]
+    labelled_rows = np.array([row for row, product in enumerate(index.products) if product["id"] in labels_by_id], dtype=np.int64)
+    if len(labelled_rows) == 0:
+        fail(f"none of the {len(index)} indexed products has a row in {args.styles}: is this the index of that catalogue?")
+    if len(labelled_rows) < len(index):
+        print(f"note: {len(index) - len(labelled_rows)} indexed products have no {args.styles.name} row: searchable, not queries.")
+
+    vectors = np.asarray(index.vectors, dtype=np.float32)
+    features = vectors if index.features is None else np.asarray(index.features, dtype=np.float32)
+    colours = index.colours
+    refiner = index.refiner
+    method = "label-centroids" if refiner is not None else "none"
+
+    holdout = args.holdout
+    if holdout is None and refiner is not None:
+        holdout = DEFAULT_HOLDOUT
+        print(
+            f"note: this index is refined with centroids learned from every product's labels, so leave-one-out would leak the "
+            f"query's own label; evaluating a held-out {holdout:.0%} instead (centroids re-learned on the rest)."
+        )
+    elif holdout is None and args.compare:
+        holdout = DEFAULT_HOLDOUT
+        print(f"note: --compare needs a held-out split (the refinement learns from labels); using --holdout {holdout}.")
+    if args.compare and colours is None:
+        fail(f"{args.index} stores no colour histograms (built before the refinement existed): rebuild it to use --compare.")
+    if refiner is not None and colours is None:
+        fail(f"{args.index} is refined but stores no colour histograms: the index is damaged, rebuild it.")
+
+    k = args.k
+    weights = refiner.weights if refiner is not None else None
+    evaluations: dict[str, ev.Evaluation] = {}
+    split: dict[str, object] = {}
+    if holdout is None:
+        mode = "leave-one-out"
+        evaluations["index"] = ev.leave_one_out("plain", vectors, labels, labelled_rows, k=k)
+    else:
+        mode = "held-out"
+        groups = [labels[row].get(ev.GROUP_LABEL, "") for row in labelled_rows]
+        mask = ev.stratified_holdout(groups, holdout, seed=args.seed)
+        query_rows = labelled_rows[mask]
+        searchable_rows = np.setdiff1d(np.arange(len(index)), query_rows)
+        split = {"holdout": holdout, "seed": args.seed, "queries": int(len(query_rows)), "searchable": int(len(searchable_rows))}
+
+        def plain() -> ev.Evaluation:
+            return ev.held_out("plain", features[searchable_rows], searchable_rows, features[query_rows], query_rows, labels, k=k)
+
+        def refined() -> ev.Evaluation:
+            assert colours is not None
+            train, test = ev.refined_split_vectors(features, colours, labels, searchable_rows, query_rows, weights=weights)
+            return ev.held_out("refined", train, searchable_rows, test, query_rows, labels, k=k)
+
+        if refiner is not None or args.compare:
+            evaluations["refined"] = refined()
+        if refiner is None or args.compare:
+            evaluations["plain"] = plain()
+        evaluations["index"] = evaluations["refined" if refiner is not None else "plain"]
+
+    primary = evaluations["index"].report
+    what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
+    print(f"\nIndex {args.index}: {len(index)} products, backbone {index.manifest.get('backbone')}, "
+          f"weights {index.manifest.get('weights')}, refinement {method}; protocol {what}")
+    print(ev.format_table(primary))
+    print()
+    print(ev.format_weakest(primary))
+    if args.compare:
+        print(f"\nPlain backbone features vs label-centroid refinement, same split ({split['queries']} queries, "
+              f"{split['searchable']} searchable):")
+        print(ev.format_comparison(evaluations["plain"].report, evaluations["refined"].report))
+
+    if args.json:
+        output: dict[str, object] = {**primary.to_json(), "mode": mode, "k": k, "refinement": method,
+                                     "backbone": index.manifest.get("backbone"), "weights": index.manifest.get("weights")}
+        if split:
+            output["split"] = split
+        if args.compare:
+            output["compare"] = {
+                "plain": evaluations["plain"].report.to_json(),
+                "refined": evaluations["refined"].report.to_json(),
+                "metrics": ev.compare_reports(evaluations["plain"].report, evaluations["refined"].report),
+            }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(output, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"\nMetrics written to {args.json}")
+    per_type_csv = args.per_type_csv or (args.json.with_name(f"{args.json.stem}.per_type.csv") if args.json else None)
+    if per_type_csv:
+        per_type_csv.parent.mkdir(parents=True, exist_ok=True)
+        ev.write_per_type_csv(primary, per_type_csv)
+        print(f"Per-articleType figures written to {per_type_csv}")
+    if args.sheet:
+        path = write_sheet(args.sheet, evaluations["index"], index, labels, catalogue, args.seed, what)
+        print(f"Contact sheet written to {path}")
+    print(f"({time.perf_counter() - started:.1f}s)")
+    return 0
+
+
+def write_sheet(path: Path, evaluation, index, labels, catalogue, seed: int, what: str) -> Path:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from recommender.catalogue import display_name
+    from recommender.contact_sheet import SheetCell, save_contact_sheet
+
+    def image_of(row: int) -> Path:
+        stored = index.image_path(row)
+        return stored if stored.is_file() else catalogue.images_dir / index.products[row]["image"]
+
+    def cell(row: int, score: float | None = None, correct: bool | None = None) -> SheetCell:
+        product_labels = labels[row] or index.products[row]
+        return SheetCell(image_of(row), product_labels.get("articleType", ""), product_labels.get("baseColour", ""),
+                         display_name(dict(product_labels)), score, correct)
+
+    rng = np.random.default_rng(seed)
+    count = min(SHEET_QUERIES, len(evaluation.query_rows))
+    picks = np.sort(rng.choice(len(evaluation.query_rows), size=count, replace=False))
+    rows = []
+    for q in picks:
+        query_row = int(evaluation.query_rows[q])
+        wanted = labels[query_row].get("articleType", "")
+        rows.append([cell(query_row)] + [
+            cell(int(r), float(s), labels[int(r)].get("articleType", "") == wanted)
+            for r, s in zip(evaluation.result_rows[q], evaluation.scores[q])
+        ])
+    report = evaluation.report
+    header = (f"{index.directory.name} · {index.manifest.get('backbone')} · {evaluation.name} · {what} · "
+              f"P@{report.k} type {report.precision['articleType']['micro']:.3f} · {count} random queries")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_contact_sheet(path, rows, header)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
