@@ -40,6 +40,8 @@ class ExactSearcher:
         """
         if self._vectors is None or self._neighbors is None:
             raise RuntimeError("ExactSearcher.search called before fit")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         wanted = min(k + (1 if exclude is not None else 0), self.size)
         if len(queries) < self.batch_threshold:
