@@ -130,3 +130,11 @@ def test_query_with_a_mismatched_model_or_missing_index(tmp_path, demo_index):
     result = run_script("query.py", "x.jpg", "--index", tmp_path / "nothing")
     assert result.returncode == 2
     assert "No catalogue index at" in error_line(result)
+
+
+@pytest.mark.parametrize("k, message", [("0", "must be at least 1, not 0"), ("-2", "must be at least 1, not -2"), ("x", "expected a whole number")])
+def test_query_refuses_a_bad_k(demo_photo, k, message):
+    result = run_script("query.py", demo_photo, "--index", "unused", "--k", k)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument --k: {message}" in result.stderr
+

@@ -107,6 +107,14 @@ def test_float32_is_preserved(path):
     assert searcher.search_sklearn(vectors[:3], 4)[1].dtype == np.float32
 
 
+@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+def test_k_below_one_is_refused_on_both_paths(path):
+    searcher = both_paths(unit_vectors(10, 4, seed=9))[path == "sklearn"]
+    for k in (0, -3):
+        with pytest.raises(ValueError, match="k must be at least 1"):
+            searcher.search(unit_vectors(2, 4, seed=10), k)
+
+
 def test_search_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="before fit"):
         ExactSearcher().search(np.zeros((1, 4), np.float32))
