@@ -218,7 +218,9 @@ async def _send_page(
         await reply(message, "That's everything similar I have in the catalogue.")
         return
     reply_to = message.message_id if offset == 0 else None
-    await send_album(context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to)
+    if not await send_album(context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to):
+        await reply(message, "Sorry, I found similar products but could not load their photos. Please try again later.")
+        return
     next_offset = offset + len(matches)
     if next_offset < min(runtime.catalogue_size, MAX_RESULTS) and len(matches) == PAGE:
         token = token or runtime.remember(session)
