@@ -87,12 +87,14 @@ def build_application(settings: Settings) -> Application:
     application = builder.build()
     application.bot_data["settings"] = settings
     application.add_handler(TypeHandler(Update, handlers.gate), group=-1)
-    application.add_handler(CommandHandler(["start", "help"], handlers.start))
-    application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, handlers.on_image))
+    # Only new messages are requests: editing an earlier photo's caption must not answer it again.
+    new = filters.UpdateType.MESSAGE
+    application.add_handler(CommandHandler(["start", "help"], handlers.start, filters=new))
+    application.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), handlers.on_image))
     application.add_handler(CallbackQueryHandler(handlers.on_more, pattern=r"^more:"))
-    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.on_text))
-    application.add_handler(MessageHandler(filters.COMMAND, handlers.start))
-    application.add_handler(MessageHandler(filters.ALL, handlers.on_other))
+    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, handlers.on_text))
+    application.add_handler(MessageHandler(new & filters.COMMAND, handlers.start))
+    application.add_handler(MessageHandler(new, handlers.on_other))
     application.add_error_handler(handlers.on_error)
     return application
 

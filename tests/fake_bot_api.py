@@ -423,6 +423,11 @@ class FakeBotApi:
         self._user(chat_id)
         return self._push("message", self._message(chat_id, user, **content))
 
+    def user_edits(self, update: JSON, **changes: Any) -> JSON:
+        """The shopper edits an earlier message (e.g. its caption): an ``edited_message`` update."""
+        edited = {**update["message"], **changes, "edit_date": int(time.time())}
+        return self._push("edited_message", edited)
+
     def user_sends_text(self, text: str, chat_id: int = DEFAULT_CHAT,
                         user_id: int | None = None) -> JSON:
         """A text message; "/cmd ..." gets a ``bot_command`` entity."""

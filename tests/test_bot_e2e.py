@@ -206,6 +206,19 @@ def test_anything_else_gets_a_helpful_answer(api: FakeBotApi, bot: BotProcess, s
     assert not api.albums(chat)
 
 
+def test_editing_an_earlier_photo_is_not_a_new_request(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    chat = 2150
+    photo = api.user_sends_photo(photo_of(data_dir, catalogue[20]["id"]), chat_id=chat)
+    wait_albums(api, chat)
+    api.user_edits(photo, caption="this one, in red?")
+    api.user_sends_text("/help", chat_id=chat)
+    wait_text(api, chat, 2)  # the Next-5 prompt, then the help answer: the edit was processed before it
+    time.sleep(1.0)
+    assert len(api.albums(chat)) == 1
+    answers = texts(api, chat)
+    assert len(answers) == 2 and answers[0].startswith("Products 1-5") and "/help shows" in answers[1]
+
+
 def test_image_over_the_pixel_limit_is_refused_politely(api: FakeBotApi, bot: BotProcess) -> None:
     huge = io.BytesIO()
     Image.new("RGB", (9000, 5000), (200, 30, 40)).save(huge, format="PNG")  # 45 MP > 40 MP limit, ~100 kB
