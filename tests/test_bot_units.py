@@ -16,7 +16,7 @@ from bot.logging_setup import REDACTED, RedactTokenFilter
 from bot.rate_limit import RateLimiter
 from bot.retry import with_retries
 
-TOKEN = "123456789:AAH-secret_part_of_the_token_0123456"
+TOKEN = "4242:FAKE-test-token-secret_part"
 
 
 def test_settings_read_every_variable() -> None:
