@@ -15,7 +15,8 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from recommender import ImageDecodeError
+from recommender import ImageDecodeError, Match
+from recommender.catalogue import IMAGE_SUFFIXES
 
 from .album import send_album
 from .config import TELEGRAM_DOWNLOAD_LIMIT, Settings
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 PAGE = 5
 MAX_RESULTS = 50
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 HELP = (
     "👋 Send me a photo of a garment, shoe or accessory and I'll show you the 5 most similar "
@@ -44,14 +44,6 @@ FAILED = "Sorry, something went wrong on my side while handling that. Please try
 
 
 @dataclass
-class QuerySession:
-    """A shopper's photo, remembered so "Next 5" does not need to download and embed it again."""
-
-    vector: np.ndarray
-    file_id: str
-
-
-@dataclass
 class BotRuntime:
     """Everything handlers share, created once at start-up (``post_init``)."""
 
@@ -60,13 +52,14 @@ class BotRuntime:
     file_ids: FileIdCache
     catalogue_size: int
     rate_limiter: RateLimiter
-    sessions: "OrderedDict[str, QuerySession]" = field(default_factory=OrderedDict)
+    #: query vectors of recent photos, so "Next 5" needs no second download and embedding
+    sessions: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
     max_sessions: int = 5000
     _chat_tails: dict[int, asyncio.Future[None]] = field(default_factory=dict)
 
-    def remember(self, session: QuerySession) -> str:
+    def remember(self, vector: np.ndarray) -> str:
         token = secrets.token_urlsafe(9)
-        self.sessions[token] = session
+        self.sessions[token] = vector
         while len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
         return token
@@ -174,7 +167,7 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             return
         matches = await runtime.inference.search(vector, PAGE, 0)
         await _after(previous)
-        await _send_page(context, runtime, message, chat_id, QuerySession(vector, file_id), matches, 0)
+        await _send_page(context, runtime, message, chat_id, vector, matches, 0)
     finally:
         runtime.end_turn(chat_id, mine)
 
@@ -186,22 +179,20 @@ async def on_more(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     runtime = runtime_of(context)
     _, token, raw_offset = (query.data or "more::0").split(":", 2)
-    session = runtime.sessions.get(token)
-    if session is None:
-        await query.answer()
-        await reply(query.message, "That search has expired. Please send the photo again.")
+    message = query.message
+    vector = runtime.sessions.get(token)
+    await query.answer()
+    if vector is None:
+        await reply(message, "That search has expired. Please send the photo again.")
         return
     offset = int(raw_offset) if raw_offset.isdigit() else PAGE
-    await query.answer()
-    chat_id = query.message.chat_id
-    await _chat_action(context, chat_id)
-    with_more = query.message
+    await _chat_action(context, message.chat_id)
     try:
-        await with_retries(lambda: with_more.edit_reply_markup(reply_markup=None))
+        await with_retries(lambda: message.edit_reply_markup(reply_markup=None))
     except TelegramError as exc:
         log.debug("could not remove the old button: %s", exc)
-    matches = await runtime.inference.search(session.vector, PAGE, offset)
-    await _send_page(context, runtime, query.message, chat_id, session, matches, offset, token)
+    matches = await runtime.inference.search(vector, PAGE, offset)
+    await _send_page(context, runtime, message, message.chat_id, vector, matches, offset, token)
 
 
 async def _send_page(
@@ -209,8 +200,8 @@ async def _send_page(
     runtime: BotRuntime,
     message: Message,
     chat_id: int,
-    session: QuerySession,
-    matches: list,
+    vector: np.ndarray,
+    matches: list[Match],
     offset: int,
     token: str | None = None,
 ) -> None:
@@ -223,7 +214,7 @@ async def _send_page(
         return
     next_offset = offset + len(matches)
     if next_offset < min(runtime.catalogue_size, MAX_RESULTS) and len(matches) == PAGE:
-        token = token or runtime.remember(session)
+        token = token or runtime.remember(vector)
         keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=f"more:{token}:{next_offset}")]])
         shown = f"{offset + 1}-{next_offset}"
         await with_retries(

@@ -36,4 +36,5 @@ __all__ = [
     "build_index",
     "load_catalogue",
     "load_image",
+    "load_index",
 ]

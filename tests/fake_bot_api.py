@@ -571,29 +571,30 @@ class FakeBotApi:
                              f"params={params} files={c.files}")
         return "\n".join(lines)
 
+    def _satisfied(self, predicate: Callable[[FakeBotApi], T], deadline: float, timeout: float) -> T | None:
+        """The predicate's truthy value, None to keep waiting, TimeoutError past the deadline."""
+        value = predicate(self)
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout}s\n{self.summary()}")
+        return None
+
     def wait_for(self, predicate: Callable[[FakeBotApi], T], timeout: float = 10.0,
                  interval: float = 0.02) -> T:
         """Block until ``predicate(self)`` is truthy; TimeoutError with a summary otherwise."""
         deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(self)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout}s\n{self.summary()}")
+        while (value := self._satisfied(predicate, deadline, timeout)) is None:
             time.sleep(interval)
+        return value
 
     async def await_for(self, predicate: Callable[[FakeBotApi], T], timeout: float = 10.0,
                         interval: float = 0.02) -> T:
         """Async ``wait_for`` that does not block the caller's event loop."""
         deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(self)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout}s\n{self.summary()}")
+        while (value := self._satisfied(predicate, deadline, timeout)) is None:
             await asyncio.sleep(interval)
+        return value
 
     # ----------------------------------------------------------------- API methods
     def _api_getMe(self, p: JSON, f: dict[str, _Part]) -> JSON:
