@@ -210,9 +210,10 @@ def test_editing_an_earlier_photo_is_not_a_new_request(api: FakeBotApi, bot: Bot
     chat = 2150
     photo = api.user_sends_photo(photo_of(data_dir, catalogue[20]["id"]), chat_id=chat)
     wait_albums(api, chat)
+    wait_text(api, chat, 1)  # the Next-5 prompt follows the album: wait for it, or /help can overtake it
     api.user_edits(photo, caption="this one, in red?")
     api.user_sends_text("/help", chat_id=chat)
-    wait_text(api, chat, 2)  # the Next-5 prompt, then the help answer: the edit was processed before it
+    wait_text(api, chat, 2)  # the help answer: the edit was processed before it
     time.sleep(1.0)
     assert len(api.albums(chat)) == 1
     answers = texts(api, chat)
@@ -264,6 +265,7 @@ def test_catalogue_photos_are_resent_by_file_id(api: FakeBotApi, bot: BotProcess
     photo = photo_of(data_dir, catalogue[70]["id"])
     api.user_sends_photo(photo, chat_id=2501)
     first = wait_albums(api, 2501)[0]
+    wait_text(api, 2501)  # the Next-5 prompt goes out after the album's file_ids are cached
     api.user_sends_photo(photo, chat_id=2502)
     second = wait_albums(api, 2502)[0]
     assert [i.caption for i in first.items] == [i.caption for i in second.items]
@@ -294,6 +296,7 @@ def test_file_id_cache_survives_restart_and_private_mode(api: FakeBotApi, bot: B
     cache = data_dir / "telegram-file-ids.json"
     api.user_sends_photo(photo, chat_id=2801)
     wait_albums(api, 2801)
+    wait_text(api, 2801)  # the Next-5 prompt goes out after the album's file_ids are saved
     assert cache.is_file()
     bot.stop()  # the module fixture's teardown re-checks the clean exit
     polls = len(api.calls_to("getUpdates"))
