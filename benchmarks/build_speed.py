@@ -77,10 +77,10 @@ def naive_model(backbone: str, weights: str):
     """The original projects' model: a Keras application called with ``model.predict``."""
     import keras
 
-    spec = FeatureExtractor(backbone, weights).spec
+    reference = FeatureExtractor(backbone, weights)  # only for its backbone spec and weights source
+    spec, source = reference.spec, reference.weights_source
     application = getattr(keras.applications, spec.builder)
     preprocess = getattr(keras.applications, spec.preprocess_module).preprocess_input
-    source = FeatureExtractor(backbone, weights).weights_source
     model = application(
         weights=None if source == "none" else source, include_top=False, input_shape=(224, 224, 3), pooling="avg"
     )

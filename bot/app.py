@@ -64,6 +64,7 @@ async def post_shutdown(application: Application) -> None:
     if runtime is not None:
         await runtime.file_ids.save()
         runtime.inference.stop()
+        log.info("Embedded %d photos in %d forward passes.", runtime.inference.images, runtime.inference.batches)
     log.info("Stopped cleanly.")
 
 

@@ -141,35 +141,39 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     chat_id = message.chat_id
     previous, mine = runtime.reserve_turn(chat_id)  # before any await: keeps arrival order
     try:
-        wait = runtime.rate_limiter.retry_in(update.effective_user.id if update.effective_user else chat_id)
-        if wait > 0:
-            await _after(previous)
-            await reply(message, f"You're sending photos faster than I can look 🙂 Please try again in {int(wait) + 1} s.")
-            return
-        await _chat_action(context, chat_id)
-        file_id, size = found
-        limit = min(runtime.settings.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT)
-        if size is not None and size > limit:
-            await _after(previous)
-            await reply(message, f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB.")
-            return
-        try:
-            data = await _download(context, file_id)
-            vector = await runtime.inference.embed(data)
-        except ImageDecodeError as exc:
-            await _after(previous)
-            await reply(message, f"I couldn't use that image: {exc} Please send a normal photo (JPEG, PNG or WebP).")
-            return
-        except BadRequest as exc:  # e.g. Telegram's "file is too big" on getFile
-            log.info("getFile refused for chat %s: %s", chat_id, exc)
-            await _after(previous)
-            await reply(message, "I couldn't download that image; it may be too big. Please send a smaller photo.")
-            return
-        matches = await runtime.inference.search(vector, PAGE, 0)
+        answer = await _first_page(update, context, runtime, message, found)
         await _after(previous)
-        await _send_page(context, runtime, message, chat_id, vector, matches, 0)
+        if isinstance(answer, str):
+            await reply(message, answer)
+        else:
+            vector, matches = answer
+            await _send_page(context, runtime, message, chat_id, vector, matches, 0)
     finally:
         runtime.end_turn(chat_id, mine)
+
+
+async def _first_page(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, found: tuple[str, int | None]
+) -> str | tuple[np.ndarray, list[Match]]:
+    """The photo's query vector and first page of matches, or the polite refusal to send instead."""
+    chat_id = message.chat_id
+    wait = runtime.rate_limiter.retry_in(update.effective_user.id if update.effective_user else chat_id)
+    if wait > 0:
+        return f"You're sending photos faster than I can look 🙂 Please try again in {int(wait) + 1} s."
+    await _chat_action(context, chat_id)
+    file_id, size = found
+    limit = min(runtime.settings.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT)
+    if size is not None and size > limit:
+        return f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB."
+    try:
+        data = await _download(context, file_id)
+        vector = await runtime.inference.embed(data)
+    except ImageDecodeError as exc:
+        return f"I couldn't use that image: {exc} Please send a normal photo (JPEG, PNG or WebP)."
+    except BadRequest as exc:  # e.g. Telegram's "file is too big" on getFile
+        log.info("getFile refused for chat %s: %s", chat_id, exc)
+        return "I couldn't download that image; it may be too big. Please send a smaller photo."
+    return vector, await runtime.inference.search(vector, PAGE, 0)
 
 
 async def on_more(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -253,6 +257,6 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     log.error("Unhandled error%s: %s", where, context.error, exc_info=context.error)
     if isinstance(update, Update) and update.effective_message:
         try:
-            await update.effective_message.reply_text(FAILED)
+            await reply(update.effective_message, FAILED)
         except TelegramError:
             log.warning("Could not tell the user about the error%s", where)

@@ -36,8 +36,9 @@ class InferenceService:
         self.max_batch = max_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.batches = 0
+        #: photos embedded and forward passes run, for the shutdown log (batching at work)
         self.images = 0
+        self.batches = 0
 
     def start(self) -> None:
         if self._thread is None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
+from typing import Callable
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, clock: "type[time.monotonic] | None" = None) -> None:
+    def __init__(self, per_minute: int, clock: Callable[[], float] | None = None) -> None:
         self.per_minute = per_minute
         self._clock = clock or time.monotonic
         self._hits: dict[int, deque[float]] = defaultdict(deque)

@@ -22,22 +22,24 @@ import numpy as np
 from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
 from . import colour
 from . import refine as refine_module
-from .colour import colour_histograms
 from .features import FeatureExtractor
 from .images import ImageDecodeError, load_image
 from .index import (
     COLOURS,
     FEATURES,
     MANIFEST,
+    MODEL_KEYS,
     PRODUCTS,
     SKIPPED,
     VECTORS,
     CatalogueIndex,
+    atomic_file,
     check_model_matches,
     load_index,
     make_manifest,
     swap_into_place,
     temporary_sibling,
+    utc_timestamp,
     write_json_atomic,
     write_products,
     write_skipped,
@@ -67,15 +69,6 @@ class BuildReport:
 
 def partial_dir_for(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
-
-
-def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class _Checkpoint:
@@ -141,8 +134,9 @@ class _Checkpoint:
     def save(self, ids: list[str], vectors: np.ndarray, colours: np.ndarray, skipped: list[tuple[str, str]]) -> None:
         number = self._next_number()
         name = f"chunk-{number:06d}"
-        _write_npy_atomic(self.directory / f"{name}.npy", vectors.astype(np.float32))
-        _write_npy_atomic(self.directory / f"{name}.colour.npy", colours.astype(np.float32))
+        for path, array in ((self.directory / f"{name}.npy", vectors), (self.directory / f"{name}.colour.npy", colours)):
+            with atomic_file(path) as handle:
+                np.save(handle, array.astype(np.float32), allow_pickle=False)
         meta = {"vectors": f"{name}.npy", "colours": f"{name}.colour.npy", "ids": ids, "skipped": [list(s) for s in skipped]}
         write_json_atomic(self.directory / f"{name}.json", meta)
         self.chunks.append(meta)
@@ -174,7 +168,7 @@ def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: in
         except ImageDecodeError as exc:
             skipped.append((item.id, f"{item.image}: {exc}"))
     array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-    return good, array, colour_histograms(array), skipped
+    return good, array, colour.colour_histograms(array), skipped
 
 
 def _prefetched_batches(catalogue: Catalogue, items: Sequence[CatalogueItem], batch_size: int, size: int) -> Iterator[Batch]:
@@ -232,7 +226,7 @@ def build_index(
     report.removed = sum(1 for item_id in existing_rows if item_id not in wanted_ids)
 
     identity = {
-        "model": {key: description[key] for key in ("backbone", "weights_fingerprint", "input_size", "pooling", "dim")},
+        "model": {key: description[key] for key in MODEL_KEYS},
         "images_root": str(catalogue.images_dir.resolve()),
     }
     checkpoint = _Checkpoint(partial_dir_for(out_dir), identity)
@@ -365,7 +359,7 @@ def _assemble(
         write_skipped(staging / SKIPPED, report.skipped)
         extra: dict[str, Any] = {}
         if existing is not None:
-            extra = {"created_at": existing.manifest.get("created_at"), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            extra = {"created_at": existing.manifest.get("created_at"), "updated_at": utc_timestamp()}
         manifest = make_manifest(
             description,
             count=len(rows),

@@ -24,6 +24,8 @@ from typing import Sequence, Union
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from .images import decode_image
+
 CELL_W, CELL_H, TEXT_H = 120, 160, 36
 MARGIN, GAP, QUERY_GAP, HEADER_H = 10, 6, 18, 28
 COLUMNS = 6
@@ -89,8 +91,8 @@ def _photo(source: ImageLike) -> Image.Image:
     try:
         if source is None:
             raise OSError("no image")
-        image = source if isinstance(source, Image.Image) else Image.open(source)
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        # decode_image: upright, RGB on white, size limits: the photo as the model saw it
+        image = ImageOps.exif_transpose(source).convert("RGB") if isinstance(source, Image.Image) else decode_image(source, min_side=CELL_H)
         image = ImageOps.contain(image, (CELL_W - 2 * FRAME, CELL_H - 2 * FRAME), Image.Resampling.LANCZOS)
         canvas.paste(image, ((CELL_W - image.width) // 2, (CELL_H - image.height) // 2))
     except (OSError, ValueError):

@@ -42,15 +42,6 @@ COMPARE_METRICS = (
 )
 
 
-def precision_at_k(query_labels: Sequence[str], result_labels: Sequence[Sequence[str]], k: int | None = None) -> np.ndarray:
-    """Per-query share of the ``k`` results whose label equals the query's (k defaults to the list length)."""
-    out = []
-    for query, results in zip(query_labels, result_labels):
-        width = k if k is not None else len(results)
-        out.append(sum(r == query for r in list(results)[:width]) / width if width else 0.0)
-    return np.array(out, dtype=float)
-
-
 def average_precision_at_k(relevance: np.ndarray, relevant_available: np.ndarray) -> np.ndarray:
     """Per-query AP@k from a ``(Q, k)`` boolean relevance matrix; NaN where nothing was relevant."""
     relevance = np.asarray(relevance, dtype=float)

@@ -104,13 +104,11 @@ def read_image_bytes(source: str | os.PathLike[str] | bytes | bytearray | Binary
         path = Path(source)
         try:
             size = path.stat().st_size
-            if size > max_bytes:
-                raise ImageDecodeError(f"This image file is too big ({size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB).")
-            data = path.read_bytes()
-        except ImageDecodeError:
-            raise
+            data = path.read_bytes() if size <= max_bytes else b""
         except OSError as exc:
             raise ImageDecodeError(f"Cannot read image file {path.name}: {exc.strerror or exc}.") from exc
+        if size > max_bytes:
+            raise ImageDecodeError(f"This image file is too big ({size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB).")
     else:
         data = source.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -142,8 +140,6 @@ def decode_image(
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return _to_rgb(image)
-    except ImageDecodeError:
-        raise
     except (*DECODER_ERRORS, Image.DecompressionBombError) as exc:
         raise ImageDecodeError("This image is damaged or incomplete and cannot be decoded.") from exc
 

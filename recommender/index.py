@@ -21,10 +21,11 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -94,14 +95,24 @@ def read_json(path: Path) -> Any:
         return json.load(handle)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` complete (fsync + ``os.replace``) or not at all."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically (never half-written)."""
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def write_products(path: Path, products: Iterable[Mapping[str, str]], columns: Sequence[str]) -> None:
@@ -126,6 +137,11 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
         writer.writerows(skipped)
 
 
+def utc_timestamp() -> str:
+    """When something was written, as ISO 8601 UTC (manifest dates)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def make_manifest(
     extractor_description: Mapping[str, Any],
     *,
@@ -139,7 +155,7 @@ def make_manifest(
         **dict(extractor_description),
         "count": int(count),
         "images_root": str(Path(images_root).resolve()),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_timestamp(),
         "catalogue": dict(catalogue or {}),
     }
     manifest.update(extra or {})
@@ -183,9 +199,9 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
             f"{manifest_path} has format version {manifest.get('format_version') if isinstance(manifest, dict) else '?'};"
             f" this program reads version {FORMAT_VERSION}. Rebuild the index."
         )
-    missing = [key for key in (*MODEL_KEYS, "backbone", "weights", "count") if key not in manifest]
+    missing = [key for key in (*MODEL_KEYS, "weights", "count") if key not in manifest]
     if missing:
-        raise IndexCorruptError(f"{manifest_path} lacks {', '.join(sorted(set(missing)))}. Rebuild the index.")
+        raise IndexCorruptError(f"{manifest_path} lacks {', '.join(sorted(missing))}. Rebuild the index.")
     try:
         vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
         products, columns = read_products(directory / PRODUCTS)

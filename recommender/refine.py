@@ -47,6 +47,16 @@ def _centroids(vectors: np.ndarray, labels: Sequence[str]) -> tuple[list[str], n
     return names, l2_normalize(sums.astype(np.float32))
 
 
+def _centroid_of_each(own: np.ndarray, labels: Sequence[str], names: Sequence[str], centroids: np.ndarray) -> np.ndarray:
+    """Row i: the centroid of label i, or row i of ``own`` when that label was not learned."""
+    position = {name: i for i, name in enumerate(names)}
+    out = np.array(own, dtype=np.float32, copy=True)
+    for row, label in enumerate(labels):
+        if label in position:
+            out[row] = centroids[position[label]]
+    return out
+
+
 @dataclass
 class LabelCentroids:
     """Fitted refinement: class centroids plus the weights that combine them."""
@@ -76,16 +86,8 @@ class LabelCentroids:
         """Catalogue side: each product pulled towards its type and colour centroids."""
         features = l2_normalize(features)
         colours = l2_normalize(colours)
-        type_pos = {name: i for i, name in enumerate(self.type_names)}
-        colour_pos = {name: i for i, name in enumerate(self.colour_names)}
-        type_part = np.stack(
-            [self.type_centroids[type_pos[l.get(self.type_label, "")]] if l.get(self.type_label, "") in type_pos else features[i]
-             for i, l in enumerate(labels)]
-        ) if len(labels) else np.zeros_like(features)
-        colour_part = np.stack(
-            [self.colour_centroids[colour_pos[l.get(self.colour_label, "")]] if l.get(self.colour_label, "") in colour_pos else colours[i]
-             for i, l in enumerate(labels)]
-        ) if len(labels) else np.zeros_like(colours)
+        type_part = _centroid_of_each(features, [l.get(self.type_label, "") for l in labels], self.type_names, self.type_centroids)
+        colour_part = _centroid_of_each(colours, [l.get(self.colour_label, "") for l in labels], self.colour_names, self.colour_centroids)
         w = self.weights
         return l2_normalize(
             np.concatenate(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._cli import fail, run_cli  # noqa: E402
+from scripts._cli import fail, positive_int, run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="imagenet",
         help="'imagenet' (Keras downloads them once; needs internet), 'none' (random, for tests) or a .h5 weights file",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument(
         "--refine",
         default="auto",
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="label-aware refinement learned from styles.csv (articleType + baseColour); auto = on when both labels exist",
     )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
-    parser.add_argument("--checkpoint-every", type=int, default=512, help="save progress every N images (default 512)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 

@@ -24,12 +24,16 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._cli import fail, run_cli  # noqa: E402
+from scripts._cli import fail, positive_int, run_cli  # noqa: E402
 
-REQUIRED_COLUMNS = ["articleType", "masterCategory", "baseColour", "gender"]
+if TYPE_CHECKING:  # the engine is imported after argument parsing, so --help stays instant
+    from recommender import Catalogue, CatalogueIndex
+    from recommender.evaluation import Evaluation
+
 DEFAULT_HOLDOUT = 0.2
 SHEET_QUERIES = 12
 
@@ -41,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--index", required=True, type=Path, help="index directory built by build_index.py")
     parser.add_argument("--holdout", type=float, help="evaluate FRACTION held-out products (e.g. 0.2) instead of leave-one-out")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of the sheet's queries (default 0)")
-    parser.add_argument("--k", type=int, default=5, help="results per query (default 5)")
+    parser.add_argument("--k", type=positive_int, default=5, help="results per query (default 5)")
     parser.add_argument("--json", type=Path, help="write the metrics as JSON to FILE")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of 12 random queries and their results")
     parser.add_argument("--per-type-csv", type=Path, help="write per-articleType figures (default: <json stem>.per_type.csv)")
@@ -51,18 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.k < 1:
-        fail("--k must be at least 1")
     if args.holdout is not None and not 0.0 < args.holdout < 1.0:
         fail("--holdout must be between 0 and 1 (e.g. 0.2)")
 
     import numpy as np
 
-    from recommender import load_catalogue, load_index
     from recommender import evaluation as ev
+    from recommender import load_catalogue, load_index, refine
 
     started = time.perf_counter()
-    catalogue = load_catalogue(args.images, args.styles, require_columns=REQUIRED_COLUMNS)
+    catalogue = load_catalogue(args.images, args.styles, require_columns=list(ev.LABELS))
     index = load_index(args.index)
     unlabelled_ids = set(catalogue.unlabelled)
     labels_by_id = {item.id: item.labels for item in catalogue.items if item.id not in unlabelled_ids}
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     features = vectors if index.features is None else np.asarray(index.features, dtype=np.float32)
     colours = index.colours
     refiner = index.refiner
-    method = "label-centroids" if refiner is not None else "none"
+    method = refine.METHOD if refiner is not None else refine.NONE
 
     holdout = args.holdout
     if holdout is None and refiner is not None:
@@ -161,7 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_sheet(path: Path, evaluation, index, labels, catalogue, seed: int, what: str) -> Path:  # type: ignore[no-untyped-def]
+def write_sheet(
+    path: Path,
+    evaluation: "Evaluation",
+    index: "CatalogueIndex",
+    labels: Sequence[Mapping[str, str]],
+    catalogue: "Catalogue",
+    seed: int,
+    what: str,
+) -> Path:
+    """The contact sheet of ``SHEET_QUERIES`` random queries (fixed ``seed``) and their results."""
     import numpy as np
 
     from recommender.catalogue import display_name

@@ -13,24 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._cli import run_cli  # noqa: E402
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+from scripts._cli import positive_int, run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Show the catalogue products most similar to each image.")
     parser.add_argument("images", nargs="+", help="photos to look up")
     parser.add_argument("--index", required=True, type=Path, help="index directory built by build_index.py")
-    parser.add_argument("--k", type=_positive, default=5, help="results per image (default 5)")
+    parser.add_argument("--k", type=positive_int, default=5, help="results per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: image path → ranked results")
     parser.add_argument("--backbone", help="override the index's backbone (must match it)")
     parser.add_argument("--weights", help="override where the weights come from (must match the index's)")

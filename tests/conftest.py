@@ -17,7 +17,7 @@ import pytest
 from tests.recommender_helpers import FASHION_DIR, MOBILENET_WEIGHTS, SHARED
 
 if TYPE_CHECKING:  # the engine (numpy, scikit-learn, TensorFlow) is imported only by tests that use it
-    from recommender import BuildReport, Catalogue, CatalogueIndex
+    from recommender import BuildReport, Catalogue, CatalogueIndex, Recommender
 
 # ---------------------------------------------------------------------------------------------
 # Recommender engine
@@ -39,6 +39,12 @@ class BuiltIndex:
         from recommender import load_index
 
         return load_index(self.path)
+
+    def recommender(self) -> "Recommender":
+        """A loaded Recommender over this index (it builds the index's own model, as the bot does)."""
+        from recommender import Recommender
+
+        return Recommender(self.path).load()
 
 
 #: Fixtures that read ../shared; tests using them get the ``shared`` marker (``-m "not shared"``).
@@ -86,6 +92,20 @@ def demo_catalogue(tmp_path_factory):
     return load_catalogue(images_dir, styles)
 
 
+@pytest.fixture
+def demo_photo(demo_catalogue) -> Path:
+    """One demo catalogue photo on disk (read-only)."""
+    return demo_catalogue.images_dir / demo_catalogue.items[0].image
+
+
+def _plain_index(catalogue, extractor, tmp_path_factory, name: str) -> BuiltIndex:
+    """``catalogue`` indexed with ``extractor``, plain backbone features (``refine="none"``)."""
+    from recommender import build_index
+
+    path = tmp_path_factory.mktemp(name) / "index"
+    return BuiltIndex(path, catalogue, build_index(catalogue, path, extractor, refine="none"))
+
+
 def _refined_copy(built: BuiltIndex, extractor, tmp_path_factory, name: str) -> BuiltIndex:
     """The same index with label-aware refinement, derived without re-extracting any photo."""
     import shutil
@@ -105,11 +125,7 @@ def demo_index(demo_catalogue, resnet_random, tmp_path_factory) -> BuiltIndex:
 
     Read-only: copy before changing it.
     """
-    from recommender import build_index
-
-    path = tmp_path_factory.mktemp("demo-index") / "index"
-    report = build_index(demo_catalogue, path, resnet_random, refine="none")
-    return BuiltIndex(path, demo_catalogue, report)
+    return _plain_index(demo_catalogue, resnet_random, tmp_path_factory, "demo-index")
 
 
 @pytest.fixture(scope="session")
@@ -121,9 +137,7 @@ def demo_index_refined(demo_index, resnet_random, tmp_path_factory) -> BuiltInde
 @pytest.fixture(scope="session")
 def demo_recommender(demo_index):
     """A loaded Recommender over ``demo_index`` (it builds its own ResNet50, as the bot does)."""
-    from recommender import Recommender
-
-    return Recommender(demo_index.path).load()
+    return demo_index.recommender()
 
 
 @pytest.fixture(scope="session")
@@ -149,11 +163,7 @@ def fashion_index(fashion_subset, mobilenet_real, tmp_path_factory) -> BuiltInde
 
     Read-only: copy before changing it.
     """
-    from recommender import build_index
-
-    path = tmp_path_factory.mktemp("fashion-index") / "index"
-    report = build_index(fashion_subset, path, mobilenet_real, refine="none")
-    return BuiltIndex(path, fashion_subset, report)
+    return _plain_index(fashion_subset, mobilenet_real, tmp_path_factory, "fashion-index")
 
 
 @pytest.fixture(scope="session")
@@ -165,14 +175,10 @@ def fashion_index_refined(fashion_index, mobilenet_real, tmp_path_factory) -> Bu
 @pytest.fixture(scope="session")
 def fashion_recommender(fashion_index):
     """A loaded Recommender over ``fashion_index``."""
-    from recommender import Recommender
-
-    return Recommender(fashion_index.path).load()
+    return fashion_index.recommender()
 
 
 @pytest.fixture(scope="session")
 def fashion_recommender_refined(fashion_index_refined):
     """A loaded Recommender over ``fashion_index_refined``."""
-    from recommender import Recommender
-
-    return Recommender(fashion_index_refined.path).load()
+    return fashion_index_refined.recommender()

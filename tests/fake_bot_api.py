@@ -901,50 +901,22 @@ async def _read_params(request: web.Request) -> tuple[JSON, dict[str, _Part]]:
     """Merge query string and body (form, JSON or multipart) into decoded params + files."""
     raw: JSON = dict(request.query)
     files: dict[str, _Part] = {}
-    body = await request.read() if request.can_read_body else b""
-    ctype = request.content_type
-    if not body:
-        pass
-    elif ctype == "application/json":
-        decoded = json.loads(body)
-        if not isinstance(decoded, dict):
-            raise ValueError("JSON body must be an object")
-        raw.update(decoded)
-    elif ctype == "multipart/form-data":
-        found = re.search(r'boundary="?([^";]+)"?', request.headers.get("Content-Type", ""))
-        if not found:
-            raise ValueError("multipart body without boundary")
-        for part in _split_multipart(body, found.group(1)):
-            if part.filename is None:
-                raw[part.name] = part.data.decode("utf-8")
+    if request.content_type == "multipart/form-data":
+        for name, value in (await request.post()).items():
+            if isinstance(value, web.FileField):
+                with value.file:  # aiohttp spools uploads to temporary files: close them
+                    files[name] = _Part(name, value.filename, value.content_type, value.file.read())
             else:
-                files[part.name] = part
-    else:
-        raw.update(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+                raw[name] = value
+    elif request.can_read_body and (body := await request.read()):
+        if request.content_type == "application/json":
+            decoded = json.loads(body)
+            if not isinstance(decoded, dict):
+                raise ValueError("JSON body must be an object")
+            raw.update(decoded)
+        else:
+            raw.update(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True))
     return {k: _decode(k, v) for k, v in raw.items()}, files
-
-
-def _split_multipart(body: bytes, boundary: str) -> list[_Part]:
-    """Minimal RFC 7578 parser (aiohttp's streaming reader warns under ``-W error``)."""
-    parts = []
-    for chunk in body.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, sep, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        if not sep:
-            raise ValueError("malformed multipart part")
-        headers = {}
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        disposition = dict(
-            (k.lower(), v[1:-1].replace('\\"', '"') if v.startswith('"') else v)
-            for k, v in re.findall(r';\s*([\w*]+)=("(?:[^"\\]|\\.)*"|[^;]*)',
-                                   headers.get("content-disposition", "")))
-        if "name" in disposition:
-            parts.append(_Part(disposition["name"], disposition.get("filename"),
-                                  headers.get("content-type", ""), data.removesuffix(b"\r\n")))
-    return parts
 
 
 def _int(p: JSON, key: str) -> int:

@@ -8,11 +8,6 @@ from recommender import CatalogueError, build_index, load_catalogue, load_index
 from tests.recommender_helpers import make_broken_catalogue, write_images
 
 
-@pytest.fixture
-def demo_photo(demo_catalogue):
-    return demo_catalogue.images_dir / demo_catalogue.items[0].image
-
-
 def test_kaggle_layout(demo_catalogue):
     assert len(demo_catalogue) == 98
     assert demo_catalogue.columns[0] == "id" and "productDisplayName" in demo_catalogue.columns

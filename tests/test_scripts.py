@@ -12,11 +12,6 @@ from recommender import build_index, load_catalogue
 from tests.recommender_helpers import error_line, make_broken_catalogue, run_script
 
 
-@pytest.fixture
-def demo_photo(demo_catalogue):
-    return demo_catalogue.images_dir / demo_catalogue.items[0].image
-
-
 # --- build_index.py: operator mistakes --------------------------------------------------------
 
 
