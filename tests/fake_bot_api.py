@@ -179,6 +179,8 @@ class FakeBotApi:
         self._open_queries: set[str] = set()
         self._faults: dict[str, list[_Fault]] = {}
         self._injected: dict[str, int] = {}
+        self._flood: dict[int, tuple[int, float, int, list[float]]] = {}  # flood_control()
+        self.flood_refusals: dict[int, int] = {}  # chat_id -> 429s answered by flood_control()
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(100_000)
         self._routes = {m.lower(): m for m in self._METHODS}
@@ -301,6 +303,7 @@ class FakeBotApi:
                                    {"retry_after": fault.retry_after})
                 if fault.status is not None:
                     raise ApiError(fault.status, fault.description or _phrase(fault.status))
+            self._check_flood(method, params)
             handler: Callable[[JSON, dict[str, _Part]], Any] = getattr(self, "_api_" + method)
             result = handler(params, files)
             if asyncio.iscoroutine(result):
@@ -335,6 +338,32 @@ class FakeBotApi:
         fault = _Fault(status, retry_after, delay, description)
         with self._lock:
             self._faults.setdefault(method.lower(), []).extend([fault] * times)
+
+    def flood_control(self, chat_id: int, messages: int, seconds: float, retry_after: int = 5) -> None:
+        """Telegram's per-chat flood control: once the bot sent ``messages`` messages to ``chat_id``
+        within ``seconds``, further sends to it get 429 "retry after ``retry_after``" until the
+        window slides (refused attempts do not count)."""
+        with self._lock:
+            self._flood[chat_id] = (messages, seconds, retry_after, [])
+
+    def _check_flood(self, method: str, p: JSON) -> None:
+        if not method.startswith("send") or method == "sendChatAction":
+            return
+        try:
+            chat_id = int(p.get("chat_id"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
+        with self._lock:
+            rule = self._flood.get(chat_id)
+            if rule is None:
+                return
+            limit, window, retry_after, sent = rule
+            now = time.monotonic()
+            sent[:] = [t for t in sent if now - t < window]
+            if len(sent) >= limit:
+                self.flood_refusals[chat_id] = self.flood_refusals.get(chat_id, 0) + 1
+                raise ApiError(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
+            sent.append(now)
 
     def injected_count(self, method: str | None = None) -> int:
         """How many calls (of ``method``, or in total) were answered by ``fail_next``."""
@@ -493,10 +522,12 @@ class FakeBotApi:
         return self._user_message(chat_id, user_id, video=video, caption=caption)
 
     def user_presses_button(self, message: Any, callback_data: str,
-                            user_id: int | None = None) -> JSON:
+                            user_id: int | None = None, *, forged: bool = False) -> JSON:
         """Press the inline button carrying ``callback_data`` under a bot message.
 
         ``message`` is a message dict (e.g. from ``sent_messages``) or a PTB ``Message``.
+        ``forged=True`` sends ``callback_data`` even if no button carries it (a modified client,
+        or a button of an older bot version).
         """
         if isinstance(message, dict):
             chat_id, message_id = message["chat"]["id"], message["message_id"]
@@ -507,7 +538,7 @@ class FakeBotApi:
             if current is None:
                 raise ValueError(f"message {message_id} in chat {chat_id} does not exist")
             rows = (current.get("reply_markup") or {}).get("inline_keyboard", [])
-            if callback_data not in [b.get("callback_data") for row in rows for b in row]:
+            if not forged and callback_data not in [b.get("callback_data") for row in rows for b in row]:
                 raise ValueError(f"message {message_id} has no button with {callback_data!r}")
             query_id = str(next(self._ids) * 7919)
             self._open_queries.add(query_id)
