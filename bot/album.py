@@ -1,21 +1,58 @@
-"""Send recommendations as a Telegram album, re-using uploaded photos by ``file_id``."""
+"""Send recommendations as a Telegram album, re-using uploaded photos by ``file_id``.
+
+Telegram's refusals are handled item by item, so one bad catalogue photo never costs the shopper
+the whole page:
+
+* a photo Telegram would refuse (too big, too long, damaged) is replaced before sending by a
+  conforming JPEG (:mod:`bot.telegram_photos`); one that cannot be made conforming is left out;
+* a photo Telegram refuses anyway (``failed to send message #N ...: IMAGE_PROCESS_FAILED``) is
+  replaced by its conforming copy, or dropped, and the rest is sent again; one remaining photo
+  goes out with ``sendPhoto``;
+* a cached ``file_id`` is forgotten only when Telegram's error is about a file identifier; any
+  other refusal keeps the valid ids;
+* the album replies to the shopper's photo with ``allow_sending_without_reply``, so a deleted
+  original does not fail it (and an answer saying the original is gone is sent without a reply);
+* a send that may have reached Telegram (read timeout) is never repeated: no duplicate albums.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
-import aiofiles
-from telegram import Bot, InputMediaPhoto, Message
+from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
 from telegram.error import BadRequest
 
 from recommender import Match
 
 from .file_id_cache import FileIdCache
-from .retry import with_retries
+from .retry import send_once
+from .telegram_photos import PhotoUpload, UnusablePhoto, photo_for_upload
 
 log = logging.getLogger(__name__)
 CAPTION_LIMIT = 1024
+#: Telegram processes every uploaded photo before it answers an album: allow for that.
+ALBUM_READ_TIMEOUT = 60.0
+#: Write timeout for uploads: at least this, more for big uploads (see MIN_UPLOAD_RATE).
+MIN_WRITE_TIMEOUT = 60.0
+#: Slowest uplink (bytes/s) an upload is still given time for.
+MIN_UPLOAD_RATE = 128 * 1024
+
+_POSITION = re.compile(r"failed to send message #(\d+)", re.IGNORECASE)
+_FILE_ID_ERROR = re.compile(
+    r"wrong (remote )?file identifier|file_reference_|file reference|file_id_invalid|invalid file_?id|can't use file of type",
+    re.IGNORECASE,
+)
+_PHOTO_REFUSED = re.compile(
+    r"image_process_failed|photo_invalid_dimensions|photo_ext_invalid|photo_save_file_invalid|photo_invalid|"
+    r"photo is too big|file is too big",
+    re.IGNORECASE,
+)
+_REPLY_GONE = re.compile(r"(message to be )?repl(ied|y) (message )?not found", re.IGNORECASE)
 
 
 def caption_for(match: Match) -> str:
@@ -23,50 +60,148 @@ def caption_for(match: Match) -> str:
     return text if len(text) <= CAPTION_LIMIT else text[: CAPTION_LIMIT - 1] + "…"
 
 
-async def _media_for(match: Match, cache: FileIdCache, use_cache: bool) -> tuple[InputMediaPhoto, str] | None:
+@dataclass
+class _Item:
+    """One product of the album and what is sent for it: a cached file_id or an upload."""
+
+    match: Match
+    key: str
+    file_id: str | None = None
+    upload: PhotoUpload | None = None
+
+    def media(self) -> InputMediaPhoto:
+        if self.file_id is not None:
+            return InputMediaPhoto(self.file_id, caption=caption_for(self.match))
+        assert self.upload is not None
+        return InputMediaPhoto(self.upload.data, caption=caption_for(self.match), filename=self.upload.filename)
+
+
+async def _upload_for(match: Match, photo_dir: Path | None, force_copy: bool = False) -> PhotoUpload | None:
+    try:
+        return await asyncio.to_thread(photo_for_upload, match.id, match.image_path, photo_dir, force_copy=force_copy)
+    except UnusablePhoto as exc:
+        log.warning("Catalogue photo of product %s cannot be sent (%s); leaving it out.", match.id, exc)
+        return None
+
+
+async def _prepare(match: Match, cache: FileIdCache, photo_dir: Path | None) -> _Item | None:
     try:
         key = await FileIdCache.key_for(match.id, match.image_path)
-        file_id = cache.get(key) if use_cache else None
-        if file_id:
-            return InputMediaPhoto(file_id, caption=caption_for(match)), key
-        async with aiofiles.open(match.image_path, "rb") as handle:
-            data = await handle.read()
     except OSError as exc:
         log.warning("Catalogue photo of product %s is unreadable (%s); leaving it out.", match.id, exc)
         return None
-    return InputMediaPhoto(data, caption=caption_for(match), filename=f"{match.id}{match.image_path.suffix or '.jpg'}"), key
+    file_id = cache.get(key)
+    if file_id:
+        return _Item(match, key, file_id=file_id)
+    upload = await _upload_for(match, photo_dir)
+    return _Item(match, key, upload=upload) if upload is not None else None
 
 
-async def send_album(bot: Bot, chat_id: int, matches: Sequence[Match], cache: FileIdCache, reply_to: int | None = None) -> list[Message]:
-    """Send the matches' photos (an album for 2-10, a single photo for one) with captions."""
-    for use_cache in (True, False):
-        prepared = [item for item in [await _media_for(m, cache, use_cache) for m in matches] if item is not None]
-        if not prepared:
+async def send_album(
+    bot: Bot,
+    chat_id: int,
+    matches: Sequence[Match],
+    cache: FileIdCache,
+    reply_to: int | None = None,
+    *,
+    photo_dir: Path | None = None,
+    read_timeout: float = ALBUM_READ_TIMEOUT,
+    write_timeout: float | None = None,
+) -> list[Message]:
+    """Send the matches' photos (an album for 2-10, a single photo for one) with captions.
+
+    Returns the messages sent: fewer than the matches when some photos could not be sent, empty
+    when none could. Per-photo refusals never raise; other Telegram errors do. ``photo_dir``
+    keeps Telegram-ready copies of photos that need one (without it they are made each time).
+    """
+    items = [item for item in await asyncio.gather(*(_prepare(m, cache, photo_dir) for m in matches)) if item is not None]
+    reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to is not None else None
+    # Each refusal converts, re-uploads or drops an item (at most 3 steps each) or drops the reply.
+    for _ in range(3 * len(items) + 2):
+        if not items:
             return []
-        media = [item[0] for item in prepared]
         try:
-            if len(media) == 1:
-                single = media[0]
-                messages = [
-                    await with_retries(
-                        lambda: bot.send_photo(chat_id, single.media, caption=single.caption, reply_to_message_id=reply_to)
-                    )
-                ]
-            else:
-                messages = list(
-                    await with_retries(lambda: bot.send_media_group(chat_id, media, reply_to_message_id=reply_to))
-                )
+            messages = await _send(bot, chat_id, items, reply, read_timeout, write_timeout)
         except BadRequest as exc:
-            if use_cache and any(isinstance(m.media, str) for m in media):
-                # A stale file_id (e.g. the cache came from another bot): forget them and upload.
-                log.warning("Album by file_id refused (%s); uploading the photos instead.", exc)
-                for _, key in prepared:
-                    cache.forget(key)
-                continue
-            raise
-        for (_, key), message in zip(prepared, messages):
+            items, reply = await _recover(exc, items, reply, cache, photo_dir)
+            continue
+        for item, message in zip(items, messages):
             if message.photo:
-                cache.put(key, message.photo[-1].file_id)
+                cache.put(item.key, message.photo[-1].file_id)
         await cache.save()
         return messages
+    log.error("Telegram kept refusing the album for chat %s; giving up.", chat_id)
     return []
+
+
+async def _send(
+    bot: Bot,
+    chat_id: int,
+    items: list[_Item],
+    reply: ReplyParameters | None,
+    read_timeout: float,
+    write_timeout: float | None,
+) -> list[Message]:
+    uploaded = sum(len(item.upload.data) for item in items if item.file_id is None and item.upload is not None)
+    timeouts = {
+        "read_timeout": read_timeout,
+        "write_timeout": write_timeout if write_timeout is not None else max(MIN_WRITE_TIMEOUT, uploaded / MIN_UPLOAD_RATE),
+    }
+    if len(items) == 1:
+        item = items[0]
+        photo = item.file_id if item.file_id is not None else item.upload.data  # type: ignore[union-attr]
+        filename = item.upload.filename if item.file_id is None and item.upload is not None else None
+        return [
+            await send_once(
+                lambda: bot.send_photo(
+                    chat_id, photo, caption=caption_for(item.match), filename=filename, reply_parameters=reply, **timeouts
+                )
+            )
+        ]
+    media = [item.media() for item in items]
+    return list(await send_once(lambda: bot.send_media_group(chat_id, media, reply_parameters=reply, **timeouts)))
+
+
+async def _recover(
+    exc: BadRequest, items: list[_Item], reply: ReplyParameters | None, cache: FileIdCache, photo_dir: Path | None
+) -> tuple[list[_Item], ReplyParameters | None]:
+    """The items (and reply) to try next after Telegram refused the send; re-raises what no item caused."""
+    text = exc.message
+    if reply is not None and _REPLY_GONE.search(text):
+        log.info("The shopper's message is gone; sending the photos without a reply.")
+        return items, None
+    numbered = _POSITION.search(text)
+    position = int(numbered.group(1)) - 1 if numbered else (0 if len(items) == 1 else None)
+    if position is not None and not 0 <= position < len(items):
+        raise exc
+    if _FILE_ID_ERROR.search(text):
+        suspects = [items[position]] if position is not None else items
+        suspects = [item for item in suspects if item.file_id is not None]
+        if not suspects:
+            raise exc
+        for item in suspects:
+            log.warning("Telegram refused the cached file_id of product %s (%s); uploading it again.", item.match.id, text)
+            cache.forget(item.key)
+            item.file_id = None
+            item.upload = await _upload_for(item.match, photo_dir)
+    elif _PHOTO_REFUSED.search(text):
+        if position is not None:
+            suspects = [items[position]]
+        else:  # not told which: every original sent as it is becomes its conforming copy
+            suspects = [item for item in items if item.file_id is None and item.upload is not None and not item.upload.converted]
+            if not suspects:
+                raise exc
+        for item in suspects:
+            if item.file_id is None and item.upload is not None and not item.upload.converted:
+                log.warning("Telegram refused the photo of product %s (%s); sending a converted copy.", item.match.id, text)
+                item.upload = await _upload_for(item.match, photo_dir, force_copy=True)
+            else:  # a copy (or a photo known by file_id) refused: leave it out, keep its file_id
+                log.warning("Telegram refused the photo of product %s (%s); leaving it out.", item.match.id, text)
+                item.file_id, item.upload = None, None
+    elif numbered:  # another refusal of one item: send the others
+        item = items[position]  # type: ignore[index]
+        log.warning("Telegram refused product %s in the album (%s); leaving it out.", item.match.id, text)
+        item.file_id, item.upload = None, None
+    else:
+        raise exc
+    return [item for item in items if item.file_id is not None or item.upload is not None], reply

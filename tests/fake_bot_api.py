@@ -84,6 +84,14 @@ def _bad(description: str) -> ApiError:
     return ApiError(400, f"Bad Request: {description}")
 
 
+class _PhotoRefused(ApiError):
+    """Telegram's servers could not process an uploaded photo (reported per item in albums)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(400, f"Bad Request: {reason}")
+        self.reason = reason
+
+
 @dataclass
 class RecordedCall:
     """One bot→server API call, as received."""
@@ -143,6 +151,7 @@ class _Fault:
     retry_after: int | None
     delay: float | None
     description: str | None
+    late: float | None = None
 
 
 class FakeBotApi:
@@ -249,6 +258,9 @@ class FakeBotApi:
             fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
             with contextlib.suppress(Exception):
                 fut.result(10)
+        # Handlers still holding a late answer (fail_next(late=...)) end here, not as "Task was destroyed".
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop = self._thread = None
@@ -315,6 +327,8 @@ class FakeBotApi:
             call.status, call.description = 500, f"Internal Server Error: fake bug {exc!r}"
             return _error_response(ApiError(500, call.description))
         call.result = result
+        if fault is not None and fault.late:
+            await asyncio.sleep(fault.late)  # done, but the client may have stopped waiting
         return web.json_response({"ok": True, "result": result})
 
     def _take_fault(self, method: str) -> _Fault | None:
@@ -327,15 +341,18 @@ class FakeBotApi:
     # ----------------------------------------------------------------- fault injection
     def fail_next(self, method: str, times: int = 1, *, retry_after: int | None = None,
                   status: int | None = None, delay: float | None = None,
-                  description: str | None = None) -> None:
+                  description: str | None = None, late: float | None = None) -> None:
         """Make the next ``times`` calls of ``method`` fail (429/``status``) and/or be slow.
 
-        With neither ``retry_after``, ``status`` nor ``delay`` the call fails with HTTP 500.
-        A ``delay`` alone only slows the call down; it is then answered normally.
+        With neither ``retry_after``, ``status``, ``delay`` nor ``late`` the call fails with
+        HTTP 500. A ``delay`` alone only slows the call down; it is then answered normally.
+        ``late`` performs the call (the album is sent, the message stored) and then holds the
+        answer that many seconds: past a client's read timeout, the client never learns that
+        its call succeeded, as when Telegram answers after the read timeout.
         """
-        if retry_after is None and status is None and delay is None:
+        if retry_after is None and status is None and delay is None and late is None:
             status = 500
-        fault = _Fault(status, retry_after, delay, description)
+        fault = _Fault(status, retry_after, delay, description, late)
         with self._lock:
             self._faults.setdefault(method.lower(), []).extend([fault] * times)
 
@@ -451,6 +468,21 @@ class FakeBotApi:
         user = self._user(chat_id if user_id is None else user_id)
         self._user(chat_id)
         return self._push("message", self._message(chat_id, user, **content))
+
+    def user_deletes(self, message: Any) -> None:
+        """The shopper deletes one of their messages (an update, a message dict or a PTB ``Message``).
+
+        Telegram sends bots no update for that; replies to it then fail with "message to be
+        replied not found" unless they allow sending without the reply.
+        """
+        if isinstance(message, dict):
+            message = message.get("message", message)
+            key = (message["chat"]["id"], message["message_id"])
+        else:
+            key = (message.chat_id, message.message_id)
+        with self._lock:
+            if self._messages.pop(key, None) is None:
+                raise ValueError(f"message {key[1]} in chat {key[0]} does not exist")
 
     def user_edits(self, update: JSON, **changes: Any) -> JSON:
         """The shopper edits an earlier message (e.g. its caption): an ``edited_message`` update."""
@@ -739,10 +771,21 @@ class FakeBotApi:
         return markup
 
     def _reply_to(self, chat_id: int, p: JSON) -> JSON | None:
+        """The message replied to; a missing one fails unless sending without it is allowed."""
         ref = p.get("reply_parameters") or {}
+        if not isinstance(ref, dict):
+            raise _bad("can't parse reply parameters JSON object")
         target = ref.get("message_id") or p.get("reply_to_message_id")
+        if not target:
+            return None
         with self._lock:
-            return self._messages.get((chat_id, target)) if target else None
+            replied = self._messages.get((chat_id, _int({"message_id": target}, "message_id")))
+        allowed = ref.get("allow_sending_without_reply", p.get("allow_sending_without_reply"))
+        if replied is None and allowed is not True:
+            raise _bad("message to be replied not found")
+        if replied is None:
+            return None
+        return {k: v for k, v in replied.items() if k != "reply_to_message"}
 
     def _api_sendMessage(self, p: JSON, f: dict[str, _Part]) -> JSON:
         chat, text = self._chat(_int(p, "chat_id")), p.get("text")
@@ -783,9 +826,12 @@ class FakeBotApi:
             if len(part.data) > MAX_PHOTO_BYTES:
                 raise _bad(f"PHOTO_INVALID_DIMENSIONS (photo is too big: {len(part.data)} "
                            "bytes > 10 MB)")
-            width, height = _open_image(part.data).size
+            try:
+                width, height = _open_image(part.data).size
+            except ApiError:
+                raise _PhotoRefused("IMAGE_PROCESS_FAILED") from None
             if width + height > 10000 or max(width, height) > 20 * min(width, height):
-                raise _bad("PHOTO_INVALID_DIMENSIONS")
+                raise _PhotoRefused("PHOTO_INVALID_DIMENSIONS")
             return "upload", self._photo_sizes(part.data)
         if len(part.data) > 50 * MB:
             raise ApiError(413, "Request Entity Too Large")
@@ -825,14 +871,27 @@ class FakeBotApi:
             if isinstance(ref, str) and ref.startswith("attach://") \
                     and ref[len("attach://"):] not in f:
                 raise _bad(f"can't find attached file \"{ref}\" for media #{i}")
-        resolved = [self._resolve_media(item["type"], item.get("media"), f, f"media #{i}")
-                    for i, item in enumerate(media, 1)]
+        # Like Telegram: file errors (unknown file_id, a photo over 10 MB) fail the request as a
+        # whole; a photo Telegram's servers cannot process fails it naming the first such item.
+        resolved: list[tuple[str, list[JSON] | JSON]] = []
+        refused: tuple[int, str] | None = None
+        for i, item in enumerate(media, 1):
+            try:
+                resolved.append(self._resolve_media(item["type"], item.get("media"), f,
+                                                    f"media #{i}"))
+            except _PhotoRefused as err:
+                refused = refused or (i, err.reason)
+        if refused is not None:
+            raise _bad(f"failed to send message #{refused[0]} with the error message "
+                       f"\"{refused[1]}\"")
+        reply_to = self._reply_to(chat["id"], p)
         group_id = str(10**17 + next(self._ids))
         messages, items = [], []
         for item, (source, obj) in zip(media, resolved, strict=True):
             kind = item["type"]
             messages.append(self._message(chat["id"], _BOT_SENDER, media_group_id=group_id,
-                                          caption=item.get("caption"), **{kind: obj}))
+                                          caption=item.get("caption"),
+                                          reply_to_message=reply_to, **{kind: obj}))
             largest = obj[-1]["file_id"] if isinstance(obj, list) else obj["file_id"]
             items.append(AlbumItem(kind, source, item.get("caption"), largest, str(item["media"])))
         with self._lock:
@@ -902,6 +961,13 @@ class _Part:
     filename: str | None
     content_type: str
     data: bytes = field(repr=False)
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _phrase(status: int) -> str:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from PIL import Image
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, Update
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, ReplyParameters, Update
 from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, RetryAfter, TimedOut
 from telegram.ext import Application, CommandHandler, ContextTypes
 
@@ -304,3 +304,50 @@ async def test_simultaneous_updates_arrive_together_with_delivery_times(bot: Bot
     assert [u.update_id for u in updates] == [u["update_id"] for u in sent]
     delivered = {server.delivered_at[u["update_id"]] for u in sent}
     assert len(delivered) == 1 and delivered.pop() <= time.perf_counter()
+
+
+async def test_album_items_telegram_cannot_process_are_named_by_position(bot: Bot, server: FakeBotApi) -> None:
+    server.user_sends_text("hi")
+    ok, banner = InputMediaPhoto(jpeg(64, 64)), InputMediaPhoto(jpeg(2100, 100))
+    damaged = InputMediaPhoto(jpeg(640, 480)[:300])
+    with pytest.raises(BadRequest, match='(?i)failed to send message #2 with the error message "image_process_failed"'):
+        await bot.send_media_group(CHAT, [ok, damaged, banner])
+    with pytest.raises(BadRequest, match='(?i)failed to send message #3 .*"photo_invalid_dimensions"'):
+        await bot.send_media_group(CHAT, [ok, ok, banner])
+    with pytest.raises(BadRequest, match="(?i)^wrong file identifier"):  # file errors fail the whole request first
+        await bot.send_media_group(CHAT, [damaged, InputMediaPhoto("AgACunknown")])
+    with pytest.raises(BadRequest, match="(?i)^image_process_failed$"):
+        await bot.send_photo(CHAT, jpeg(640, 480)[:300])
+    assert server.albums() == []
+
+
+async def test_replies_to_a_deleted_message(bot: Bot, server: FakeBotApi) -> None:
+    asked = server.user_sends_photo(jpeg(), chat_id=CHAT)
+    message_id = asked["message"]["message_id"]
+    reply = await bot.send_message(CHAT, "found it", reply_to_message_id=message_id)
+    assert reply.reply_to_message.message_id == message_id
+    album = await bot.send_media_group(CHAT, [InputMediaPhoto(jpeg()), InputMediaPhoto(jpeg())],
+                                       reply_parameters=ReplyParameters(message_id))
+    assert {m.reply_to_message.message_id for m in album} == {message_id}
+
+    server.user_deletes(asked)
+    with pytest.raises(ValueError):
+        server.user_deletes(asked)
+    for send in (lambda **kw: bot.send_message(CHAT, "late", **kw),
+                 lambda **kw: bot.send_photo(CHAT, jpeg(), **kw),
+                 lambda **kw: bot.send_media_group(CHAT, [InputMediaPhoto(jpeg())] * 2, **kw)):
+        with pytest.raises(BadRequest, match="(?i)message to be replied not found"):
+            await send(reply_to_message_id=message_id)
+        sent = await send(reply_parameters=ReplyParameters(message_id, allow_sending_without_reply=True))
+        assert all(m.reply_to_message is None for m in (sent if isinstance(sent, tuple) else [sent]))
+    assert len(server.albums()) == 2
+
+
+async def test_a_late_answer_after_the_call_was_carried_out(bot: Bot, server: FakeBotApi) -> None:
+    server.user_sends_text("hi")
+    server.fail_next("sendMessage", late=1.0)
+    with pytest.raises(TimedOut):
+        await bot.send_message(CHAT, "delivered anyway", read_timeout=0.2)
+    assert [m.get("text") for m in server.sent_messages(CHAT)] == ["delivered anyway"]
+    assert [c.status for c in server.calls_to("sendMessage")] == [200]
+    assert (await bot.send_message(CHAT, "next")).text == "next"  # later calls are answered at once
