@@ -20,11 +20,12 @@ class ConfigError(RuntimeError):
 class Settings:
     """Everything the bot reads from its environment. See ``.env.example``."""
 
-    token: str
+    token: str = field(repr=False)  # a repr of the settings (logged, printed) never shows it
     index_dir: Path = Path("data/index")
     catalogue_dir: Path = Path("data/catalogue")
     demo_dir: Path = Path("data/demo-catalogue")
     file_id_cache: Path = Path("data/telegram-file-ids.json")
+    telegram_photo_dir: Path = Path("data/telegram-photos")  # Telegram-ready copies of catalogue photos
     api_base_url: str | None = None
     api_file_url: str | None = None
     allowed_user_ids: frozenset[int] = field(default_factory=frozenset)
@@ -36,6 +37,10 @@ class Settings:
     index_backbone: str = "resnet50"
     index_weights: str = "imagenet"
     log_level: str = "INFO"
+    #: INDEX_DIR / CATALOGUE_DIR were set by the operator (not derived from DATA_DIR or defaults):
+    #: then they must exist, and the bot never falls back to the demo catalogue.
+    index_dir_configured: bool = False
+    catalogue_dir_configured: bool = False
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -87,6 +92,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         catalogue_dir=Path(env.get("CATALOGUE_DIR") or data / "catalogue"),
         demo_dir=Path(env.get("DEMO_CATALOGUE_DIR") or data / "demo-catalogue"),
         file_id_cache=Path(env.get("FILE_ID_CACHE") or data / "telegram-file-ids.json"),
+        telegram_photo_dir=Path(env.get("TELEGRAM_PHOTO_DIR") or data / "telegram-photos"),
         api_base_url=env.get("TELEGRAM_API_BASE_URL") or None,
         api_file_url=env.get("TELEGRAM_API_FILE_URL") or None,
         allowed_user_ids=_user_ids(env.get("ALLOWED_USER_IDS", "")),
@@ -98,4 +104,6 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         index_backbone=env.get("INDEX_BACKBONE", "resnet50").strip() or "resnet50",
         index_weights=env.get("INDEX_WEIGHTS", "imagenet").strip() or "imagenet",
         log_level=log_level,
+        index_dir_configured=bool(env.get("INDEX_DIR")),
+        catalogue_dir_configured=bool(env.get("CATALOGUE_DIR")),
     )

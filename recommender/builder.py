@@ -4,15 +4,21 @@ Work is saved in chunks to a ``.<out>.partial`` directory beside the output; eac
 are written before the small JSON file that marks the chunk complete, so after Ctrl-C, ``kill`` or
 a power cut the same command resumes at the last finished chunk. Memory stays flat: chunks are
 memory-mapped when the final ``vectors.npy`` is assembled.
+
+A build holds an exclusive lock on its output folder from start to swap (``recommender/locking.py``)
+and replaces only an empty folder or an earlier index: never a folder of anything else, and never
+one that holds (or lies inside) the catalogue it reads.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -24,6 +30,7 @@ from . import colour
 from . import refine as refine_module
 from .features import FeatureExtractor
 from .images import ImageDecodeError, load_image
+from .locking import LockBusyError, build_lock
 from .index import (
     COLOURS,
     FEATURES,
@@ -52,6 +59,10 @@ class BuildError(RuntimeError):
     """The index cannot be built as asked; the message says why."""
 
 
+class BuildLockedError(BuildError):
+    """Another build is running on the same output folder."""
+
+
 @dataclass
 class BuildReport:
     """What a build did, for the operator's summary."""
@@ -69,6 +80,74 @@ class BuildReport:
 
 def partial_dir_for(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies somewhere below it (both resolved)."""
+    return path == folder or path.is_relative_to(folder)
+
+
+def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
+    """Refuse an output folder whose replacement would destroy anything but an earlier index.
+
+    A build swaps its result in by renaming whatever is at ``out_dir`` aside and deleting it, and
+    clears ``.<out>.partial``; so ``out_dir`` must be new, empty or an index (it has a manifest),
+    and neither may hold the photos or styles.csv being indexed. Writing the index into the photos
+    folder is refused too. Called by :func:`build_index`; callers may call it earlier to fail fast.
+    """
+    out = Path(out_dir).resolve()
+    images = catalogue.images_dir.resolve()
+    if _inside(out, images):
+        raise BuildError(
+            f"The output folder {out} is inside the photos folder {images}. "
+            "Choose an --out outside the catalogue (e.g. a sibling folder such as data/index)."
+        )
+    protected = [("photos folder", images)]
+    if catalogue.styles_path is not None:
+        protected.append(("styles file", catalogue.styles_path.resolve()))
+    for what, path in protected:
+        for destroyed in (out, partial_dir_for(out)):
+            if _inside(path, destroyed):
+                raise BuildError(
+                    f"The {what} {path} lies inside {destroyed}, which the build replaces: it would be deleted. "
+                    "Choose an --out that is a new, empty or index folder outside the catalogue."
+                )
+    _refuse_foreign_partial(partial_dir_for(out))
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BuildError(f"Output path {out} exists and is not a directory.")
+    if (out / MANIFEST).is_file():
+        return  # an earlier index: replacing it is the point
+    try:
+        contents = sorted(entry.name for entry in out.iterdir())
+    except OSError as exc:
+        raise BuildError(f"Cannot read the output folder {out}: {exc.strerror or exc}") from exc
+    if contents:
+        shown = ", ".join(contents[:5]) + (f" and {len(contents) - 5} more" if len(contents) > 5 else "")
+        raise BuildError(
+            f"The output folder {out} is not empty ({shown}) and holds no index ({MANIFEST}); "
+            "building there would delete what it holds. Give --out a new or empty folder, or an existing index to replace."
+        )
+
+
+def _refuse_foreign_partial(partial: Path) -> None:
+    """The checkpoint folder is cleared at times: refuse one that holds anything but checkpoints."""
+    if partial.is_dir() and not (partial / STATE).is_file() and any(partial.iterdir()):
+        raise BuildError(
+            f"{partial} is in the way: the build keeps its checkpoints there, but it holds files "
+            f"that are not a checkpoint (no {STATE}). Move it away and run again."
+        )
+    if partial.exists() and not partial.is_dir():
+        raise BuildError(f"{partial} is in the way: the build keeps its checkpoints there. Move it away and run again.")
+
+
+def _remove_stale_siblings(out_dir: Path) -> None:
+    """Delete staging/old folders that killed builds left beside ``out_dir`` (only under the lock)."""
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(tmp|old)-\d+-\d+")
+    for sibling in out_dir.parent.iterdir():
+        if pattern.fullmatch(sibling.name) and sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 class _Checkpoint:
@@ -91,6 +170,7 @@ class _Checkpoint:
                 self.chunks = self._read_chunks()
                 return
         if self.directory.exists():
+            _refuse_foreign_partial(self.directory)
             shutil.rmtree(self.directory)
         try:
             self.directory.mkdir(parents=True)
@@ -167,6 +247,9 @@ def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: in
             good.append(item)
         except ImageDecodeError as exc:
             skipped.append((item.id, f"{item.image}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - MemoryError or a decoder bug: one photo never ends a build
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            skipped.append((item.id, f"{item.image}: cannot be decoded ({detail})"))
     array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
     return good, array, colour.colour_histograms(array), skipped
 
@@ -194,23 +277,75 @@ def build_index(
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     refine: str = "auto",
+    lock_wait: float | None = 0.0,
+    on_wait: Callable[[], None] | None = None,
 ) -> BuildReport:
-    """Index ``catalogue`` into ``out_dir`` (atomically replacing what is there).
+    """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
 
     With ``update=True`` an existing index is extended: vectors of products already in it are
     reused, only new photos are extracted, products no longer in the catalogue are dropped.
     ``on_start(total, already_done)`` and ``on_progress(n)`` drive a progress bar.
     ``refine``: ``auto`` (label-aware refinement when the catalogue has articleType and
     baseColour labels), ``label-centroids`` or ``none`` (plain backbone features).
+    The whole build holds ``out_dir``'s exclusive lock: when another build has it, wait up to
+    ``lock_wait`` seconds (``None``: until it is done; ``on_wait()`` is called once when waiting
+    starts), then :class:`BuildLockedError`.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     if batch_size < 1:
         raise BuildError("--batch-size must be at least 1")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BuildError(f"Output path {out_dir} exists and is not a directory.")
+    check_output(out_dir, catalogue)
+    with output_lock(out_dir, wait=lock_wait, on_wait=on_wait):
+        check_output(out_dir, catalogue)  # again: the folder may have changed while we waited
+        _remove_stale_siblings(out_dir)
+        report = _build_locked(catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress, refine)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@contextmanager
+def output_lock(
+    out_dir: str | os.PathLike[str], *, wait: float | None = 0.0, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Hold ``out_dir``'s exclusive build lock (creating its parent folder), with operator-readable errors.
+
+    Re-entrant in one thread: a caller may hold it around its own checks and then call
+    :func:`build_index`, which takes it again. See :func:`recommender.locking.build_lock`.
+    """
+    out_dir = Path(out_dir).resolve()
     if not os.access(_existing_ancestor(out_dir), os.W_OK):
         raise BuildError(f"Cannot write to {out_dir}: permission denied.")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"Cannot write to {_existing_ancestor(out_dir.parent)}: {exc.strerror or exc}") from exc
+    with ExitStack() as held:
+        try:
+            held.enter_context(build_lock(out_dir, wait=wait, on_wait=on_wait))
+        except LockBusyError as exc:
+            holder = f" (process {exc.holder_pid})" if exc.holder_pid else ""
+            raise BuildLockedError(
+                f"Another build is running on {out_dir}{holder}. Wait for it to finish, "
+                "or run again with --wait to start as soon as it is done."
+            ) from None
+        except OSError as exc:
+            raise BuildError(f"Cannot write to {out_dir.parent}: {exc.strerror or exc}") from exc
+        yield
+
+
+def _build_locked(
+    catalogue: Catalogue,
+    out_dir: Path,
+    extractor: FeatureExtractor,
+    batch_size: int,
+    update: bool,
+    checkpoint_every: int,
+    on_start: Callable[[int, int], None] | None,
+    on_progress: Callable[[int], None] | None,
+    refine: str,
+) -> BuildReport:
+    """The build proper, run while holding ``out_dir``'s lock."""
     description = extractor.describe()
     report = BuildReport(out_dir=out_dir)
     refine = report.refinement = _resolve_refine(refine, catalogue)
@@ -267,7 +402,6 @@ def build_index(
     report.skipped = checkpoint.skipped()
     _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report, refine)
     shutil.rmtree(checkpoint.directory, ignore_errors=True)
-    report.seconds = time.perf_counter() - started
     return report
 
 

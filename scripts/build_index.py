@@ -2,9 +2,10 @@
 """Index a product catalogue for the bot.
 
     python scripts/build_index.py --images DIR [--styles CSV] --out DIR
-        [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update]
+        [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update] [--wait]
 
-Interrupted builds resume where they stopped when the same command is run again.
+Interrupted builds resume where they stopped when the same command is run again. Only an empty
+folder or an earlier index is replaced; one build at a time per output folder (``--wait`` queues).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts._cli import fail, positive_int, run_cli  # noqa: E402
+
+if TYPE_CHECKING:
+    from recommender import Catalogue
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build a catalogue index of product photos for the bot.")
     parser.add_argument("--images", required=True, type=Path, help="folder of product photos (Kaggle: images/)")
     parser.add_argument("--styles", type=Path, help="styles.csv with an 'id' column matching the file names")
-    parser.add_argument("--out", required=True, type=Path, help="index directory to create or replace")
+    parser.add_argument(
+        "--out", required=True, type=Path,
+        help="index directory to create, or an earlier index to replace (any other non-empty folder is refused)",
+    )  # fmt: skip
     parser.add_argument("--backbone", default="resnet50", choices=sorted(BACKBONES), help="feature model (default resnet50)")
     parser.add_argument(
         "--weights",
@@ -40,15 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")
+    parser.add_argument("--wait", action="store_true", help="if another build is running on --out, wait for it instead of stopping")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
-
-    from recommender import FeatureExtractor, build_index, load_catalogue
+    from recommender import load_catalogue
+    from recommender.builder import check_output, output_lock
 
     catalogue = load_catalogue(args.images, args.styles)
     print(f"Catalogue: {len(catalogue)} images in {args.images}" + (f", labels from {args.styles}" if args.styles else ""))
@@ -56,6 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  note: {len(catalogue.missing_images)} styles.csv rows have no image (e.g. {', '.join(catalogue.missing_images[:5])})")
     if catalogue.unlabelled:
         print(f"  note: {len(catalogue.unlabelled)} images have no styles.csv row (indexed without labels)")
+    check_output(args.out, catalogue)  # before loading a model: refuse an --out that is not ours to replace
+
+    def waiting() -> None:
+        print(f"Waiting for another build on {args.out} to finish...", flush=True)
+
+    with output_lock(args.out, wait=None if args.wait else 0.0, on_wait=waiting):  # the build below re-enters it
+        return _build(args, catalogue)
+
+
+def _build(args: argparse.Namespace, catalogue: Catalogue) -> int:
+    """Load the model and build, holding the output folder's lock."""
+    from tqdm import tqdm
+
+    from recommender import FeatureExtractor, build_index
+
     extractor = FeatureExtractor(args.backbone, args.weights)
     print(f"Loading {args.backbone} ({extractor.weights_source} weights)...")
     extractor.load()
