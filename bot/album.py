@@ -35,12 +35,11 @@ from .telegram_photos import PhotoUpload, UnusablePhoto, photo_for_upload
 
 log = logging.getLogger(__name__)
 CAPTION_LIMIT = 1024
-#: Telegram processes every uploaded photo before it answers an album: allow for that.
+#: Seconds to wait for Telegram's answer: it processes every uploaded photo before answering an
+#: album. Waiting too little turns a slow success into a timeout (and, before, into a duplicate).
 ALBUM_READ_TIMEOUT = 60.0
-#: Write timeout for uploads: at least this, more for big uploads (see MIN_UPLOAD_RATE).
-MIN_WRITE_TIMEOUT = 60.0
-#: Slowest uplink (bytes/s) an upload is still given time for.
-MIN_UPLOAD_RATE = 128 * 1024
+#: Seconds one chunk of an upload may take to be sent (httpx's write timeout is per chunk).
+ALBUM_WRITE_TIMEOUT = 60.0
 
 _POSITION = re.compile(r"failed to send message #(\d+)", re.IGNORECASE)
 _FILE_ID_ERROR = re.compile(
@@ -106,7 +105,7 @@ async def send_album(
     *,
     photo_dir: Path | None = None,
     read_timeout: float = ALBUM_READ_TIMEOUT,
-    write_timeout: float | None = None,
+    write_timeout: float = ALBUM_WRITE_TIMEOUT,
 ) -> list[Message]:
     """Send the matches' photos (an album for 2-10, a single photo for one) with captions.
 
@@ -140,13 +139,9 @@ async def _send(
     items: list[_Item],
     reply: ReplyParameters | None,
     read_timeout: float,
-    write_timeout: float | None,
+    write_timeout: float,
 ) -> list[Message]:
-    uploaded = sum(len(item.upload.data) for item in items if item.file_id is None and item.upload is not None)
-    timeouts = {
-        "read_timeout": read_timeout,
-        "write_timeout": write_timeout if write_timeout is not None else max(MIN_WRITE_TIMEOUT, uploaded / MIN_UPLOAD_RATE),
-    }
+    timeouts = {"read_timeout": read_timeout, "write_timeout": write_timeout}
     if len(items) == 1:
         item = items[0]
         photo = item.file_id if item.file_id is not None else item.upload.data  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,9 @@ MAX_RATIO = 20
 #: Telegram stores photos at most this large; a bigger upload only costs bandwidth.
 MAX_SIDE = 2560
 #: Sources with more pixels (after JPEG's reduced-scale decoding) are not converted.
-MAX_SOURCE_PIXELS = 60_000_000
+MAX_SOURCE_PIXELS = 40_000_000
+#: Conversions running at once (each may hold a decoded source photo: up to ~120 MB at the limit).
+_CONVERSIONS = threading.BoundedSemaphore(2)
 #: Formats sent as they are; anything else is converted to JPEG.
 SENDABLE_FORMATS = ("JPEG", "PNG")
 #: Formats the converter opens (the catalogue's image suffixes).
@@ -110,22 +113,32 @@ def _sendable_format(data: bytes) -> str | None:
 
 def _conforming_copy(product_id: str, image_path: Path, stat: os.stat_result, cache_dir: Path | None) -> bytes:
     target = cache_dir / copy_name(product_id, stat) if cache_dir is not None else None
-    if target is not None:
+    kept = _read_kept(target)
+    if kept is not None:
+        return kept
+    with _CONVERSIONS:
+        kept = _read_kept(target)  # made meanwhile for another chat?
+        if kept is not None:
+            return kept
         try:
-            data = target.read_bytes()
-            if data:
-                return data
-        except OSError:
-            pass
-    try:
-        data = make_conforming_jpeg(image_path)
-    except UnusablePhoto:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MemoryError, decoder errors...: the photo is unusable
-        raise UnusablePhoto(f"{image_path.name} cannot be decoded ({type(exc).__name__}: {exc})") from None
-    if target is not None:
-        _keep(target, data, product_id)
+            data = make_conforming_jpeg(image_path)
+        except UnusablePhoto:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MemoryError, decoder errors...: the photo is unusable
+            raise UnusablePhoto(f"{image_path.name} cannot be decoded ({type(exc).__name__}: {exc})") from None
+        if target is not None:
+            _keep(target, data, product_id)
     return data
+
+
+def _read_kept(target: Path | None) -> bytes | None:
+    if target is None:
+        return None
+    try:
+        data = target.read_bytes()
+    except OSError:
+        return None
+    return data or None
 
 
 def make_conforming_jpeg(image_path: Path) -> bytes:

@@ -23,7 +23,7 @@ from telegram.request import HTTPXRequest
 from bot.album import send_album
 from bot.file_id_cache import FileIdCache
 from bot.retry import send_once, telegram_may_have_acted, with_retries
-from bot.telegram_photos import MAX_PHOTO_BYTES
+from bot.telegram_photos import MAX_PHOTO_BYTES, PhotoUpload, photo_for_upload
 from recommender import Match
 from tests.fake_bot_api import BOT_USER, FakeBotApi
 
@@ -240,3 +240,19 @@ async def test_long_flood_control_is_not_waited_out(bot: Bot, server: FakeBotApi
     with pytest.raises(RetryAfter):  # within the budget one wait is made, not a second
         await with_retries(lambda: bot.send_message(CHAT, "hi"), max_total_wait=1.5)
     assert [c.status for c in server.calls_to("sendMessage")] == [429, 429, 429]
+
+
+def test_conforming_copies_of_other_formats_and_slivers(tmp_path: Path) -> None:
+    webp = tmp_path / "shoe.webp"
+    Image.new("RGBA", (300, 200), (0, 0, 0, 0)).save(webp, "WEBP")
+    sliver = tmp_path / "belt.png"
+    Image.new("L", (1, 5000), 80).save(sliver)
+    fine = jpeg_file(tmp_path / "fine.jpg")
+    assert photo_for_upload("fine", fine, tmp_path / "copies") == PhotoUpload(fine.read_bytes(), "photo.jpg", False)
+    for source, size in ((webp, (300, 200)), (sliver, (128, 2560))):
+        upload = photo_for_upload(source.stem, source, tmp_path / "copies")
+        with Image.open(io.BytesIO(upload.data)) as made:
+            assert upload.converted and (made.format, made.size) == ("JPEG", size)
+            if source is webp:  # transparency becomes white, as the shopper would see it
+                assert made.convert("RGB").getpixel((150, 100)) == (255, 255, 255)
+    assert len(list((tmp_path / "copies").iterdir())) == 2
