@@ -1,0 +1,55 @@
+"""Hostile images (issue #7): tiny files that ask the decoder for gigabytes or for seconds.
+
+The whole generated corpus (tests/hostile_corpus.py) is decoded by the real ``load_image`` in ONE
+child process whose address space is capped at what its imports use plus 200 MB
+(``resource.setrlimit(RLIMIT_AS)``). Every file must come back as a model input or as an
+``ImageDecodeError`` with a friendly message: never a ``MemoryError``, another exception, a killed
+or crashed process. The old decoder failed this on the 1x100000 PNG (a 40 GB canvas), the
+16000x250 banner (1.1 GB) and more. The 1 s / 200 MB budget per input is measured, not asserted
+here: ``benchmarks/decode_budget.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.hostile_corpus import ACCEPT, REFUSE, cases, write_corpus
+from tests.recommender_helpers import REPO
+
+#: Address space the child may use above what Python, numpy, Pillow and the engine's imports take.
+CAP_MB = 200
+#: Generous: the budget is 1 s per accepted input, measured by the benchmark on an idle machine.
+SLOW_SECONDS = 5.0
+
+
+def test_every_hostile_image_decodes_or_is_refused_under_a_memory_cap(tmp_path):
+    corpus = write_corpus(tmp_path, [case.name for case in cases() if case.in_test])
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # no thread stacks in the cap
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.hostile_corpus", "--cap-mb", str(CAP_MB), *(str(path) for _, path in corpus)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    results = {line["name"]: line for line in map(json.loads, child.stdout.splitlines()) if "name" in line}
+    unfinished = [case.name for case, _ in corpus if case.name not in results]
+    assert child.returncode == 0 and not unfinished, (
+        f"the decoding process died (exit {child.returncode}) at {unfinished[:1]}: {child.stderr[-2000:]}"
+    )
+
+    problems = []
+    for case, _ in corpus:
+        result = results[case.name]
+        outcome, message = result["outcome"], result["message"]
+        if outcome not in ("accepted", "refused"):
+            problems.append(f"{case.name} ({case.why}): {outcome} {message}")
+        elif case.expect == ACCEPT and outcome != "accepted":
+            problems.append(f"{case.name} ({case.why}) should be accepted, was refused: {message}")
+        elif case.expect == REFUSE and outcome != "refused":
+            problems.append(f"{case.name} ({case.why}) should be refused, was accepted")
+        elif outcome == "refused" and not (message[:1].isupper() and message.endswith(".") and "Error" not in message):
+            problems.append(f"{case.name}: refusal is not a friendly sentence: {message!r}")
+        if result["seconds"] > SLOW_SECONDS:
+            problems.append(f"{case.name} ({case.why}) took {result['seconds']:.1f} s")
+    assert not problems, "\n".join(problems)
