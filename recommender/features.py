@@ -17,6 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+#: Images per forward pass. TensorFlow holds every activation of a pass at once (tens of MB per
+#: image for ResNet50): one pass over 4,444 photos died with a segmentation fault.
+DEFAULT_BATCH_SIZE = 32
+
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
 #: Seed for ``weights=none``: random weights must be reproducible so their fingerprint is stable.
@@ -64,7 +68,8 @@ class FeatureExtractor:
     """Keras backbone with global pooling; ``extract`` maps uint8 images to unit vectors.
 
     The constructor only stores parameters; :meth:`load` builds the model (seconds), and
-    :meth:`extract` loads it on first use.
+    :meth:`extract` loads it on first use. ``extract`` runs at most ``batch_size`` images per
+    forward pass, whatever it is given, so no caller can exhaust memory with a large array.
     """
 
     def __init__(
@@ -73,11 +78,15 @@ class FeatureExtractor:
         weights: str | os.PathLike[str] | None = WEIGHTS_IMAGENET,
         input_size: int = 224,
         pooling: str = "avg",
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.backbone = backbone
         self.weights = weights
         self.input_size = input_size
         self.pooling = pooling
+        self.batch_size = batch_size
         self._model: Any = None
         self._forward: Callable[[Any], Any] | None = None
         self._fingerprint: str | None = None
@@ -158,8 +167,14 @@ class FeatureExtractor:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def extract(self, images: np.ndarray) -> np.ndarray:
-        """``(N, S, S, 3)`` uint8 images → ``(N, dim)`` float32 L2-normalised vectors."""
+    def extract(self, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
+        """``(N, S, S, 3)`` uint8 images → ``(N, dim)`` float32 L2-normalised vectors.
+
+        Runs at most ``batch_size`` (default: the extractor's) images per forward pass; each
+        image's vector does not depend on the others in its pass, so the result equals one pass
+        over all of them.
+        """
+        step = batch_size or self.batch_size
         self.load()
         assert self._forward is not None
         images = np.asarray(images, dtype=np.uint8)
@@ -167,9 +182,10 @@ class FeatureExtractor:
             images = images[None]
         if images.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"expected images of shape (N, {self.input_size}, {self.input_size}, 3), got {images.shape}")
-        if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self._forward(images), dtype=np.float32)
+        vectors = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), step):
+            vectors[start : start + step] = self._forward(images[start : start + step])
+        return vectors
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the extractor."""

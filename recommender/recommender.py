@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Sequence, Union
+from itertools import islice
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 
@@ -140,19 +141,37 @@ class Recommender:
         """The ``k`` most similar products (skipping the first ``offset``), best first."""
         return self.search(self.embed(self.prepare(image)[None]), k, offset)[0]
 
+    def iter_recommend(
+        self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None
+    ) -> Iterator[list[Match] | ImageDecodeError]:
+        """Answers in input order, a batch at a time; a bad image yields its error in place.
+
+        Takes ``batch_size`` images (default: the extractor's) from ``images``, decodes them,
+        embeds them in one forward pass, searches, yields their answers, and only then takes the
+        next ones: memory stays flat for any number of photos, and the first answers come out
+        while later photos are not yet read.
+        """
+        _, extractor, _ = self._loaded()
+        size = batch_size or extractor.batch_size
+        pending = iter(images)
+        while batch := list(islice(pending, size)):
+            prepared: list[np.ndarray | ImageDecodeError] = []
+            for image in batch:
+                try:
+                    prepared.append(self.prepare(image))
+                except ImageDecodeError as exc:
+                    prepared.append(exc)
+            good = [p for p in prepared if isinstance(p, np.ndarray)]
+            answers = iter(self.search(self.embed(np.stack(good)), k, offset) if good else [])
+            del good
+            for item in prepared:
+                yield item if isinstance(item, ImageDecodeError) else next(answers)
+
     def recommend_many(
-        self, images: Sequence[ImageSource], k: int = 5, offset: int = 0
+        self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None
     ) -> list[list[Match] | ImageDecodeError]:
-        """Answer several images with one forward pass; a bad image yields its error in place."""
-        prepared: list[np.ndarray | ImageDecodeError] = []
-        for image in images:
-            try:
-                prepared.append(self.prepare(image))
-            except ImageDecodeError as exc:
-                prepared.append(exc)
-        good = [p for p in prepared if isinstance(p, np.ndarray)]
-        answers = iter(self.search(self.embed(np.stack(good)), k, offset) if good else [])
-        return [p if isinstance(p, ImageDecodeError) else next(answers) for p in prepared]
+        """:meth:`iter_recommend` collected into a list (answers are small; pixels never pile up)."""
+        return list(self.iter_recommend(images, k, offset, batch_size=batch_size))
 
     def _match(self, rank: int, row: int, score: float, index: CatalogueIndex) -> Match:
         product = index.products[row]

@@ -2,6 +2,9 @@
 """Check an index before going live: print the most similar products for some photos.
 
     python scripts/query.py IMAGE [IMAGE ...] --index DIR [--k K] [--json]
+
+Any number of photos (e.g. a held-out tenth of a 44k catalogue): they are decoded and embedded a
+batch at a time and each answer is printed as soon as its batch is done.
 """
 
 from __future__ import annotations
@@ -32,28 +35,33 @@ def main(argv: list[str] | None = None) -> int:
     from recommender import Recommender
 
     recommender = Recommender(args.index, backbone=args.backbone, weights=args.weights).load()
-    answers = recommender.recommend_many(args.images, k=args.k)
+    # Answers stream out a batch at a time: thousands of photos never sit in memory together,
+    # and the operator sees results from the first seconds on.
+    answers = zip(args.images, recommender.iter_recommend(args.images, k=args.k))
     failures = 0
     if args.json:
-        output: dict[str, object] = {}
-        for image, answer in zip(args.images, answers):
+        print("{", end="")
+        for number, (image, answer) in enumerate(answers):
             if isinstance(answer, Exception):
                 failures += 1
-                output[image] = {"error": str(answer)}
+                value: object = {"error": str(answer)}
             else:
-                output[image] = [match.to_dict() for match in answer]
-        print(json.dumps(output, indent=2, ensure_ascii=False))
+                value = [match.to_dict() for match in answer]
+            entry = f"{json.dumps(image, ensure_ascii=False)}: {json.dumps(value, indent=2, ensure_ascii=False)}"
+            print(("," if number else "") + "\n  " + entry.replace("\n", "\n  "), end="", flush=True)
+        print("\n}")
     else:
-        for image, answer in zip(args.images, answers):
+        for image, answer in answers:
             print(f"\n{image}")
             if isinstance(answer, Exception):
                 failures += 1
-                print(f"  error: {answer}")
+                print(f"  error: {answer}", flush=True)
                 continue
             print(f"  {'#':>2}  {'score':>6}  {'id':>8}  product")
             for match in answer:
                 details = match.caption().replace("\n", "  |  ")
                 print(f"  {match.rank + 1:>2}  {match.score:6.3f}  {match.id:>8}  {details}")
+            sys.stdout.flush()
     return 1 if failures == len(args.images) else 0
 
 

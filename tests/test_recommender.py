@@ -100,3 +100,76 @@ def test_display_name_falls_back_to_the_id():
     match = Match(rank=0, row=0, id="42", score=0.5, display_name="Product 42", image_path=None, labels={"id": "42"})  # type: ignore[arg-type]
     assert match.caption() == "Product 42"
     assert match.to_dict() == {"id": "42", "score": 0.5}
+
+
+# --- many photos: bounded batches, answers as they go (issue #7) -------------------------------
+
+
+def test_extract_splits_any_input_into_bounded_forward_passes(resnet_random, demo_index):
+    """70 images: passes of at most 32 (one pass over thousands died), same vectors as one at a time."""
+    import copy
+
+    from recommender.features import DEFAULT_BATCH_SIZE
+    from recommender.images import load_image
+
+    images_dir = demo_index.catalogue.images_dir
+    pixels = np.stack([load_image(images_dir / item.image) for item in demo_index.catalogue.items[:70]])
+    extractor = copy.copy(resnet_random)  # the same loaded model; the session fixture stays untouched
+    passes: list[int] = []
+    forward = extractor._forward
+
+    def recording_forward(batch):
+        passes.append(len(batch))
+        return forward(batch)
+
+    extractor._forward = recording_forward
+    batched = extractor.extract(pixels)
+    assert passes == [DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE, 70 - 2 * DEFAULT_BATCH_SIZE]
+    one_by_one = np.concatenate([resnet_random.extract(image[None]) for image in pixels])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
+    passes.clear()
+    np.testing.assert_allclose(extractor.extract(pixels[:15], batch_size=7), one_by_one[:15], atol=1e-5, rtol=0)
+    assert passes == [7, 7, 1]
+    assert extractor.extract(pixels[:0]).shape == (0, resnet_random.dim)
+
+
+def assert_same_answer(answer: list[Match], single: list[Match], atol: float = 1e-5) -> None:
+    """Same scores rank by rank, same products except where two score the same (random weights
+    make near-duplicate demo photos tie to 1e-7, and a batch may order them differently)."""
+    scores = [m.score for m in single]
+    np.testing.assert_allclose([m.score for m in answer], scores[: len(answer)], atol=atol, rtol=0)
+    for rank, match in enumerate(answer):
+        tied = any(abs(scores[rank] - scores[other]) <= atol for other in (rank - 1, rank + 1) if 0 <= other < len(scores))
+        assert tied or match.id == single[rank].id, ([m.id for m in answer], [m.id for m in single])
+
+
+def test_iter_recommend_decodes_as_it_goes_and_matches_one_by_one(demo_recommender, demo_index):
+    """50 sources (48 photos, 2 bad) in batches of 8: the first answers come before the 9th source
+    is even taken, every answer equals one pass over all of them (and ``recommend`` on its own),
+    bad sources get their error in place."""
+    images_dir = demo_index.catalogue.images_dir
+    sources: list[object] = [images_dir / item.image for item in demo_index.catalogue.items[::2]][:48]
+    sources.insert(5, b"not an image")
+    sources.insert(30, (images_dir / demo_index.catalogue.items[0].image).read_bytes()[:300])
+    taken = 0
+
+    def lazily():
+        nonlocal taken
+        for source in sources:
+            taken += 1
+            yield source
+
+    answers = demo_recommender.iter_recommend(lazily(), k=3, batch_size=8)
+    first = next(answers)
+    assert taken == 8  # one batch decoded, not the whole input
+    answers = [first, *answers]
+    assert taken == len(sources) == len(answers) == 50
+    one_pass = demo_recommender.recommend_many(sources, k=4, batch_size=len(sources))
+    for position, (source, answer, reference) in enumerate(zip(sources, answers, one_pass)):
+        if position in (5, 30):
+            assert isinstance(answer, ImageDecodeError) and isinstance(reference, ImageDecodeError), position
+            continue
+        assert_same_answer(answer, reference)
+        if position % 6 == 0:
+            assert_same_answer(answer, demo_recommender.recommend(source, k=4))
+    assert demo_recommender.recommend_many(iter(sources[:10]), k=3, batch_size=4)[5].__class__ is ImageDecodeError
