@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 import time
 
@@ -13,6 +15,7 @@ from telegram.ext import (
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
+    Defaults,
     MessageHandler,
     TypeHandler,
     filters,
@@ -22,6 +25,7 @@ from recommender import CatalogueError, CatalogueIndexError, ModelLoadError, Rec
 from recommender.builder import BuildError
 
 from . import handlers
+from .chat_queue import ChatQueues
 from .config import ConfigError, Settings, load_settings
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
@@ -30,6 +34,11 @@ from .rate_limit import RateLimiter
 from .startup import ensure_index
 
 log = logging.getLogger("bot")
+
+#: After SIGTERM/SIGINT, answers in progress get this long to go out before they are cancelled;
+#: the whole stop (saving the file_id cache included) stays well under 10 s.
+SHUTDOWN_GRACE_S = 3.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def post_init(application: Application) -> None:
@@ -49,6 +58,11 @@ async def post_init(application: Application) -> None:
         file_ids=file_ids,
         catalogue_size=len(recommender),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+        queues=ChatQueues(
+            backlog=handlers.CHAT_BACKLOG,
+            on_error=lambda update, error: application.process_error(update=update, error=error),
+        ),
+        analysis=asyncio.Semaphore(settings.max_concurrent_updates),
     )
     await application.bot.set_my_commands([("start", "What this bot does"), ("help", "How to use it")])
     manifest = recommender.manifest
@@ -59,9 +73,60 @@ async def post_init(application: Application) -> None:
     )
 
 
-async def post_shutdown(application: Application) -> None:
+def handle_stop_signals(application: Application, loop: asyncio.AbstractEventLoop) -> None:
+    """SIGTERM/SIGINT stop the bot once, gracefully and within seconds; repeats are only logged.
+
+    python-telegram-bot's own handler raises ``SystemExit`` from inside the event loop for every
+    signal: a second SIGTERM (or Ctrl-C pressed twice) aborts the shutdown half-way, leaves
+    coroutines such as ``Updater.stop`` never awaited and skips saving the file_id cache.
+    Installed on the loop ``run_polling`` will use, before it starts, so a signal during start-up
+    (loading the model) is handled the same way.
+    """
+
+    def stop_when_running() -> None:
+        if application.bot_data.get("stopped"):
+            return
+        if application.running and application.updater is not None and application.updater.running:
+            application.stop_running()  # ends run_polling's loop.run_forever()
+            retry_in = 1.0  # still polling then? the stop landed just before run_forever: again
+        else:
+            application.stop_running()  # during post_init: polling never starts
+            retry_in = 0.05  # between post_init and the start of polling: once it has started
+        loop.call_later(retry_in, stop_when_running)
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if "stopping_since" in application.bot_data:
+            log.info("%s received: already stopping.", name)
+            return
+        application.bot_data["stopping_since"] = time.monotonic()
+        log.info("%s received: stopping; answers in progress get %.0f s.", name, SHUTDOWN_GRACE_S)
+        runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
+        if runtime is not None:
+            runtime.queues.stop_accepting()
+        stop_when_running()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def post_stop(application: Application) -> None:
+    """Polling has stopped: let answers in progress finish within the grace period, cancel the rest.
+
+    Runs before python-telegram-bot closes its HTTP connections, so those answers can still go out.
+    """
+    application.bot_data["stopped"] = True
     runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
     if runtime is not None:
+        since = application.bot_data.get("stopping_since", time.monotonic())
+        await runtime.queues.close(deadline=since + SHUTDOWN_GRACE_S)
+
+
+async def post_shutdown(application: Application) -> None:
+    application.bot_data["stopped"] = True
+    runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
+    if runtime is not None:
+        await runtime.queues.close()  # normally done in post_stop already
         await runtime.file_ids.save()
         runtime.inference.stop()
         log.info("Embedded %d photos in %d forward passes.", runtime.inference.images, runtime.inference.batches)
@@ -78,7 +143,10 @@ def build_application(settings: Settings) -> Application:
         .read_timeout(30)
         .write_timeout(30)
         .media_write_timeout(60)
+        # Answers quote the shopper's message; a message deleted meanwhile must not fail them.
+        .defaults(Defaults(allow_sending_without_reply=True))
         .post_init(post_init)
+        .post_stop(post_stop)
         .post_shutdown(post_shutdown)
     )
     if settings.api_base_url:
@@ -111,7 +179,14 @@ def main() -> int:
     try:
         serving = ensure_index(settings)
         log.info("Serving the %s.", serving)
-        build_application(settings).run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
+        application = build_application(settings)
+        loop = asyncio.new_event_loop()  # run_polling runs on the current loop: this one
+        asyncio.set_event_loop(loop)
+        handle_stop_signals(application, loop)
+        application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False, stop_signals=None)
+        # Closing the loop restored the default handlers: a late repeat must not kill a clean exit.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
     except (CatalogueError, CatalogueIndexError, ModelLoadError, BuildError) as exc:
         log.error("%s", exc)
         return 2

@@ -1,17 +1,24 @@
-"""What the bot says and does for each kind of update."""
+"""What the bot says and does for each kind of update.
+
+Handlers only decide: they check the rate limits and hand the answer to the chat's queue
+(``bot/chat_queue.py``), which sends it after that chat's earlier answers. A handler never waits
+for Telegram, so python-telegram-bot's update slots are free for every other chat. Refusals are
+immediate, and a chat gets one "slow down" notice per burst of refused messages, not one each.
+Every reply tolerates a deleted original (``allow_sending_without_reply``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from collections import OrderedDict
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import numpy as np
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
-from telegram.constants import ChatAction
+from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
+from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
@@ -19,16 +26,25 @@ from recommender import ImageDecodeError, Match
 from recommender.catalogue import IMAGE_SUFFIXES
 
 from .album import send_album
+from .chat_queue import ChatQueues
 from .config import TELEGRAM_DOWNLOAD_LIMIT, Settings
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
-from .rate_limit import RateLimiter
-from .retry import with_retries
+from .rate_limit import BurstNotices, RateLimiter
+from .retry import send_once, with_retries
+from .sessions import Sessions
 
 log = logging.getLogger(__name__)
 
 PAGE = 5
 MAX_RESULTS = 50
+#: Answers waiting per chat (a Telegram album holds up to 10 photos: all of them are answered).
+CHAT_BACKLOG = 10
+#: Replies to texts, stickers, commands... per user and minute: cheap for us, not for Telegram.
+CHATTER_PER_MINUTE = 10
+#: Download + decode + embed + search of one photo; past this the shopper is asked to retry, so a
+#: Telegram back-off never holds an analysis slot for minutes.
+ANALYSIS_TIMEOUT_S = 45.0
 
 HELP = (
     "👋 Send me a photo of a garment, shoe or accessory and I'll show you the 5 most similar "
@@ -41,6 +57,24 @@ HELP = (
 SEND_A_PHOTO = "I can only search with pictures 🙂 Please send a photo of a garment, shoe or accessory."
 TEXT_REPLY = "Send me a photo of a piece of clothing, shoes or an accessory and I'll find similar products. /help explains more."
 FAILED = "Sorry, something went wrong on my side while handling that. Please try again in a moment."
+EXPIRED = "That search has expired. Please send the photo again."
+TOO_FAST_PHOTOS = "You're sending photos faster than I can look 🙂 I'll skip these; please try again in {seconds} s."
+TOO_MANY_WAITING = (
+    "You're sending photos faster than I can look 🙂 I'm still on your earlier ones and will skip "
+    "the rest; send them again once I've answered."
+)
+TOO_FAST_MESSAGES = "You're sending messages faster than I can answer 🙂 I'll stay quiet for {seconds} s."
+BUSY = "Telegram is slow to hand me your photo right now. Please try again in a minute."
+
+#: "Next 5" callback data: ``more:<session token>:<offset>``, ASCII only.
+_MORE = re.compile(r"more:([A-Za-z0-9_-]{8,32}):([0-9]{1,3})")
+
+
+class ImageTooBig(Exception):
+    """The photo is over the download limit (known before downloading it)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB.")
 
 
 @dataclass
@@ -51,67 +85,90 @@ class BotRuntime:
     inference: InferenceService
     file_ids: FileIdCache
     catalogue_size: int
+    #: photo searches and "Next 5" pages per user (RATE_LIMIT_PER_MINUTE)
     rate_limiter: RateLimiter
-    #: query vectors of recent photos, so "Next 5" needs no second download and embedding
-    sessions: "OrderedDict[str, np.ndarray]" = field(default_factory=OrderedDict)
-    max_sessions: int = 5000
-    _chat_tails: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-
-    def remember(self, vector: np.ndarray) -> str:
-        token = secrets.token_urlsafe(9)
-        self.sessions[token] = vector
-        while len(self.sessions) > self.max_sessions:
-            self.sessions.popitem(last=False)
-        return token
-
-    def reserve_turn(self, chat_id: int) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
-        """Answers to one chat go out in the order its updates arrived, however long each takes."""
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        previous = self._chat_tails.get(chat_id)
-        self._chat_tails[chat_id] = mine
-        return previous, mine
-
-    def end_turn(self, chat_id: int, mine: asyncio.Future[None]) -> None:
-        if not mine.done():
-            mine.set_result(None)
-        if self._chat_tails.get(chat_id) is mine:
-            del self._chat_tails[chat_id]
+    queues: ChatQueues
+    #: replies to anything else per user
+    chatter: RateLimiter = field(default_factory=lambda: RateLimiter(CHATTER_PER_MINUTE))
+    notices: BurstNotices = field(default_factory=BurstNotices)
+    sessions: Sessions = field(default_factory=Sessions)
+    #: photos being downloaded and analysed at once, over all chats (MAX_CONCURRENT_UPDATES)
+    analysis: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
 
 
 def runtime_of(context: ContextTypes.DEFAULT_TYPE) -> BotRuntime:
     return context.application.bot_data["runtime"]
 
 
-async def reply(message: Message, text: str, **kwargs: object) -> Message:
-    return await with_retries(lambda: message.reply_text(text, **kwargs))  # type: ignore[arg-type]
+def reply_parameters(message: Message, quote: bool | None = None) -> ReplyParameters | None:
+    """Quote ``message`` (by default only in groups), and still answer if it has been deleted."""
+    if quote is None:
+        quote = message.chat.type != ChatType.PRIVATE
+    return ReplyParameters(message.message_id, allow_sending_without_reply=True) if quote else None
+
+
+async def reply(bot: Bot, message: Message, text: str, quote: bool | None = None, **kwargs: object) -> Message:
+    return await send_once(
+        lambda: bot.send_message(message.chat_id, text, reply_parameters=reply_parameters(message, quote), **kwargs)  # type: ignore[arg-type]
+    )
+
+
+def _user_id(update: Update, message: Message) -> int:
+    return update.effective_user.id if update.effective_user else message.chat_id
+
+
+def _tell_once(context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, chat_id: int, text: str) -> None:
+    """A refusal: the chat's first of this burst is told at once (outside its queue), the rest are dropped."""
+    if runtime.notices.should_tell(chat_id):
+        runtime.queues.spawn(send_once(lambda: context.bot.send_message(chat_id, text)))
+    else:
+        log.debug("Dropped a message from chat %s (burst already told to slow down).", chat_id)
+
+
+def _queue_answer(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, job: Callable[[], Awaitable[None]]
+) -> None:
+    if not runtime.queues.submit(message.chat_id, job, update):
+        _tell_once(context, runtime, message.chat_id, TOO_MANY_WAITING)
+
+
+def _chatter(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+    """A cheap text reply, in order with the chat's other answers, within the chatter limit."""
+    message = update.effective_message
+    if message is None:
+        return
+    runtime = runtime_of(context)
+    wait = runtime.chatter.retry_in(_user_id(update, message))
+    if wait > 0:
+        _tell_once(context, runtime, message.chat_id, TOO_FAST_MESSAGES.format(seconds=int(wait) + 1))
+        return
+    _queue_answer(update, context, runtime, message, lambda: reply(context.bot, message, text))
 
 
 async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Runs before every handler: a private bot answers only its allowed users."""
-    allowed = runtime_of(context).settings.allowed_user_ids
+    runtime = runtime_of(context)
+    allowed = runtime.settings.allowed_user_ids
     user = update.effective_user
     if allowed and (user is None or user.id not in allowed):
         if update.callback_query:
-            await update.callback_query.answer("This is a private bot.")
+            runtime.queues.spawn(_answer_query(update.callback_query, "This is a private bot."))
         elif update.effective_message:
-            await reply(update.effective_message, "Sorry, this is a private bot.")
+            _chatter(update, context, "Sorry, this is a private bot.")
         raise ApplicationHandlerStop
 
 
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    if update.effective_message:
-        await reply(update.effective_message, HELP)
+    _chatter(update, context, HELP)
 
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    if update.effective_message:
-        await reply(update.effective_message, TEXT_REPLY)
+    _chatter(update, context, TEXT_REPLY)
 
 
 async def on_other(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Stickers, voice, video, non-image files...: never silence."""
-    if update.effective_message:
-        await reply(update.effective_message, SEND_A_PHOTO)
+    """Stickers, voice, video, non-image files...: never silence (within the chatter limit)."""
+    _chatter(update, context, SEND_A_PHOTO)
 
 
 def _image_file(message: Message) -> tuple[str, int | None] | None:
@@ -133,107 +190,152 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.effective_message
     if message is None:
         return
-    runtime = runtime_of(context)
     found = _image_file(message)
     if found is None:
         await on_other(update, context)
         return
-    chat_id = message.chat_id
-    previous, mine = runtime.reserve_turn(chat_id)  # before any await: keeps arrival order
-    try:
-        answer = await _first_page(update, context, runtime, message, found)
-        await _after(previous)
-        if isinstance(answer, str):
-            await reply(message, answer)
-        else:
-            vector, matches = answer
-            await _send_page(context, runtime, message, chat_id, vector, matches, 0)
-    finally:
-        runtime.end_turn(chat_id, mine)
+    runtime = runtime_of(context)
+    wait = runtime.rate_limiter.retry_in(_user_id(update, message))
+    if wait > 0:
+        _tell_once(context, runtime, message.chat_id, TOO_FAST_PHOTOS.format(seconds=int(wait) + 1))
+        return
+    _queue_answer(update, context, runtime, message, lambda: _answer_photo(context, runtime, message, found))
+
+
+async def _answer_photo(context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, found: tuple[str, int | None]) -> None:
+    answer = await _first_page(context, runtime, message, found)
+    if isinstance(answer, str):
+        await reply(context.bot, message, answer, quote=True)
+        return
+    vector, matches = answer
+    await _send_page(context, runtime, message, vector, matches, 0)
 
 
 async def _first_page(
-    update: Update, context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, found: tuple[str, int | None]
+    context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, found: tuple[str, int | None]
 ) -> str | tuple[np.ndarray, list[Match]]:
     """The photo's query vector and first page of matches, or the polite refusal to send instead."""
     chat_id = message.chat_id
-    wait = runtime.rate_limiter.retry_in(update.effective_user.id if update.effective_user else chat_id)
-    if wait > 0:
-        return f"You're sending photos faster than I can look 🙂 Please try again in {int(wait) + 1} s."
     await _chat_action(context, chat_id)
     file_id, size = found
     limit = min(runtime.settings.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT)
     if size is not None and size > limit:
-        return f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB."
+        return str(ImageTooBig(size, limit))
     try:
-        data = await _download(context, file_id)
-        vector = await runtime.inference.embed(data)
+        async with runtime.analysis, asyncio.timeout(ANALYSIS_TIMEOUT_S):
+            data = await download_image(context.bot, file_id, size, limit)
+            vector = await runtime.inference.embed(data)
+            del data
+            return vector, await runtime.inference.search(vector, PAGE, 0)
+    except ImageTooBig as exc:
+        return str(exc)
     except ImageDecodeError as exc:
         return f"I couldn't use that image: {exc} Please send a normal photo (JPEG, PNG or WebP)."
     except BadRequest as exc:  # e.g. Telegram's "file is too big" on getFile
         log.info("getFile refused for chat %s: %s", chat_id, exc)
         return "I couldn't download that image; it may be too big. Please send a smaller photo."
-    return vector, await runtime.inference.search(vector, PAGE, 0)
+    except TimeoutError:
+        log.warning("Analysing a photo of chat %s took over %.0fs; asked to retry.", chat_id, ANALYSIS_TIMEOUT_S)
+        return BUSY
+
+
+async def download_image(bot: Bot, file_id: str, size: int | None, limit: int) -> bytearray:
+    """The file's bytes, in one buffer (no copy), refused before downloading when over ``limit``.
+
+    A message need not carry the file's size; ``getFile`` reports it, so a huge file is refused
+    before a single byte of it is fetched.
+    """
+    telegram_file = await with_retries(lambda: bot.get_file(file_id))
+    reported = telegram_file.file_size
+    if size is None and reported is not None and reported > limit:
+        raise ImageTooBig(reported, limit)
+    return await with_retries(lambda: telegram_file.download_as_bytearray())
+
+
+def parse_more(data: str | None) -> tuple[str, int] | None:
+    """(session token, offset) of a "Next 5" button, or None for anything malformed or forged."""
+    match = _MORE.fullmatch(data or "")
+    if match is None:
+        return None
+    offset = int(match.group(2))
+    if offset <= 0 or offset % PAGE or offset >= MAX_RESULTS:
+        return None
+    return match.group(1), offset
+
+
+async def _answer_query(query: CallbackQuery, text: str | None = None) -> None:
+    """Stop the button's spinner; a query Telegram considers too old is not worth an error."""
+    try:
+        await query.answer(text)
+    except TelegramError as exc:
+        log.debug("Could not answer a button press (%s); going on.", exc)
 
 
 async def on_more(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The "Next 5" button: the following page of results for the same photo."""
     query = update.callback_query
-    if query is None or query.message is None or not isinstance(query.message, Message):
+    if query is None:
         return
     runtime = runtime_of(context)
-    _, token, raw_offset = (query.data or "more::0").split(":", 2)
-    message = query.message
-    vector = runtime.sessions.get(token)
-    await query.answer()
-    if vector is None:
-        await reply(message, "That search has expired. Please send the photo again.")
+    if not isinstance(query.message, Message):  # a message too old for Telegram to show the bot
+        runtime.queues.spawn(_answer_query(query, EXPIRED))
         return
-    offset = int(raw_offset) if raw_offset.isdigit() else PAGE
+    message = query.message
+    parsed = parse_more(query.data)
+    vector = runtime.sessions.get(parsed[0]) if parsed else None
+    if parsed is None or vector is None:
+        log.info("Expired or malformed button %r in chat %s.", query.data, message.chat_id)
+        runtime.queues.spawn(_answer_query(query))
+        _chatter(update, context, EXPIRED)
+        return
+    wait = runtime.rate_limiter.retry_in(_user_id(update, message))
+    if wait > 0:
+        text = TOO_FAST_PHOTOS.format(seconds=int(wait) + 1) if runtime.notices.should_tell(message.chat_id) else None
+        runtime.queues.spawn(_answer_query(query, text))
+        return
+    runtime.queues.spawn(_answer_query(query))
+    token, offset = parsed
+    _queue_answer(update, context, runtime, message, lambda: _next_page(context, runtime, message, vector, token, offset))
+
+
+async def _next_page(
+    context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, vector: np.ndarray, token: str, offset: int
+) -> None:
     await _chat_action(context, message.chat_id)
     try:
         await with_retries(lambda: message.edit_reply_markup(reply_markup=None))
     except TelegramError as exc:
         log.debug("could not remove the old button: %s", exc)
-    matches = await runtime.inference.search(vector, PAGE, offset)
-    await _send_page(context, runtime, message, message.chat_id, vector, matches, offset, token)
+    async with runtime.analysis:
+        matches = await runtime.inference.search(vector, PAGE, offset)
+    await _send_page(context, runtime, message, vector, matches, offset, token)
 
 
 async def _send_page(
     context: ContextTypes.DEFAULT_TYPE,
     runtime: BotRuntime,
     message: Message,
-    chat_id: int,
     vector: np.ndarray,
     matches: list[Match],
     offset: int,
     token: str | None = None,
 ) -> None:
+    chat_id = message.chat_id
+    first = offset == 0
     if not matches:
-        await reply(message, "That's everything similar I have in the catalogue.")
+        await reply(context.bot, message, "That's everything similar I have in the catalogue.", quote=first)
         return
-    reply_to = message.message_id if offset == 0 else None
+    # Albums answer the shopper's photo; a deleted photo is fine (the bot's Defaults allow it).
+    reply_to = message.message_id if first else None
     if not await send_album(context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to):
-        await reply(message, "Sorry, I found similar products but could not load their photos. Please try again later.")
+        await reply(context.bot, message, "Sorry, I found similar products but could not load their photos. Please try again later.", quote=first)
         return
     next_offset = offset + len(matches)
     if next_offset < min(runtime.catalogue_size, MAX_RESULTS) and len(matches) == PAGE:
-        token = token or runtime.remember(vector)
+        token = token or runtime.sessions.remember(vector)
         keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=f"more:{token}:{next_offset}")]])
         shown = f"{offset + 1}-{next_offset}"
-        await with_retries(
-            lambda: context.bot.send_message(
-                chat_id,
-                f"Products {shown} most similar to your photo. Want to see more?",
-                reply_markup=keyboard,
-                reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True) if offset == 0 else None,
-            )
-        )
-
-
-async def _after(previous: asyncio.Future[None] | None) -> None:
-    if previous is not None:
-        await asyncio.shield(previous)
+        await reply(context.bot, message, f"Products {shown} most similar to your photo. Want to see more?", quote=first, reply_markup=keyboard)
 
 
 async def _chat_action(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> None:
@@ -241,11 +343,6 @@ async def _chat_action(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> None
         await context.bot.send_chat_action(chat_id, ChatAction.UPLOAD_PHOTO)
     except TelegramError as exc:  # cosmetic: never worth failing the answer for
         log.debug("send_chat_action failed: %s", exc)
-
-
-async def _download(context: ContextTypes.DEFAULT_TYPE, file_id: str) -> bytes:
-    telegram_file = await with_retries(lambda: context.bot.get_file(file_id))
-    return bytes(await with_retries(lambda: telegram_file.download_as_bytearray()))
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -256,7 +353,8 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         where = f" (update {update.update_id}, chat {chat.id if chat else '?'})"
     log.error("Unhandled error%s: %s", where, context.error, exc_info=context.error)
     if isinstance(update, Update) and update.effective_message:
+        message = update.effective_message
         try:
-            await reply(update.effective_message, FAILED)
-        except TelegramError:
+            await asyncio.wait_for(reply(context.bot, message, FAILED), timeout=30)
+        except (TelegramError, TimeoutError):
             log.warning("Could not tell the user about the error%s", where)

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,13 +46,23 @@ class InferenceService:
             self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the batch in progress, drop the photos still waiting (shutdown: nobody awaits them)."""
         if self._thread is not None:
+            dropped = 0
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                dropped += 1
+            if dropped:
+                log.info("Dropped %d photos waiting for the model at shutdown.", dropped)
             self._queue.put(None)
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
             self._thread = None
 
-    async def embed(self, data: bytes) -> np.ndarray:
+    async def embed(self, data: bytes | bytearray) -> np.ndarray:
         """Decode (raises ``ImageDecodeError`` for bad images) and embed one image."""
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(None, self.recommender.prepare, data)
@@ -84,12 +95,20 @@ class InferenceService:
             except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
                 log.exception("inference failed for a batch of %d", len(batch))
                 for request in batch:
-                    request.loop.call_soon_threadsafe(_set_exception, request.future, exc)
+                    _deliver(request, _set_exception, exc)
                 continue
             self.batches += 1
             self.images += len(batch)
             for request, vector in zip(batch, vectors):
-                request.loop.call_soon_threadsafe(_set_result, request.future, vector)
+                # A copy, not a row view: a kept vector must not keep its whole batch alive.
+                _deliver(request, _set_result, vector.copy())
+
+
+def _deliver(request: _Request, setter: Callable[[asyncio.Future[np.ndarray], Any], None], value: Any) -> None:
+    try:
+        request.loop.call_soon_threadsafe(setter, request.future, value)
+    except RuntimeError:  # the loop closed (shutdown) while this batch ran: nobody is waiting
+        pass
 
 
 def _set_result(future: asyncio.Future[np.ndarray], value: np.ndarray) -> None:

@@ -188,7 +188,7 @@ class FakeBotApi:
         self._open_queries: set[str] = set()
         self._faults: dict[str, list[_Fault]] = {}
         self._injected: dict[str, int] = {}
-        self._flood: dict[int, tuple[int, float, int, list[float]]] = {}  # flood_control()
+        self._flood: dict[int, tuple[int, float, int | None, list[float]]] = {}  # flood_control()
         self.flood_refusals: dict[int, int] = {}  # chat_id -> 429s answered by flood_control()
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(100_000)
@@ -356,10 +356,11 @@ class FakeBotApi:
         with self._lock:
             self._faults.setdefault(method.lower(), []).extend([fault] * times)
 
-    def flood_control(self, chat_id: int, messages: int, seconds: float, retry_after: int = 5) -> None:
+    def flood_control(self, chat_id: int, messages: int, seconds: float, retry_after: int | None = None) -> None:
         """Telegram's per-chat flood control: once the bot sent ``messages`` messages to ``chat_id``
-        within ``seconds``, further sends to it get 429 "retry after ``retry_after``" until the
-        window slides (refused attempts do not count)."""
+        within ``seconds``, further sends to it get 429 until the window slides (refused attempts
+        do not count). The 429 asks to retry after ``retry_after`` seconds, by default as long as
+        it takes the oldest send to leave the window (rounded up), as Telegram does."""
         with self._lock:
             self._flood[chat_id] = (messages, seconds, retry_after, [])
 
@@ -379,7 +380,8 @@ class FakeBotApi:
             sent[:] = [t for t in sent if now - t < window]
             if len(sent) >= limit:
                 self.flood_refusals[chat_id] = self.flood_refusals.get(chat_id, 0) + 1
-                raise ApiError(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
+                wait = retry_after if retry_after is not None else max(1, -int(-(window - (now - sent[0])) // 1))
+                raise ApiError(429, f"Too Many Requests: retry after {wait}", {"retry_after": wait})
             sent.append(now)
 
     def injected_count(self, method: str | None = None) -> int:

@@ -19,6 +19,7 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
+from bot import handlers
 from tests.fake_bot_api import FakeBotApi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +177,57 @@ def test_next_five_button_shows_the_following_products(api: FakeBotApi, bot: Bot
     assert buttons[-1].endswith(":10")
 
 
+def _prompt(api: FakeBotApi, chat: int) -> dict:
+    return api.wait_for(lambda s: [m for m in s.sent_messages(chat) if m.get("reply_markup")], timeout=ANSWER_TIMEOUT)[-1]
+
+
+def test_late_next_five_press_still_shows_the_page(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    """Telegram refuses to answer a button pressed long ago ("query is too old"): the page comes all the same."""
+    chat = 2005
+    api.user_sends_photo(photo_of(data_dir, catalogue[41]["id"]), chat_id=chat)
+    wait_albums(api, chat)
+    more = _prompt(api, chat)
+    refused = len([c for c in api.calls_to("answerCallbackQuery") if not c.ok])
+    api.fail_next("answerCallbackQuery", status=400, description="Bad Request: query is too old and response timeout expired or query ID is invalid")
+    api.user_presses_button(more, more["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+    assert len(wait_albums(api, chat, 2)[1].items) == 5
+    assert len([c for c in api.calls_to("answerCallbackQuery") if not c.ok]) == refused + 1
+    assert not [t for t in texts(api, chat) if "went wrong" in t]
+
+
+def test_malformed_or_forged_buttons_say_the_search_expired(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    chat = 2006
+    api.user_sends_photo(photo_of(data_dir, catalogue[42]["id"]), chat_id=chat)
+    wait_albums(api, chat)
+    more = _prompt(api, chat)
+    token = more["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1]
+    forged = ["more:", "more:x:٣", "more:tok:999999", f"more:{token}:²", f"more:{token}:٣", f"more:{token}:999999", f"more:{token}:7"]
+    for data in forged:
+        api.user_presses_button(more, data, forged=True)
+    answers = api.wait_for(lambda s: len([t for t in texts(s, chat) if "expired" in t]) >= len(forged) and texts(s, chat), timeout=ANSWER_TIMEOUT)
+    assert not [t for t in answers if "went wrong" in t]
+    assert len(api.albums(chat)) == 1  # no page for any of them
+    # Every press was answered (the button's spinner stops).
+    pressed = {u["callback_query"]["id"] for u in api.updates if "callback_query" in u and u["callback_query"]["data"] in forged}
+    api.wait_for(lambda s: pressed <= {c.params.get("callback_query_id") for c in s.calls_to("answerCallbackQuery") if c.ok}, timeout=ANSWER_TIMEOUT)
+
+
+def test_answers_arrive_although_the_shopper_deleted_the_photo(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    """Replies quote the shopper's message but must not need it: it may be gone by the time they go out."""
+    chat = 2007
+    with api.simultaneously():  # deleted before the bot even sees it
+        photo = api.user_sends_photo(photo_of(data_dir, catalogue[43]["id"]), chat_id=chat)
+        api.user_deletes(photo)
+        broken = api.user_sends_document(b"\xff\xd8\xff\xe0 broken jpeg", "broken.jpg", "image/jpeg", chat_id=chat)
+        api.user_deletes(broken)
+    album = wait_albums(api, chat)[0]
+    assert len(album.items) == 5 and {i.source for i in album.items} <= {"upload", "file_id"}
+    answers = wait_text(api, chat, 2)
+    assert answers[0].startswith("Products 1-5") and "couldn't use that image" in answers[1]
+    assert not [t for t in texts(api, chat) if "went wrong" in t]
+    assert not [c for c in api.calls_to("sendMessage") + api.calls_to("sendMediaGroup") if "replied not found" in (c.description or "")]
+
+
 @pytest.mark.parametrize(
     ("send", "expected"),
     [
@@ -273,12 +325,36 @@ def test_catalogue_photos_are_resent_by_file_id(api: FakeBotApi, bot: BotProcess
     assert [i.file_id for i in second.items] == [i.file_id for i in first.items]
 
 
-def test_rate_limit_answers_politely(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+def test_rate_limit_answers_politely_once_per_burst(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
     chat = 2601
-    for n in range(RATE_LIMIT + 2):
+    for n in range(RATE_LIMIT):
         api.user_sends_photo(photo_of(data_dir, catalogue[n]["id"]), chat_id=chat)
-    api.wait_for(lambda s: len(s.albums(chat)) >= RATE_LIMIT and len([t for t in texts(s, chat) if "faster" in t]) >= 2, timeout=ANSWER_TIMEOUT * 2)
+        wait_albums(api, chat, n + 1)
+    for n in range(3):  # over the limit: refused at once, with one notice for the three
+        api.user_sends_photo(photo_of(data_dir, catalogue[n]["id"]), chat_id=chat)
+    api.user_sends_text("/help", chat_id=chat)  # decided after the three photos, answered in turn
+    notices = api.wait_for(
+        lambda s: any("/help shows" in t for t in texts(s, chat)) and [t for t in texts(s, chat) if "faster" in t],
+        timeout=ANSWER_TIMEOUT,
+    )
+    assert len(notices) == 1 and "try again in" in notices[0]
     assert len(api.albums(chat)) == RATE_LIMIT
+
+
+def test_chatter_is_rate_limited_too(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    """Texts and stickers get answers up to a limit, then one notice, then silence; photos still work."""
+    chat = 2602
+    for n in range(handlers.CHATTER_PER_MINUTE + 15):
+        if n % 2:
+            api.user_sends_sticker(chat_id=chat)
+        else:
+            api.user_sends_text(f"hello {n}", chat_id=chat)
+    api.user_sends_photo(photo_of(data_dir, catalogue[7]["id"]), chat_id=chat)
+    # The album is answered after every accepted reply (in order), the notice at once.
+    api.wait_for(lambda s: s.albums(chat) and any("faster" in t for t in texts(s, chat)), timeout=ANSWER_TIMEOUT)
+    answers = [t for t in texts(api, chat) if not t.startswith("Products 1-5")]
+    assert sum("faster" in t for t in answers) == 1
+    assert len(answers) == handlers.CHATTER_PER_MINUTE + 1, answers
 
 
 def test_token_never_appears_in_logs(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:

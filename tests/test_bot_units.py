@@ -1,20 +1,28 @@
-"""The bot's small parts on their own: settings, token redaction, retries, rate limit, file_id cache."""
+"""The bot's small parts on their own: settings, token redaction, retries, rate limits, file_id cache,
+per-chat queues, "Next 5" sessions and callback data, size checks before downloading."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from telegram import Bot
 from telegram.error import BadRequest, Forbidden, RetryAfter, TimedOut
 
+from bot.chat_queue import ChatQueues
 from bot.config import ConfigError, load_settings
 from bot.file_id_cache import FileIdCache
+from bot.handlers import PAGE, ImageTooBig, download_image, parse_more
 from bot.logging_setup import REDACTED, RedactTokenFilter
-from bot.rate_limit import RateLimiter
+from bot.rate_limit import BurstNotices, RateLimiter
 from bot.retry import with_retries
+from bot.sessions import Sessions
+from tests.fake_bot_api import FakeBotApi
 
 TOKEN = "4242:FAKE-test-token-secret_part"
 
@@ -142,3 +150,175 @@ async def test_corrupt_file_id_cache_is_ignored_not_fatal(tmp_path: Path) -> Non
     cache = FileIdCache(path, bot_id=1)
     await cache.load()
     assert len(cache) == 0
+
+
+def test_rate_limiter_forgets_idle_users() -> None:
+    """A bot that runs for months meets millions of users: the table holds only recent ones."""
+    now = [0.0]
+    limiter = RateLimiter(3, clock=lambda: now[0])
+    for user in range(100_000):  # 100 new users a second for 1000 s
+        now[0] = user / 100
+        assert limiter.retry_in(user) == 0
+    assert len(limiter) <= 2 * 60 * 100  # at most two windows' worth
+    assert limiter.retry_in(99_999) == 0 and limiter.retry_in(99_999) == 0
+    assert limiter.retry_in(99_999) > 0  # pruning never forgets a user still in their window
+
+
+def test_burst_notices_tell_once_per_burst_and_forget() -> None:
+    now = [0.0]
+    notices = BurstNotices(gap=10.0, clock=lambda: now[0])
+    told = []
+    for step in range(100):  # a flood: one refused message every 0.2 s
+        now[0] = step * 0.2
+        told.append(notices.should_tell(1))
+    assert told == [True] + [False] * 99
+    assert notices.should_tell(2)  # other chats have their own bursts
+    now[0] += 10.0  # quiet for the gap: a new burst is told again
+    assert notices.should_tell(1)
+    for chat in range(1000):
+        now[0] += 1.0
+        notices.should_tell(chat + 10)
+    assert len(notices) <= 21  # two gaps' worth of chats at one a second
+
+
+def test_sessions_keep_a_copy_not_a_view_of_the_batch() -> None:
+    batch = np.random.default_rng(0).random((16, 2048), dtype=np.float32)
+    sessions = Sessions(max_sessions=2)
+    token = sessions.remember(batch[3])
+    stored = sessions.get(token)
+    assert stored is not None and stored.base is None and stored.flags.owndata  # does not pin the batch
+    assert np.array_equal(stored, batch[3])
+    batch[3] = 0
+    assert stored.any()
+    sessions.remember(batch[4])
+    sessions.remember(batch[5])
+    assert sessions.get(token) is None and len(sessions) == 2  # oldest dropped
+
+
+async def test_inference_hands_out_vectors_that_own_their_data(demo_recommender, demo_photo: Path) -> None:
+    from bot.inference import InferenceService
+
+    service = InferenceService(demo_recommender)
+    service.start()
+    try:
+        data = demo_photo.read_bytes()
+        vectors = await asyncio.gather(*(service.embed(data) for _ in range(4)))
+    finally:
+        service.stop()
+    assert all(v.base is None for v in vectors)
+    assert np.allclose(vectors[0], vectors[3])
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("more:AbC-_12345678:5", ("AbC-_12345678", 5)),
+        ("more:AbC-_12345678:45", ("AbC-_12345678", 45)),
+        ("more:", None),
+        ("more::5", None),
+        ("more:AbC-_12345678:", None),
+        ("more:AbC-_12345678:٣", None),  # Arabic-Indic digit: isdigit() is True, int() would even accept it
+        ("more:AbC-_12345678:²", None),  # superscript: isdigit() is True, int() raises
+        ("more:AbC-_12345678:0", None),
+        ("more:AbC-_12345678:7", None),  # not a page boundary
+        ("more:AbC-_12345678:50", None),  # past MAX_RESULTS
+        ("more:AbC-_12345678:999999", None),
+        ("more:AbC-_12345678:5:extra", None),
+        ("more:tök12345678:5", None),
+        (None, None),
+    ],
+)
+def test_next_five_callback_data_is_parsed_strictly(data: str | None, expected: tuple[str, int] | None) -> None:
+    assert parse_more(data) == expected
+    assert PAGE == 5
+
+
+async def test_chat_queue_keeps_order_per_chat_and_bounds_the_backlog() -> None:
+    done: list[tuple[int, int]] = []
+    release = asyncio.Event()
+
+    def job(chat: int, n: int):
+        async def run() -> None:
+            if chat == 1:
+                await release.wait()  # chat 1 is stuck (e.g. waiting out a 429)
+            done.append((chat, n))
+        return run
+
+    queues = ChatQueues(backlog=3)
+    accepted = [queues.submit(1, job(1, n)) for n in range(6)]
+    assert accepted == [True, True, True, False, False, False]  # 3 waiting at most
+    for n in range(3):
+        assert queues.submit(2, job(2, n))
+    await asyncio.wait_for(_until(lambda: len(done) == 3), 5)
+    assert done == [(2, 0), (2, 1), (2, 2)]  # chat 2 never waited for stuck chat 1
+    release.set()
+    await asyncio.wait_for(_until(lambda: len(done) == 6), 5)
+    assert done[3:] == [(1, 0), (1, 1), (1, 2)]  # in arrival order
+    assert queues.chats == 0 and len(queues) == 0  # idle chats leave nothing behind
+
+
+async def test_chat_queue_close_cancels_stuck_work_by_the_deadline() -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    queues = ChatQueues(backlog=5)
+    for _ in range(4):
+        queues.submit(1, stuck)
+
+    async def notice() -> None:
+        await asyncio.sleep(3600)
+
+    queues.spawn(notice())
+    await started.wait()
+    began = time.monotonic()
+    await queues.close(deadline=time.monotonic() + 0.3)
+    assert 0.25 <= time.monotonic() - began < 2.0
+    assert queues.chats == 0 and len(queues) == 0
+    assert not queues.submit(1, stuck)  # closed: nothing new is taken
+
+
+async def test_chat_queue_reports_unexpected_errors_and_goes_on() -> None:
+    errors: list[tuple[object, BaseException]] = []
+    done: list[int] = []
+
+    async def on_error(update: object, error: BaseException) -> None:
+        errors.append((update, error))
+
+    async def broken() -> None:
+        raise ValueError("bug")
+
+    async def flood_controlled() -> None:
+        raise RetryAfter(30)  # Telegram will not take it now: logged, nobody to tell
+
+    async def fine() -> None:
+        done.append(1)
+
+    queues = ChatQueues(on_error=on_error)
+    queues.submit(1, broken, update="update-1")
+    queues.submit(1, flood_controlled, update="update-2")
+    queues.submit(1, fine)
+    await asyncio.wait_for(_until(lambda: done), 5)
+    assert [(u, type(e)) for u, e in errors] == [("update-1", ValueError)]
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def test_size_reported_by_getfile_is_checked_before_downloading() -> None:
+    """A message need not carry the file's size; getFile's is used, and nothing is downloaded."""
+    limit = 1024 * 1024
+    with FakeBotApi() as api:
+        big = api.user_sends_document(b"\x89PNG" + bytes(100), "big.png", "image/png", chat_id=5, declared_size=limit + 1)
+        small = api.user_sends_document(b"\x89PNG small", "small.png", "image/png", chat_id=5)
+        async with Bot(api.token, base_url=api.base_url, base_file_url=api.base_file_url) as bot:
+            with pytest.raises(ImageTooBig, match="too big"):
+                await download_image(bot, big["message"]["document"]["file_id"], None, limit)
+            assert api.downloads == []
+            data = await download_image(bot, small["message"]["document"]["file_id"], None, limit)
+        assert bytes(data) == b"\x89PNG small"
+        assert api.downloads == [small["message"]["document"]["file_id"]]
