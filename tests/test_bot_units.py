@@ -63,8 +63,11 @@ def test_bad_settings_give_one_clear_message(env: dict[str, str], message: str) 
 def test_dotenv_file_is_read_but_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text(f"TELEGRAM_BOT_TOKEN={TOKEN}\nINDEX_DIR=/from/dotenv\nLOG_LEVEL=WARNING\n", encoding="utf-8")
-    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
-    monkeypatch.delenv("INDEX_DIR", raising=False)
+    for name in ("TELEGRAM_BOT_TOKEN", "INDEX_DIR"):
+        # set, then delete: monkeypatch then restores the variable's original state, also when
+        # load_dotenv wrote it (a leaked INDEX_DIR would point later bots at a missing index)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("LOG_LEVEL", "ERROR")
     settings = load_settings(dotenv_path=dotenv)
     assert settings.token == TOKEN and settings.index_dir == Path("/from/dotenv") and settings.log_level == "ERROR"
