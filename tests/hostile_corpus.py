@@ -329,9 +329,10 @@ def write_corpus(directory: Path, names: Iterable[str] | None = None) -> list[tu
 
 
 def _status_mb(key: str) -> float:
-    """A ``/proc/self/status`` figure (VmRSS, VmHWM, VmSize...) in MB."""
+    """A ``/proc/self/status`` figure (VmRSS, VmHWM, VmSize...) in MB (10^6 bytes)."""
     with open("/proc/self/status", encoding="ascii") as status:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.M).group(1)) / 1024  # type: ignore[union-attr]
+        kib = int(re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.M).group(1))  # type: ignore[union-attr]
+    return kib * 1024 / 1e6
 
 
 def _reset_peak() -> None:
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     decoder = _load_decoder(args.decoder)
     print(json.dumps({"baseline_rss_mb": _status_mb("VmRSS"), "baseline_vm_mb": _status_mb("VmSize")}), flush=True)
     if args.cap_mb is not None:
-        cap = int((_status_mb("VmSize") + args.cap_mb) * 1024 * 1024)
+        cap = int((_status_mb("VmSize") + args.cap_mb) * 1e6)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     for result in decode_each(args.paths, decoder):
         print(json.dumps(result), flush=True)
