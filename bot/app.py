@@ -160,7 +160,8 @@ def build_application(settings: Settings) -> Application:
     new = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler(["start", "help"], handlers.start, filters=new))
     application.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), handlers.on_image))
-    application.add_handler(CallbackQueryHandler(handlers.on_more, pattern=r"^more:"))
+    # Every button press, not only well-formed ones: forged or old data must still stop the spinner.
+    application.add_handler(CallbackQueryHandler(handlers.on_more))
     application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, handlers.on_text))
     application.add_handler(MessageHandler(new & filters.COMMAND, handlers.start))
     application.add_handler(MessageHandler(new, handlers.on_other))

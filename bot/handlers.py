@@ -31,7 +31,7 @@ from .config import TELEGRAM_DOWNLOAD_LIMIT, Settings
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
 from .rate_limit import BurstNotices, RateLimiter
-from .retry import send_once, with_retries
+from .retry import send_once, telegram_may_have_acted, with_retries
 from .sessions import Sessions
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,18 @@ async def _send_page(
         return
     # Albums answer the shopper's photo; a deleted photo is fine (the bot's Defaults allow it).
     reply_to = message.message_id if first else None
-    if not await send_album(context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to):
+    try:
+        sent = await send_album(
+            context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to, photo_dir=runtime.settings.telegram_photo_dir
+        )
+    except TelegramError as exc:
+        if not telegram_may_have_acted(exc):
+            raise
+        # Telegram may have delivered the album and answered too late: sending it again could
+        # show the shopper the same album twice, and "something went wrong" under it would be false.
+        log.warning("Album for chat %s may or may not have arrived (%s: %s); not sending it again.", chat_id, type(exc).__name__, exc)
+        sent = None
+    if sent is not None and not sent:
         await reply(context.bot, message, "Sorry, I found similar products but could not load their photos. Please try again later.", quote=first)
         return
     next_offset = offset + len(matches)

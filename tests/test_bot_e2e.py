@@ -201,7 +201,7 @@ def test_malformed_or_forged_buttons_say_the_search_expired(api: FakeBotApi, bot
     wait_albums(api, chat)
     more = _prompt(api, chat)
     token = more["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1]
-    forged = ["more:", "more:x:٣", "more:tok:999999", f"more:{token}:²", f"more:{token}:٣", f"more:{token}:999999", f"more:{token}:7"]
+    forged = ["more:", "more:x:٣", "more:tok:999999", f"more:{token}:²", f"more:{token}:٣", f"more:{token}:999999", f"more:{token}:7", "☃" * 20, "like:42"]
     for data in forged:
         api.user_presses_button(more, data, forged=True)
     answers = api.wait_for(lambda s: len([t for t in texts(s, chat) if "expired" in t]) >= len(forged) and texts(s, chat), timeout=ANSWER_TIMEOUT)
