@@ -120,7 +120,7 @@ def _user_id(update: Update, message: Message) -> int:
 def _tell_once(context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, chat_id: int, text: str) -> None:
     """A refusal: the chat's first of this burst is told at once (outside its queue), the rest are dropped."""
     if runtime.notices.should_tell(chat_id):
-        runtime.queues.spawn(send_once(lambda: context.bot.send_message(chat_id, text)))
+        runtime.queues.spawn(send_once(lambda: context.bot.send_message(chat_id, text)), chat_id)
     else:
         log.debug("Dropped a message from chat %s (burst already told to slow down).", chat_id)
 

@@ -1,6 +1,8 @@
 """Run the recommender off the event loop, batching concurrent shoppers into one forward pass.
 
-Decoding runs on the loop's default executor (parallel, independent per image). The model runs on
+Decoding runs on a small pool of its own, one thread per core: it is CPU-bound, so more threads
+would not finish sooner, only hold more large photos in memory at once (a hostile photo may take
+~150 MB while it decodes). The model runs on
 one dedicated thread that takes every request waiting at that moment as one batch: with 20
 shoppers at once a batch of 20 costs far less than 20 batches of one, and the event loop never
 blocks on TensorFlow.
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,11 +41,14 @@ class InferenceService:
         self.max_batch = max_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._decoders: ThreadPoolExecutor | None = None
         #: photos embedded and forward passes run, for the shutdown log (batching at work)
         self.images = 0
         self.batches = 0
 
     def start(self) -> None:
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
             self._thread.start()
@@ -61,11 +68,14 @@ class InferenceService:
             self._queue.put(None)
             self._thread.join(timeout=timeout)
             self._thread = None
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False, cancel_futures=True)
+            self._decoders = None
 
     async def embed(self, data: bytes | bytearray) -> np.ndarray:
         """Decode (raises ``ImageDecodeError`` for bad images) and embed one image."""
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(None, self.recommender.prepare, data)
+        pixels = await loop.run_in_executor(self._decoders, self.recommender.prepare, data)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.put(_Request(pixels, future, loop))
         return await future

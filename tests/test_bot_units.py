@@ -294,7 +294,7 @@ async def test_chat_queue_reports_unexpected_errors_and_goes_on() -> None:
         raise ValueError("bug")
 
     async def flood_controlled() -> None:
-        raise RetryAfter(30)  # Telegram will not take it now: logged, nobody to tell
+        raise Forbidden("Forbidden: bot was blocked by the user")  # logged, nobody to tell
 
     async def fine() -> None:
         done.append(1)
@@ -305,6 +305,42 @@ async def test_chat_queue_reports_unexpected_errors_and_goes_on() -> None:
     queues.submit(1, fine)
     await asyncio.wait_for(_until(lambda: done), 5)
     assert [(u, type(e)) for u, e in errors] == [("update-1", ValueError)]
+
+
+async def test_chat_queue_mutes_a_chat_under_flood_control_and_spares_the_others() -> None:
+    """A 429 that outlasted the retries: that chat's waiting answers are dropped and nothing is
+    sent to it until Telegram's retry_after has passed; other chats go on."""
+    done: list[tuple[int, int]] = []
+
+    def job(chat: int, n: int):
+        async def run() -> None:
+            done.append((chat, n))
+        return run
+
+    async def refused() -> None:
+        raise RetryAfter(0.4)
+
+    queues = ChatQueues(backlog=5)
+    queues.submit(1, refused)
+    queues.submit(1, job(1, 0))  # waiting behind the refused send: dropped with it
+    queues.submit(2, job(2, 0))
+    await asyncio.wait_for(_until(lambda: queues.chats == 0), 5)
+    assert done == [(2, 0)]
+    assert queues.muted(1) and not queues.muted(2)
+    assert queues.submit(1, job(1, 1))  # accepted but not run: the chat is muted
+    notice_sent: list[int] = []
+
+    async def notice() -> None:
+        notice_sent.append(1)
+
+    queues.spawn(notice(), chat_id=1)
+    await asyncio.sleep(0.05)
+    assert done == [(2, 0)] and not notice_sent and queues.chats == 0
+    await asyncio.sleep(0.4)  # flood control is over
+    assert not queues.muted(1)
+    assert queues.submit(1, job(1, 2))
+    await asyncio.wait_for(_until(lambda: (1, 2) in done), 5)
+    assert done == [(2, 0), (1, 2)]
 
 
 async def _until(condition) -> None:
