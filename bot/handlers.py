@@ -138,11 +138,19 @@ def _chatter(update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> N
     if message is None:
         return
     runtime = runtime_of(context)
-    wait = runtime.chatter.retry_in(_user_id(update, message))
+    if _within_limit(context, runtime, runtime.chatter, update, message, TOO_FAST_MESSAGES):
+        _queue_answer(update, context, runtime, message, lambda: reply(context.bot, message, text))
+
+
+def _within_limit(
+    context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, limiter: RateLimiter, update: Update, message: Message, too_fast: str
+) -> bool:
+    """Whether the sender may have an answer now; if not, the burst's one notice says when."""
+    wait = limiter.retry_in(_user_id(update, message))
     if wait > 0:
-        _tell_once(context, runtime, message.chat_id, TOO_FAST_MESSAGES.format(seconds=int(wait) + 1))
-        return
-    _queue_answer(update, context, runtime, message, lambda: reply(context.bot, message, text))
+        _tell_once(context, runtime, message.chat_id, too_fast.format(seconds=int(wait) + 1))
+        return False
+    return True
 
 
 async def gate(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -195,11 +203,8 @@ async def on_image(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await on_other(update, context)
         return
     runtime = runtime_of(context)
-    wait = runtime.rate_limiter.retry_in(_user_id(update, message))
-    if wait > 0:
-        _tell_once(context, runtime, message.chat_id, TOO_FAST_PHOTOS.format(seconds=int(wait) + 1))
-        return
-    _queue_answer(update, context, runtime, message, lambda: _answer_photo(context, runtime, message, found))
+    if _within_limit(context, runtime, runtime.rate_limiter, update, message, TOO_FAST_PHOTOS):
+        _queue_answer(update, context, runtime, message, lambda: _answer_photo(context, runtime, message, found))
 
 
 async def _answer_photo(context: ContextTypes.DEFAULT_TYPE, runtime: BotRuntime, message: Message, found: tuple[str, int | None]) -> None:

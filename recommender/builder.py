@@ -387,7 +387,7 @@ def _build_locked(
     try:
         for good, pixels, colours, skipped in _prefetched_batches(catalogue, todo, batch_size, extractor.input_size):
             if len(good):
-                pending_vectors.append(extractor.extract(pixels))
+                pending_vectors.append(extractor.extract(pixels, batch_size=batch_size))  # --batch-size is the pass size
                 pending_colours.append(colours)
                 pending_ids.extend(item.id for item in good)
             pending_skipped.extend(skipped)
