@@ -18,8 +18,10 @@ the whole page:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +37,9 @@ from .telegram_photos import PhotoUpload, UnusablePhoto, photo_for_upload
 
 log = logging.getLogger(__name__)
 CAPTION_LIMIT = 1024
+#: Reading (and, rarely, converting) catalogue photos for upload runs on threads of its own: a few
+#: slow conversions must not occupy the loop's default executor, where every chat's search runs.
+_photo_readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="photo-upload")
 #: Seconds to wait for Telegram's answer: it processes every uploaded photo before answering an
 #: album. Waiting too little turns a slow success into a timeout (and, before, into a duplicate).
 ALBUM_READ_TIMEOUT = 60.0
@@ -77,7 +82,9 @@ class _Item:
 
 async def _upload_for(match: Match, photo_dir: Path | None, force_copy: bool = False) -> PhotoUpload | None:
     try:
-        return await asyncio.to_thread(photo_for_upload, match.id, match.image_path, photo_dir, force_copy=force_copy)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(photo_for_upload, match.id, match.image_path, photo_dir, force_copy=force_copy)
+        return await loop.run_in_executor(_photo_readers, call)
     except UnusablePhoto as exc:
         log.warning("Catalogue photo of product %s cannot be sent (%s); leaving it out.", match.id, exc)
         return None

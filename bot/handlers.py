@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 import numpy as np
 from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest, NetworkError, TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from recommender import ImageDecodeError, Match
@@ -227,7 +227,9 @@ async def _first_page(
     if size is not None and size > limit:
         return str(ImageTooBig(size, limit))
     try:
-        async with runtime.analysis, asyncio.timeout(ANALYSIS_TIMEOUT_S):
+        # The wait for a slot counts too: behind a crowd of slow downloads the shopper hears "busy",
+        # not silence.
+        async with asyncio.timeout(ANALYSIS_TIMEOUT_S), runtime.analysis:
             data = await download_image(context.bot, file_id, size, limit)
             vector = await runtime.inference.embed(data)
             del data
@@ -241,6 +243,9 @@ async def _first_page(
         return "I couldn't download that image; it may be too big. Please send a smaller photo."
     except TimeoutError:
         log.warning("Analysing a photo of chat %s took over %.0fs; asked to retry.", chat_id, ANALYSIS_TIMEOUT_S)
+        return BUSY
+    except NetworkError as exc:  # getFile or the download failed after its retries (not a refusal)
+        log.warning("Could not download a photo of chat %s (%s: %s); asked to retry.", chat_id, type(exc).__name__, exc)
         return BUSY
 
 

@@ -1,6 +1,6 @@
 """Run the recommender off the event loop, batching concurrent shoppers into one forward pass.
 
-Decoding runs on a small pool of its own, one thread per core: it is CPU-bound, so more threads
+Decoding runs on a small pool of its own, one thread per core (at most 4): it is CPU-bound, so more threads
 would not finish sooner, only hold more large photos in memory at once (a hostile photo may take
 ~150 MB while it decodes). The model runs on
 one dedicated thread that takes every request waiting at that moment as one batch: with 20

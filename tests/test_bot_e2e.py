@@ -357,6 +357,18 @@ def test_chatter_is_rate_limited_too(api: FakeBotApi, bot: BotProcess, data_dir:
     assert len(answers) == handlers.CHATTER_PER_MINUTE + 1, answers
 
 
+def test_a_download_that_keeps_failing_gets_a_busy_answer_not_silence(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    chat = 2020
+    api.fail_next("getFile", times=5, status=502)  # every attempt of the bot's retries fails
+    api.user_sends_photo(photo_of(data_dir, catalogue[7]["id"]), chat_id=chat)
+    answer = wait_text(api, chat)[0]
+    assert "try again" in answer and "went wrong" not in answer
+    assert not api.albums(chat)
+    # The next photo is answered as usual.
+    api.user_sends_photo(photo_of(data_dir, catalogue[7]["id"]), chat_id=chat)
+    assert len(wait_albums(api, chat)[0].items) == 5
+
+
 def test_token_never_appears_in_logs(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
     api.user_sends_photo(photo_of(data_dir, catalogue[3]["id"]), chat_id=2701)
     wait_albums(api, 2701)
