@@ -191,6 +191,13 @@ def main() -> int:
     except (CatalogueError, CatalogueIndexError, ModelLoadError, BuildError) as exc:
         log.error("%s", exc)
         return 2
+    except OSError as exc:  # a folder that cannot be read or written, a full disk...: one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        log.error(
+            "%s%s. Check INDEX_DIR, CATALOGUE_DIR and DATA_DIR: they must be readable, writable and have free space.",
+            exc.strerror or exc, where,
+        )
+        return 2
     except InvalidToken:
         log.error("Telegram rejected TELEGRAM_BOT_TOKEN. Check the token from @BotFather.")
         return 2

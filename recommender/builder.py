@@ -12,6 +12,7 @@ one that holds (or lies inside) the catalogue it reads.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from . import colour
 from . import refine as refine_module
 from .features import FeatureExtractor
 from .images import ImageDecodeError, load_image
-from .locking import LockBusyError, build_lock
+from .locking import LockBusyError, LockFileError, build_lock
 from .index import (
     COLOURS,
     FEATURES,
@@ -40,6 +41,7 @@ from .index import (
     SKIPPED,
     VECTORS,
     CatalogueIndex,
+    ImageConfinement,
     atomic_file,
     check_model_matches,
     load_index,
@@ -93,7 +95,9 @@ def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
     A build swaps its result in by renaming whatever is at ``out_dir`` aside and deleting it, and
     clears ``.<out>.partial``; so ``out_dir`` must be new, empty or an index (it has a manifest),
     and neither may hold the photos or styles.csv being indexed. Writing the index into the photos
-    folder is refused too. Called by :func:`build_index`; callers may call it earlier to fail fast.
+    folder is refused too, and so is a mount point (the swap renames it, which the kernel refuses:
+    ``EBUSY``/``EXDEV`` after the whole build). Called by :func:`build_index`; callers may call it
+    earlier (before loading a model) to fail fast.
     """
     out = Path(out_dir).resolve()
     images = catalogue.images_dir.resolve()
@@ -112,6 +116,12 @@ def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
                     f"The {what} {path} lies inside {destroyed}, which the build replaces: it would be deleted. "
                     "Choose an --out that is a new, empty or index folder outside the catalogue."
                 )
+    if os.path.ismount(out):
+        raise BuildError(
+            f"The output folder {out} is a mount point: a build writes the new index beside it and renames it "
+            "into place, and a mount point cannot be renamed. Mount the volume one level up, or point --out "
+            f"(INDEX_DIR for the bot) at a folder inside it, e.g. {out / 'index'}."
+        )
     _refuse_foreign_partial(partial_dir_for(out))
     if not out.exists():
         return
@@ -236,12 +246,24 @@ class _Checkpoint:
 Batch = tuple[list[CatalogueItem], np.ndarray, np.ndarray, list[tuple[str, str]]]
 
 
-def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: int) -> Batch:
-    """(readable items, their pixels, their colour histograms, skipped (id, reason))."""
+def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: int, confinement: ImageConfinement) -> Batch:
+    """(readable items, their pixels, their colour histograms, skipped (id, reason)).
+
+    A photo that is a symlink out of the photos folder is skipped: the index loader refuses such
+    paths (the bot uploads these files), so indexing it would make an index no bot can load.
+    """
     good: list[CatalogueItem] = []
     pixels: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
     for item in items:
+        if not confinement.allows(item.image):
+            target = os.path.realpath(catalogue.images_dir / item.image)
+            skipped.append((
+                item.id,
+                f"{item.image}: links to {target}, outside the photos folder {confinement.root}; the bot reads "
+                "photos only inside it (copy the file in instead of linking to it)",
+            ))  # fmt: skip
+            continue
         try:
             pixels.append(load_image(catalogue.images_dir / item.image, size))
             good.append(item)
@@ -257,12 +279,15 @@ def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: in
 def _prefetched_batches(catalogue: Catalogue, items: Sequence[CatalogueItem], batch_size: int, size: int) -> Iterator[Batch]:
     """Decode the next batch on a helper thread while the model works on the current one."""
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    confinement = ImageConfinement(catalogue.images_dir)  # the same rule as load_index's
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        pending: Future | None = pool.submit(_decode_batch, catalogue, batches[0], size) if batches else None
+        pending: Future | None = pool.submit(_decode_batch, catalogue, batches[0], size, confinement) if batches else None
         for number in range(len(batches)):
             assert pending is not None
             result = pending.result()
-            pending = pool.submit(_decode_batch, catalogue, batches[number + 1], size) if number + 1 < len(batches) else None
+            pending = (
+                pool.submit(_decode_batch, catalogue, batches[number + 1], size, confinement) if number + 1 < len(batches) else None
+            )
             yield result
 
 
@@ -329,6 +354,8 @@ def output_lock(
                 f"Another build is running on {out_dir}{holder}. Wait for it to finish, "
                 "or run again with --wait to start as soon as it is done."
             ) from None
+        except LockFileError as exc:
+            raise BuildError(str(exc)) from None
         except OSError as exc:
             raise BuildError(f"Cannot write to {out_dir.parent}: {exc.strerror or exc}") from exc
         yield
@@ -381,7 +408,13 @@ def _build_locked(
         if pending_ids or pending_skipped:
             vectors = np.concatenate(pending_vectors) if pending_vectors else np.zeros((0, extractor.dim), np.float32)
             colours = np.concatenate(pending_colours) if pending_colours else np.zeros((0, colour.DIM), np.float32)
-            checkpoint.save(list(pending_ids), vectors, colours, list(pending_skipped))
+            try:
+                checkpoint.save(list(pending_ids), vectors, colours, list(pending_skipped))
+            except OSError as exc:
+                raise BuildError(
+                    f"Cannot save progress in {checkpoint.directory}: {_os_error(exc)}. Work saved before is kept: "
+                    "fix the cause and run the same command again to resume."
+                ) from exc
             pending_ids.clear(), pending_vectors.clear(), pending_colours.clear(), pending_skipped.clear()
 
     try:
@@ -400,9 +433,26 @@ def _build_locked(
         flush()  # keep finished work on Ctrl-C too
 
     report.skipped = checkpoint.skipped()
-    _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report, refine)
+    try:
+        _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report, refine)
+    except OSError as exc:
+        hint = ""
+        if exc.errno in (errno.EXDEV, errno.EBUSY):
+            hint = (
+                f" ({out_dir} and its parent folder must be on one filesystem: if {out_dir} is a mount point, "
+                "mount the volume one level up, or point --out at a folder inside it)"
+            )
+        raise BuildError(
+            f"Cannot put the new index in place at {out_dir}: {_os_error(exc)}{hint}. Every extracted photo is kept "
+            f"in {checkpoint.directory}: fix the cause and run the same command again to finish without re-extracting."
+        ) from exc
     shutil.rmtree(checkpoint.directory, ignore_errors=True)
     return report
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError for an operator: what went wrong, and on which file."""
+    return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
 
 
 def _resolve_refine(refine: str, catalogue: Catalogue) -> str:

@@ -52,7 +52,11 @@ def _sort_key(item_id: str) -> tuple[int, int | str]:
 
 
 def scan_images(images_dir: Path) -> dict[str, str]:
-    """Map id → relative path for every image file below ``images_dir`` (ids must be unique)."""
+    """Map id → relative path for every image file below ``images_dir`` (ids must be unique).
+
+    Symlinked files are listed (the builder skips, and reports, those whose real path leaves
+    ``images_dir``, as the index loader refuses them); symlinked sub-folders are not followed.
+    """
     if not images_dir.is_dir():
         raise CatalogueError(f"Images folder not found: {images_dir}")
     found: dict[str, str] = {}

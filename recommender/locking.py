@@ -6,6 +6,9 @@ lock is ``flock`` on ``.<out>.lock`` in the output's parent folder: the kernel d
 holder exits or is killed, so a crashed build never leaves a stale lock behind. The file is
 removed by its holder on release; a waiter that then wins the lock on the removed file notices
 (the path no longer names the file it locked) and tries again, so two holders are impossible.
+The lock file is opened without following symlinks and must be a plain file with no other hard
+links: the holder truncates it and writes its pid, so a planted ``.<out>.lock`` link must never
+make it overwrite the file the link points to.
 
 Re-entrant within one thread (the bot holds the lock while it decides, then calls
 ``build_index``, which takes it again); other threads and processes are excluded alike.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -32,6 +36,37 @@ class LockBusyError(RuntimeError):
         self.lock_path = lock_path
         self.holder_pid = holder_pid
         super().__init__(f"{lock_path} is held by {f'process {holder_pid}' if holder_pid else 'another process'}")
+
+
+class LockFileError(RuntimeError):
+    """The lock path is not a plain file of our own (a symlink, a hard link, a device...): not touched."""
+
+    def __init__(self, lock_path: Path, what: str) -> None:
+        self.lock_path = lock_path
+        super().__init__(
+            f"The build lock {lock_path} {what}; a build never writes through it, as that would overwrite "
+            "another file. Remove it (a build creates its own lock file) and run again."
+        )
+
+
+def _open_lock_file(lock_path: Path) -> int:
+    """Open (creating) the lock file itself, never what a symlink or hard link at its path leads to."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockFileError(lock_path, "is a symbolic link") from None
+        raise
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "is not a plain file"
+    elif info.st_nlink > 1:
+        problem = f"is a plain file with {info.st_nlink} hard links"
+    if problem:
+        os.close(fd)
+        raise LockFileError(lock_path, problem)
+    return fd
 
 
 _held: dict[str, tuple[int, int]] = {}  # lock path → (owning thread, depth)
@@ -76,7 +111,7 @@ def _acquire(lock_path: Path, wait: float | None, on_wait: Callable[[], None] | 
     deadline = None if wait is None else time.monotonic() + wait
     told = False
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(lock_path)
         try:
             locked = _try_lock(fd, blocking=False)
             while not locked:

@@ -7,6 +7,8 @@ build lock) and real models (``--weights none``) on tiny generated catalogues.
 
 from __future__ import annotations
 
+import csv
+import errno
 import json
 import logging
 import os
@@ -35,7 +37,7 @@ from recommender import (
     load_catalogue,
     load_index,
 )
-from recommender.builder import BuildLockedError, output_lock, partial_dir_for
+from recommender.builder import BuildLockedError, check_output, output_lock, partial_dir_for
 from recommender.images import load_image
 from recommender.locking import lock_path_for
 from tests.fake_bot_api import DEFAULT_TOKEN
@@ -145,6 +147,78 @@ def test_an_empty_folder_or_an_earlier_index_is_replaced(tmp_path, mobilenet_ran
     assert report.count == 3
     assert_index_is_fresh_extraction(out, mobilenet_random, ["1", "2", "3"])
     assert load_index(out).manifest["created_at"] >= first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "shop"]
+
+
+def test_a_mount_point_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A volume mounted at --out / INDEX_DIR: the swap would rename the mount point (EBUSY or EXDEV)
+    after the whole build, on every restart. Refused up front, before a model is loaded."""
+    images, styles = make_shop(tmp_path / "shop")
+    volume = tmp_path / "volume"
+    volume.mkdir()  # a fresh, empty volume (making a real mount point needs root tricks: the check is os.path.ismount)
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == volume or real_ismount(path))
+    catalogue = load_catalogue(images, styles)
+    unloaded = FeatureExtractor("mobilenet_v2", "none")
+
+    with pytest.raises(BuildError) as exc_info:
+        build_index(catalogue, volume, unloaded)
+    message = str(exc_info.value)
+    assert f"The output folder {volume} is a mount point" in message
+    assert "Mount the volume one level up, or point --out (INDEX_DIR for the bot) at a folder inside it" in message
+    with pytest.raises(BuildError, match="is a mount point"):
+        ensure_index(bot_settings(INDEX_DIR=str(volume), CATALOGUE_DIR=str(tmp_path / "shop")))
+    for mount_point in ("/proc", "/dev/shm"):  # real ones, where this machine has them
+        if real_ismount(mount_point):
+            with pytest.raises(BuildError, match="is a mount point"):
+                check_output(mount_point, catalogue)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shop", "volume"] and not any(volume.iterdir())
+
+
+@pytest.mark.parametrize(
+    "case", ["first-build-cross-device", "rebuild-cross-device", "rebuild-busy"],
+)  # fmt: skip
+def test_a_failed_swap_is_a_clear_error_that_keeps_the_old_index_and_the_extracted_work(tmp_path, monkeypatch, mobilenet_random, case):
+    """The final renames fail (a mount point, another filesystem): a BuildError that says what to do,
+    the earlier index still in place, and a re-run finishing from the checkpoint without re-extracting."""
+    images, styles = make_shop(tmp_path / "shop", count=4)
+    out = tmp_path / "index"
+    if case.startswith("rebuild"):
+        (images / "4.png").rename(tmp_path / "4.png")
+        build_index(load_catalogue(images, styles), out, mobilenet_random)
+        (tmp_path / "4.png").rename(images / "4.png")
+        before = snapshot(out)
+    if case.endswith("cross-device"):  # the finished index cannot be moved in
+        code, fails = errno.EXDEV, lambda source: Path(source).name.startswith(".index.tmp-")
+    else:  # the earlier index cannot be moved aside
+        code, fails = errno.EBUSY, lambda source: Path(source) == out
+    real_rename = os.rename
+
+    def rename(source, destination, *args, **kwargs):
+        if fails(source):
+            raise OSError(code, os.strerror(code), str(source), None, str(destination))
+        return real_rename(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(BuildError) as exc_info:
+        build_index(load_catalogue(images, styles), out, mobilenet_random)
+    monkeypatch.undo()
+
+    message = str(exc_info.value)
+    assert f"Cannot put the new index in place at {out}: {os.strerror(code)}" in message
+    assert "mount the volume one level up, or point --out at a folder inside it" in message
+    assert f"kept in {partial_dir_for(out)}" in message and "run the same command again" in message
+    if case.startswith("rebuild"):
+        assert snapshot(out) == before  # the earlier index, untouched and still served
+        assert load_index(out).ids() == ["1", "2", "3"]
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".index.partial", "shop", *(["index"] if case.startswith("rebuild") else [])])
+
+    report = build_index(load_catalogue(images, styles), out, mobilenet_random)  # the cause fixed: the same command
+
+    assert (report.count, report.resumed, report.extracted) == (4, 4, 0)
+    assert_index_is_fresh_extraction(out, mobilenet_random, ["1", "2", "3", "4"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "shop"]
 
 
@@ -274,6 +348,30 @@ def test_bot_waits_for_a_running_build_then_serves_its_index(tmp_path, demo_inde
     assert sorted(p.name for p in data.iterdir()) == ["index"]  # no demo catalogue drawn, no lock left
 
 
+@pytest.mark.parametrize("planted", ["symlink", "dangling-symlink", "hard-link"])
+def test_a_planted_lock_file_link_is_refused_and_its_target_untouched(tmp_path, planted):
+    """The holder truncates the lock file and writes its pid: through a planted link that would
+    overwrite (or create) another file. The build stops clearly instead."""
+    images, styles = make_shop(tmp_path / "shop")
+    out = tmp_path / "index"
+    lock = lock_path_for(out.resolve())
+    victim = tmp_path / "accounts.txt"
+    if planted == "dangling-symlink":
+        lock.symlink_to(victim)  # O_CREAT would create the file the link names
+    else:
+        victim.write_text("the shop's accounts")
+        (lock.symlink_to if planted == "symlink" else lock.hardlink_to)(victim)
+    before = snapshot(tmp_path)
+
+    result = run_script("build_index.py", *build_args(images, styles, out))
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    what = "is a plain file with 2 hard links" if planted == "hard-link" else "is a symbolic link"
+    assert f"error: The build lock {lock} {what}; a build never writes through it" in error_line(result)
+    assert snapshot(tmp_path) == before and (planted != "dangling-symlink" or not victim.exists())
+    assert lock.is_symlink() == (planted != "hard-link") and not out.exists()
+
+
 # --- 3. products.csv paths stay inside the catalogue -----------------------------------------
 
 
@@ -305,6 +403,32 @@ def test_product_paths_outside_the_catalogue_are_refused(tmp_path, demo_index, i
     assert f"outside the catalogue folder {root}" in message
     with pytest.raises(CatalogueIndexError, match="outside the catalogue folder"):
         Recommender(index_dir).load()  # what the bot and query.py call
+
+
+def test_photos_linked_from_outside_the_catalogue_are_skipped_and_the_index_loads(tmp_path, mobilenet_random):
+    """A catalogue of symlinks to a photo store used to build an index every load refused, and a
+    rebuild made the same one: the builder applies the loader's rule and skips such photos."""
+    images, styles = make_shop(tmp_path / "shop", count=4)
+    store = tmp_path / "store"
+    store.mkdir()
+    (images / "2.png").rename(store / "2.png")
+    (images / "2.png").symlink_to(store / "2.png")  # leads outside the photos folder: skipped
+    (images / "4.png").unlink()
+    (images / "4.png").symlink_to(images / "3.png")  # stays inside: indexed
+    Image.new("RGB", (64, 64), "navy").save(store / "5.png")
+    (images / "more").symlink_to(store, target_is_directory=True)  # linked sub-folders are not scanned
+    catalogue = load_catalogue(images, styles)
+    assert [item.id for item in catalogue.items] == ["1", "2", "3", "4"]
+    out = tmp_path / "index"
+
+    report = build_index(catalogue, out, mobilenet_random)
+
+    assert (report.count, [item_id for item_id, _ in report.skipped]) == (3, ["2"])
+    reason = report.skipped[0][1]
+    assert f"2.png: links to {store / '2.png'}, outside the photos folder {images}" in reason
+    with open(out / "skipped.csv", encoding="utf-8", newline="") as listed:
+        assert list(csv.reader(listed)) == [["image", "reason"], ["2", reason]]
+    assert_index_is_fresh_extraction(out, mobilenet_random, ["1", "3", "4"])  # load_index accepts it
 
 
 # --- 6. one bad photo never ends a build -----------------------------------------------------
@@ -390,3 +514,24 @@ def test_bot_with_a_missing_index_dir_exits_with_one_clear_message(tmp_path):
     assert f"INDEX_DIR is set to {missing}, but there is no index there" in output
     assert "Traceback" not in output and DEFAULT_TOKEN.split(":")[1] not in output
     assert not (tmp_path / "data").exists()  # no demo catalogue drawn
+
+
+def test_bot_stops_with_one_clear_line_on_a_file_system_error_at_start_up(tmp_path):
+    """An OSError while preparing the index (here a path the kernel refuses: a name over 255
+    bytes) used to end ``python -m bot`` with a traceback; now one ``ERROR`` line and status 2."""
+    index_dir = tmp_path / ("x" * 300) / "index"
+    environment = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith("TELEGRAM_") and key not in ("INDEX_DIR", "CATALOGUE_DIR", "DATA_DIR")
+    }  # fmt: skip
+    environment.update(
+        TELEGRAM_BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_BASE_URL="http://127.0.0.1:9/bot", INDEX_DIR=str(index_dir),
+        DATA_DIR=str(tmp_path / "data"), INDEX_WEIGHTS="none", PYTHONPATH=str(REPO),
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"File name too long ({index_dir / 'manifest.json'})" in errors[0], output
+    assert "Check INDEX_DIR, CATALOGUE_DIR and DATA_DIR" in errors[0]
+    assert "Traceback" not in output and DEFAULT_TOKEN.split(":")[1] not in output
