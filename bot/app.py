@@ -83,16 +83,32 @@ def handle_stop_signals(application: Application, loop: asyncio.AbstractEventLoo
     (loading the model) is handled the same way.
     """
 
+    stop_sent = False  # loop.stop() issued: from then on run_polling's own shutdown is under way
+
     def stop_when_running() -> None:
+        """Stop ``run_polling`` at the one point where ``loop.stop()`` is safe: inside ``run_forever()``.
+
+        ``run_polling`` runs start-up and shutdown steps with ``loop.run_until_complete()``; a
+        ``loop.stop()`` during one of them (say ``Updater.stop()`` waiting on a slow last
+        ``getUpdates``) raises ``RuntimeError: Event loop stopped before Future completed`` and
+        skips post_stop and post_shutdown. ``Application.running`` and ``Updater.running`` both
+        hold only while serving; ``Updater.stop()`` clears its flag first thing.
+        """
+        nonlocal stop_sent
         if application.bot_data.get("stopped"):
             return
-        if application.running and application.updater is not None and application.updater.running:
+        polling = application.updater is not None and application.updater.running
+        if application.running and polling:
             application.stop_running()  # ends run_polling's loop.run_forever()
-            retry_in = 1.0  # still polling then? the stop landed just before run_forever: again
+            stop_sent = True
+            # A stop in the very loop step where Application.start() returned is swallowed by
+            # run_until_complete(); still serving a second later means that happened: stop again.
+            loop.call_later(1.0, stop_when_running)
+        elif application.running or stop_sent:
+            return  # run_polling is already shutting down: leave its run_until_complete() alone
         else:
-            application.stop_running()  # during post_init: polling never starts
-            retry_in = 0.05  # between post_init and the start of polling: once it has started
-        loop.call_later(retry_in, stop_when_running)
+            application.stop_running()  # start-up (post_init): polling never starts
+            loop.call_later(0.05, stop_when_running)  # past post_init already? stop once serving
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
