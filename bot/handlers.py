@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 
 PAGE = 5
 MAX_RESULTS = 50
-#: Answers waiting per chat (a Telegram album holds up to 10 photos: all of them are answered).
-CHAT_BACKLOG = 10
 #: Replies to texts, stickers, commands... per user and minute: cheap for us, not for Telegram.
 CHATTER_PER_MINUTE = 10
+#: Answers waiting per chat: room for a full minute of chatter replies plus a photo or two, so a
+#: photo sent after ten quick texts is still answered (a 10-photo album is rate-limited anyway).
+CHAT_BACKLOG = CHATTER_PER_MINUTE + 6
 #: Download + decode + embed + search of one photo; past this the shopper is asked to retry, so a
 #: Telegram back-off never holds an analysis slot for minutes.
 ANALYSIS_TIMEOUT_S = 45.0
