@@ -71,6 +71,19 @@ class BotProcess:
         self._log.close()
         return self.process.returncode
 
+    def sigterm_twice(self, gap: float, limit: float) -> tuple[int, float]:
+        """SIGTERM, then an impatient second one ``gap`` s later (as supervisors send): (exit code, seconds)."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        time.sleep(gap)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=max(0.1, limit - gap))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"bot still running {limit}s after SIGTERM:\n{self.output()[-3000:]}")
+        return code, time.monotonic() - started
+
     def output(self) -> str:
         if not self._log.closed:
             self._log.flush()

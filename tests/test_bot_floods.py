@@ -10,9 +10,7 @@ cleanly. The bot serves the session's demo index (built once for the whole test 
 from __future__ import annotations
 
 import random
-import signal
 import statistics
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -98,16 +96,7 @@ def test_a_flooding_chat_neither_slows_others_nor_blocks_shutdown(served) -> Non
 
         # SIGTERM while the flood goes on, with the flooder's backlog queued and waiting out 429s;
         # then an impatient second one, as supervisors send: a quick, clean, complete stop all the same.
-        started = time.monotonic()
-        bot.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        if bot.process.poll() is None:
-            bot.process.send_signal(signal.SIGTERM)
-        try:
-            code = bot.process.wait(timeout=SHUTDOWN_LIMIT_S - 0.5)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"bot still running {SHUTDOWN_LIMIT_S}s after SIGTERM:\n{bot.output()[-3000:]}")
-        took = time.monotonic() - started
+        code, took = bot.sigterm_twice(0.5, SHUTDOWN_LIMIT_S)
     finally:
         stop.set()
         flooder.join()

@@ -10,8 +10,6 @@ stopped). The bot serves the session's demo index (built once for the whole test
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -46,16 +44,7 @@ def test_sigterm_while_the_last_getupdates_is_slow_still_stops_cleanly(served) -
     # Every next getUpdates is slow: the clean-up call after SIGTERM (and a long poll that might
     # just be starting, which the stop cancels). Then a supervisor's impatient second SIGTERM.
     api.fail_next("getUpdates", times=2, delay=SLOW_S)
-    started = time.monotonic()
-    bot.process.send_signal(signal.SIGTERM)
-    time.sleep(1.5)
-    if bot.process.poll() is None:
-        bot.process.send_signal(signal.SIGTERM)
-    try:
-        code = bot.process.wait(timeout=SHUTDOWN_LIMIT_S - 1.5)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"bot still running {SHUTDOWN_LIMIT_S}s after SIGTERM:\n{bot.output()[-3000:]}")
-    took = time.monotonic() - started
+    code, took = bot.sigterm_twice(1.5, SHUTDOWN_LIMIT_S)
     output = bot.output()
 
     cleanup = [c for c in api.calls_to("getUpdates") if c.time >= time.time() - took - 0.5 and not c.params.get("timeout")]

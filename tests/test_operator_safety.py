@@ -37,7 +37,7 @@ from recommender import (
     load_catalogue,
     load_index,
 )
-from recommender.builder import BuildLockedError, check_output, output_lock, partial_dir_for
+from recommender.builder import check_output, output_lock, partial_dir_for
 from recommender.images import load_image
 from recommender.locking import lock_path_for
 from tests.fake_bot_api import DEFAULT_TOKEN
