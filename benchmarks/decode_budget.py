@@ -15,8 +15,6 @@ for a before/after comparison. Exit status 1 when anything is over budget or cra
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,27 +23,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.hostile_corpus import write_corpus  # noqa: E402
+from tests.hostile_corpus import decode_in_child, write_corpus  # noqa: E402
 
 BUDGET_SECONDS = 1.0
 BUDGET_MB = 200.0
 
 
 def run_case(path: Path, decoder: str | None, cap_mb: float, timeout: float) -> dict[str, object]:
-    command = [sys.executable, "-m", "tests.hostile_corpus", "--cap-mb", str(cap_mb), str(path)]
-    if decoder:
-        command += ["--decoder", decoder]
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        done, results = decode_in_child([path], cap_mb=cap_mb, timeout=timeout, decoder=decoder)
     except subprocess.TimeoutExpired:
         return {"name": path.name, "outcome": f"crashed:timeout>{timeout:.0f}s", "message": "", "seconds": timeout, "peak_extra_mb": float("nan")}
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    results = [line for line in lines if "name" in line]
-    if done.returncode != 0 or not results:
+    if done.returncode != 0 or path.name not in results:
         tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
         return {"name": path.name, "outcome": f"crashed:exit {done.returncode}", "message": tail, "seconds": float("nan"), "peak_extra_mb": float("nan")}
-    return results[0]
+    return results[path.name]
 
 
 def main() -> int:

@@ -84,11 +84,6 @@ def partial_dir_for(out_dir: Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies somewhere below it (both resolved)."""
-    return path == folder or path.is_relative_to(folder)
-
-
 def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
     """Refuse an output folder whose replacement would destroy anything but an earlier index.
 
@@ -101,7 +96,7 @@ def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
     """
     out = Path(out_dir).resolve()
     images = catalogue.images_dir.resolve()
-    if _inside(out, images):
+    if out.is_relative_to(images):  # the folder itself or below it
         raise BuildError(
             f"The output folder {out} is inside the photos folder {images}. "
             "Choose an --out outside the catalogue (e.g. a sibling folder such as data/index)."
@@ -111,7 +106,7 @@ def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
         protected.append(("styles file", catalogue.styles_path.resolve()))
     for what, path in protected:
         for destroyed in (out, partial_dir_for(out)):
-            if _inside(path, destroyed):
+            if path.is_relative_to(destroyed):
                 raise BuildError(
                     f"The {what} {path} lies inside {destroyed}, which the build replaces: it would be deleted. "
                     "Choose an --out that is a new, empty or index folder outside the catalogue."
@@ -143,13 +138,15 @@ def check_output(out_dir: str | os.PathLike[str], catalogue: Catalogue) -> None:
 
 def _refuse_foreign_partial(partial: Path) -> None:
     """The checkpoint folder is cleared at times: refuse one that holds anything but checkpoints."""
-    if partial.is_dir() and not (partial / STATE).is_file() and any(partial.iterdir()):
+    if not partial.exists():
+        return
+    if not partial.is_dir():
+        raise BuildError(f"{partial} is in the way: the build keeps its checkpoints there. Move it away and run again.")
+    if not (partial / STATE).is_file() and any(partial.iterdir()):
         raise BuildError(
             f"{partial} is in the way: the build keeps its checkpoints there, but it holds files "
             f"that are not a checkpoint (no {STATE}). Move it away and run again."
         )
-    if partial.exists() and not partial.is_dir():
-        raise BuildError(f"{partial} is in the way: the build keeps its checkpoints there. Move it away and run again.")
 
 
 def _remove_stale_siblings(out_dir: Path) -> None:
@@ -281,13 +278,15 @@ def _prefetched_batches(catalogue: Catalogue, items: Sequence[CatalogueItem], ba
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     confinement = ImageConfinement(catalogue.images_dir)  # the same rule as load_index's
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        pending: Future | None = pool.submit(_decode_batch, catalogue, batches[0], size, confinement) if batches else None
+
+        def decode(batch: Sequence[CatalogueItem]) -> Future[Batch]:
+            return pool.submit(_decode_batch, catalogue, batch, size, confinement)
+
+        pending: Future[Batch] | None = decode(batches[0]) if batches else None
         for number in range(len(batches)):
             assert pending is not None
             result = pending.result()
-            pending = (
-                pool.submit(_decode_batch, catalogue, batches[number + 1], size, confinement) if number + 1 < len(batches) else None
-            )
+            pending = decode(batches[number + 1]) if number + 1 < len(batches) else None
             yield result
 
 

@@ -322,20 +322,23 @@ def _reduction(width: int, height: int, min_side: int | None) -> int:
     return max(1, min(width, height) // min_side, max(width, height) // (2 * min_side))
 
 
+#: Grey modes wider than 8 bits whose white point depends on the image (see :func:`_grey_peak`).
+_INTEGER_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _grey_peak(image: Image.Image) -> float:
-    """White point of a 16-bit or float grey image, from the whole image (strips must agree)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        low, high = image.getextrema()
+    """White point of a 16-bit or 32-bit integer grey image, from the whole image (strips must agree)."""
+    if image.mode in _INTEGER_GREY_MODES:
+        _, high = image.getextrema()
         return 65535.0 if float(high) > 255 else 255.0  # type: ignore[arg-type]
     return 255.0
 
 
 def _to_rgb(image: Image.Image, peak: float = 255.0) -> Image.Image:
     """Convert any mode (palette, grayscale, CMYK, 16-bit, alpha) to RGB on a white background."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        scale = 255.0 / peak if image.mode != "F" else 1.0
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in _INTEGER_GREY_MODES or image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)  # float images are already 0-255: their peak is 255
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("LA", "La", "PA", "RGBa"):

@@ -245,18 +245,34 @@ class ImageConfinement:
     The bot uploads these files to shoppers, so a path naming ``../../etc/hostname``, an absolute
     path or a symlink out of the catalogue must never be read. One rule for the builder (which
     skips such photos) and the loader (which refuses an index that names one), so an index the
-    builder wrote always loads. Checked lexically, then with one ``lstat`` per photo and one
-    ``realpath`` per distinct folder (and per symlinked photo): measured 0.2 s for 44k products,
-    where a ``realpath`` per photo took 0.85 s.
+    builder wrote always loads. Checked lexically, then with one ``realpath`` per distinct folder
+    and one directory listing per folder to find the symlinked photos (``realpath`` only for
+    those; a name the listing lacks gets its own ``lstat``): load_index runs this at every bot
+    start: 0.08 s for 44k products in one folder, where an ``lstat`` per photo took 0.17 s (a
+    ``realpath`` per photo 0.85 s).
     """
 
     def __init__(self, images_root: str | os.PathLike[str]) -> None:
         self.root = os.path.realpath(images_root)
         self._prefix = self.root.rstrip(os.sep) + os.sep
         self._folders: dict[str, bool] = {}
+        self._links: dict[str, dict[str, bool] | None] = {}
 
     def _inside(self, path: str) -> bool:
         return path == self.root or path.startswith(self._prefix)
+
+    def _is_link(self, folder: str, name: str) -> bool:
+        """Whether ``folder/name`` is a symlink, from the folder's listing (read once per folder)."""
+        if folder not in self._links:
+            try:
+                with os.scandir(os.path.join(self.root, folder)) as entries:
+                    self._links[folder] = {entry.name: entry.is_symlink() for entry in entries}
+            except OSError:
+                self._links[folder] = None  # e.g. a folder we may enter but not list: lstat each photo
+        listed = self._links[folder]
+        if listed is not None and name in listed:
+            return listed[name]
+        return os.path.islink(os.path.join(self.root, folder, name))
 
     def allows(self, image: str) -> bool:
         """Whether ``image`` (a ``/``-separated path relative to the root) really lies inside it."""
@@ -266,8 +282,9 @@ class ImageConfinement:
         folder = "/".join(parts[:-1])
         if folder not in self._folders:
             self._folders[folder] = self._inside(os.path.realpath(os.path.join(self.root, folder)))
-        full = os.path.join(self.root, image)
-        return self._folders[folder] and (not os.path.islink(full) or self._inside(os.path.realpath(full)))
+        if not self._folders[folder]:
+            return False
+        return not self._is_link(folder, parts[-1]) or self._inside(os.path.realpath(os.path.join(self.root, image)))
 
 
 def _check_images_confined(directory: Path, manifest: Mapping[str, Any], products: Sequence[Mapping[str, str]]) -> None:

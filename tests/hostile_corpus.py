@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
+import os
 import re
 import resource
 import struct
+import subprocess
 import sys
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
+
+from tests.recommender_helpers import REPO, encode
 
 ACCEPT, REFUSE, EITHER = "accept", "refuse", "either"
 
@@ -43,12 +46,6 @@ class Case:
     why: str
     #: False for realistic worst cases that only the benchmark needs (slow to generate, not hostile)
     in_test: bool = True
-
-
-def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 # --- PNG by hand --------------------------------------------------------------------------------
@@ -146,7 +143,7 @@ def _frames(count: int, size: tuple[int, int], mode: str = "RGB") -> list[Image.
 def gif_frames(count: int, size: tuple[int, int] = (16, 16)) -> bytes:
     """An animated GIF: Pillow encodes two frames, their blocks are repeated (fast at any size)."""
     frames = _frames(2, size, "P")
-    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=20, loop=0)
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=20, loop=0)
     first = data.index(b"\x21\xf9")  # each frame: graphic control extension, image descriptor, pixels
     second = data.index(b"\x21\xf9", data.index(b"\x2c", first))
     pair = data[first:-1]  # both frames, without the trailer
@@ -155,7 +152,7 @@ def gif_frames(count: int, size: tuple[int, int] = (16, 16)) -> bytes:
 
 def webp_frames(count: int, size: tuple[int, int] = (16, 16)) -> bytes:
     frames = _frames(count, size)
-    return _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=20, lossless=True, method=0)
+    return encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=20, lossless=True, method=0)
 
 
 def webp_declaring(width: int, height: int) -> bytes:
@@ -168,7 +165,7 @@ def webp_declaring(width: int, height: int) -> bytes:
 
 def jpeg_flat(size: tuple[int, int], mode: str = "RGB", **options: object) -> bytes:
     colour = (0, 200, 200, 0) if mode == "CMYK" else (200, 30, 30)
-    return _encode(Image.new(mode, size, colour), "JPEG", quality=90, **options)
+    return encode(Image.new(mode, size, colour), "JPEG", quality=90, **options)
 
 
 def jpeg_noise(max_bytes: int, seed: int = 0, **options: object) -> bytes:
@@ -177,7 +174,7 @@ def jpeg_noise(max_bytes: int, seed: int = 0, **options: object) -> bytes:
 
     def noise(width: int) -> bytes:
         pixels = rng.integers(0, 256, (width * 3 // 4, width, 3), dtype=np.uint8)
-        return _encode(Image.fromarray(pixels), "JPEG", quality=90, **options)
+        return encode(Image.fromarray(pixels), "JPEG", quality=90, **options)
 
     per_pixel = len(noise(800)) / (800 * 600)
     width = int((max_bytes * 0.97 / per_pixel / 0.75) ** 0.5)
@@ -188,7 +185,7 @@ def jpeg_noise(max_bytes: int, seed: int = 0, **options: object) -> bytes:
 
 def jpeg_scan_bomb(scans: int) -> bytes:
     """A progressive JPEG whose last scan is repeated ``scans`` times: each pass re-reads every block."""
-    data = _encode(Image.new("RGB", (2048, 2048), (90, 120, 150)), "JPEG", quality=90, progressive=True)
+    data = encode(Image.new("RGB", (2048, 2048), (90, 120, 150)), "JPEG", quality=90, progressive=True)
     last = data.rindex(b"\xff\xda")
     return data[:last] + data[last:-2] * scans + b"\xff\xd9"
 
@@ -205,16 +202,16 @@ def png_noise(max_bytes: int, seed: int = 1) -> bytes:
 def bmp_palette(size: tuple[int, int]) -> bytes:
     image = Image.new("P", size, 1)
     image.putpalette([255, 255, 255, 220, 20, 30] + [0] * 762)
-    return _encode(image, "BMP")
+    return encode(image, "BMP")
 
 
 def tiff(size: tuple[int, int]) -> bytes:
-    return _encode(Image.new("RGB", size, (200, 30, 30)), "TIFF", compression="tiff_deflate")
+    return encode(Image.new("RGB", size, (200, 30, 30)), "TIFF", compression="tiff_deflate")
 
 
 def gif_with_extensions(count: int) -> bytes:
     """A 16x16 GIF preceded by ``count`` empty comment extensions (3 bytes each)."""
-    data = _encode(Image.new("P", (16, 16), 0), "GIF")
+    data = encode(Image.new("P", (16, 16), 0), "GIF")
     flags = data[10]
     header = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     return data[:header] + b"\x21\xfe\x00" * count + data[header:]
@@ -260,11 +257,11 @@ def cases() -> list[Case]:
         Case("bomb-40mp-progressive.jpg", lambda: jpeg_flat((7700, 5190), progressive=True, subsampling=0), EITHER, "progressive 4:4:4 keeps all coefficients: 240 MB"),
         Case("bomb-40mp-progressive-420.jpg", lambda: jpeg_flat((7700, 5190), progressive=True), ACCEPT, "progressive 4:2:0: 120 MB of coefficients"),
         Case("bomb-40mp-cmyk.jpg", lambda: jpeg_flat((7700, 5190), "CMYK"), ACCEPT, "40 MP CMYK JPEG"),
-        Case("bomb-36mp.webp", lambda: _encode(Image.new("RGB", (6000, 6000), (200, 30, 30)), "WEBP", lossless=True, method=0), EITHER, "36 MP WebP of 38 bytes"),
-        Case("largest-9mp.webp", lambda: _encode(Image.new("RGB", (3600, 2600), (200, 30, 30)), "WEBP", lossless=True, method=0), ACCEPT, "the largest WebP accepted: 4 canvases"),
+        Case("bomb-36mp.webp", lambda: encode(Image.new("RGB", (6000, 6000), (200, 30, 30)), "WEBP", lossless=True, method=0), EITHER, "36 MP WebP of 38 bytes"),
+        Case("largest-9mp.webp", lambda: encode(Image.new("RGB", (3600, 2600), (200, 30, 30)), "WEBP", lossless=True, method=0), ACCEPT, "the largest WebP accepted: 4 canvases"),
         Case("declares-12000x12000.webp", lambda: webp_declaring(12_000, 12_000), REFUSE, "144 MP declared: libwebp allocates canvases at open"),
         Case("declares-16383x16383.webp", lambda: webp_declaring(16_383, 16_383), REFUSE, "268 MP declared"),
-        Case("bomb-36mp.gif", lambda: _encode(Image.new("P", (6000, 6000), 0), "GIF"), ACCEPT, "36 MP GIF"),
+        Case("bomb-36mp.gif", lambda: encode(Image.new("P", (6000, 6000), 0), "GIF"), ACCEPT, "36 MP GIF"),
         Case("bomb-19mb-palette.bmp", lambda: bmp_palette((4400, 4400)), ACCEPT, "19 MP 8-bit BMP near the byte limit"),
         Case("bomb-36mp.tif", lambda: tiff((6000, 6000)), REFUSE, "TIFF is not accepted (many codecs, many pages)"),
         Case("scan-bomb-3000.jpg", lambda: jpeg_scan_bomb(3000), REFUSE, "3000 progressive scans over 2048x2048"),
@@ -298,7 +295,7 @@ def cases() -> list[Case]:
             ACCEPT, "palette with transparency (old: 160 MB RGBA copy)",
         ),  # fmt: skip
         Case("mode-1bit-40mp.png", lambda: png(8000, 5000, colour_type=0, bit_depth=1, row=b"\xf0" * 1000), ACCEPT, "1-bit, 40 MP"),
-        Case("mode-f.tif", lambda: _encode(Image.new("F", (64, 64), 3.5), "TIFF"), REFUSE, "32-bit float (TIFF)"),
+        Case("mode-f.tif", lambda: encode(Image.new("F", (64, 64), 3.5), "TIFF"), REFUSE, "32-bit float (TIFF)"),
         # realistic worst cases at the 20 MB byte limit
         Case("noise-20mb.jpg", lambda: jpeg_noise(20 * 1024 * 1024), ACCEPT, "noise JPEG just under 20 MB", in_test=False),
         Case("noise-20mb-progressive.jpg", lambda: jpeg_noise(20 * 1024 * 1024, progressive=True), ACCEPT, "progressive noise JPEG under 20 MB", in_test=False),
@@ -371,6 +368,22 @@ def _load_decoder(path: str | None) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def decode_in_child(
+    paths: Iterable[Path], *, cap_mb: float, timeout: float, decoder: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, Any]]]:
+    """Run :func:`main` on ``paths`` in a fresh process: its outcome, and each file's result by name.
+
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds.
+    """
+    command = [sys.executable, "-m", "tests.hostile_corpus", "--cap-mb", str(cap_mb), *map(str, paths)]
+    if decoder:
+        command += ["--decoder", decoder]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # no thread stacks in the cap
+    child = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    records = (json.loads(line) for line in child.stdout.splitlines() if line.startswith("{"))
+    return child, {record["name"]: record for record in records if "name" in record}
 
 
 def main(argv: list[str] | None = None) -> int:

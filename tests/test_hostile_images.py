@@ -11,13 +11,7 @@ here: ``benchmarks/decode_budget.py``.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-from tests.hostile_corpus import ACCEPT, REFUSE, cases, write_corpus
-from tests.recommender_helpers import REPO
+from tests.hostile_corpus import ACCEPT, REFUSE, cases, decode_in_child, write_corpus
 
 #: Address space the child may use above what Python, numpy, Pillow and the engine's imports take.
 CAP_MB = 200
@@ -27,12 +21,7 @@ SLOW_SECONDS = 5.0
 
 def test_every_hostile_image_decodes_or_is_refused_under_a_memory_cap(tmp_path):
     corpus = write_corpus(tmp_path, [case.name for case in cases() if case.in_test])
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # no thread stacks in the cap
-    child = subprocess.run(
-        [sys.executable, "-m", "tests.hostile_corpus", "--cap-mb", str(CAP_MB), *(str(path) for _, path in corpus)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    results = {line["name"]: line for line in map(json.loads, child.stdout.splitlines()) if "name" in line}
+    child, results = decode_in_child([path for _, path in corpus], cap_mb=CAP_MB, timeout=300)
     unfinished = [case.name for case, _ in corpus if case.name not in results]
     assert child.returncode == 0 and not unfinished, (
         f"the decoding process died (exit {child.returncode}) at {unfinished[:1]}: {child.stderr[-2000:]}"

@@ -497,29 +497,9 @@ def test_configured_but_missing_index_or_catalogue_stops_instead_of_serving_the_
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no demo drawn, no index, no lock left
 
 
-def test_bot_with_a_missing_index_dir_exits_with_one_clear_message(tmp_path):
-    """``python -m bot`` stops before connecting to Telegram (the API URL below goes nowhere)."""
-    missing = tmp_path / "volume" / "index"
-    environment = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith("TELEGRAM_") and key not in ("INDEX_DIR", "CATALOGUE_DIR", "DATA_DIR")
-    }  # fmt: skip
-    environment.update(
-        TELEGRAM_BOT_TOKEN=DEFAULT_TOKEN, TELEGRAM_API_BASE_URL="http://127.0.0.1:9/bot", INDEX_DIR=str(missing),
-        DATA_DIR=str(tmp_path / "data"), INDEX_WEIGHTS="none", PYTHONPATH=str(REPO),
-    )  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert f"INDEX_DIR is set to {missing}, but there is no index there" in output
-    assert "Traceback" not in output and DEFAULT_TOKEN.split(":")[1] not in output
-    assert not (tmp_path / "data").exists()  # no demo catalogue drawn
-
-
-def test_bot_stops_with_one_clear_line_on_a_file_system_error_at_start_up(tmp_path):
-    """An OSError while preparing the index (here a path the kernel refuses: a name over 255
-    bytes) used to end ``python -m bot`` with a traceback; now one ``ERROR`` line and status 2."""
-    index_dir = tmp_path / ("x" * 300) / "index"
+def _run_bot_offline(tmp_path: Path, index_dir: Path) -> tuple[int, str]:
+    """Run ``python -m bot`` with ``INDEX_DIR=index_dir`` and ``DATA_DIR=tmp_path/data`` (and no other
+    bot settings from this environment) against a Telegram URL that goes nowhere: (exit status, output)."""
     environment = {
         key: value for key, value in os.environ.items()
         if not key.startswith("TELEGRAM_") and key not in ("INDEX_DIR", "CATALOGUE_DIR", "DATA_DIR")
@@ -529,8 +509,25 @@ def test_bot_stops_with_one_clear_line_on_a_file_system_error_at_start_up(tmp_pa
         DATA_DIR=str(tmp_path / "data"), INDEX_WEIGHTS="none", PYTHONPATH=str(REPO),
     )  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_bot_with_a_missing_index_dir_exits_with_one_clear_message(tmp_path):
+    """``python -m bot`` stops before connecting to Telegram (the API URL goes nowhere)."""
+    missing = tmp_path / "volume" / "index"
+    returncode, output = _run_bot_offline(tmp_path, missing)
+    assert returncode == 2, output
+    assert f"INDEX_DIR is set to {missing}, but there is no index there" in output
+    assert "Traceback" not in output and DEFAULT_TOKEN.split(":")[1] not in output
+    assert not (tmp_path / "data").exists()  # no demo catalogue drawn
+
+
+def test_bot_stops_with_one_clear_line_on_a_file_system_error_at_start_up(tmp_path):
+    """An OSError while preparing the index (here a path the kernel refuses: a name over 255
+    bytes) used to end ``python -m bot`` with a traceback; now one ``ERROR`` line and status 2."""
+    index_dir = tmp_path / ("x" * 300) / "index"
+    returncode, output = _run_bot_offline(tmp_path, index_dir)
+    assert returncode == 2, output
     errors = [line for line in output.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and f"File name too long ({index_dir / 'manifest.json'})" in errors[0], output
     assert "Check INDEX_DIR, CATALOGUE_DIR and DATA_DIR" in errors[0]
