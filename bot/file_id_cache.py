@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiofiles.os
+
+from recommender.index import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -191,21 +191,15 @@ class FileIdCache:
 
     def _write_snapshot_locked(self, entries: _Entries) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(f'{{"bot_id":{json.dumps(self.bot_id)},"files":{{')
-                # Encoded in slices: json's C encoder holds the GIL for a whole call, and one call
-                # over 44k entries would stall the event loop's thread for tens of milliseconds.
-                items = list(entries.items())
-                for start in range(0, len(items), SNAPSHOT_SLICE):
-                    files = {_key(product, stamp): file_id for product, (stamp, file_id) in items[start : start + SNAPSHOT_SLICE]}
-                    handle.write(("," if start else "") + json.dumps(files, ensure_ascii=False, separators=(",", ":"))[1:-1])
-                handle.write("}}")
-            os.replace(name, self.path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.path) as handle:
+            handle.write(f'{{"bot_id":{json.dumps(self.bot_id)},"files":{{'.encode())
+            # Encoded in slices: json's C encoder holds the GIL for a whole call, and one call
+            # over 44k entries would stall the event loop's thread for tens of milliseconds.
+            items = list(entries.items())
+            for start in range(0, len(items), SNAPSHOT_SLICE):
+                files = {_key(product, stamp): file_id for product, (stamp, file_id) in items[start : start + SNAPSHOT_SLICE]}
+                handle.write((("," if start else "") + json.dumps(files, ensure_ascii=False, separators=(",", ":"))[1:-1]).encode())
+            handle.write(b"}}")
         # The snapshot holds everything the journal said; a crash before this unlink only replays it again.
         self.journal.unlink(missing_ok=True)
 

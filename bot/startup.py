@@ -57,6 +57,7 @@ def _has_index(settings: Settings) -> bool:
 def _choose_source(settings: Settings) -> _Source | None:
     """The catalogue to build from; None when only an (absent) index was configured."""
     found = find_operator_catalogue(settings.catalogue_dir)
+    operator = f"operator catalogue {settings.catalogue_dir} (index {settings.index_dir})"
     if settings.catalogue_dir_configured:
         if not found:
             raise CatalogueError(
@@ -65,11 +66,11 @@ def _choose_source(settings: Settings) -> _Source | None:
                 f"({settings.index_dir}) holds no index to serve. Check that the folder (or its volume) is "
                 "there, fix CATALOGUE_DIR, or unset it to serve the demo catalogue."
             )
-        return _Source(*found, f"operator catalogue {settings.catalogue_dir} (index {settings.index_dir})")
+        return _Source(*found, operator)
     if settings.index_dir_configured:
         return None
     if found:
-        return _Source(*found, f"operator catalogue {settings.catalogue_dir} (index {settings.index_dir})")
+        return _Source(*found, operator)
     return _Source(None, None, f"DEMO catalogue {settings.demo_dir} (index {settings.index_dir})")
 
 

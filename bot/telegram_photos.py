@@ -18,12 +18,13 @@ import io
 import logging
 import math
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from recommender.index import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -193,18 +194,12 @@ def _pad_to_ratio(image: Image.Image) -> Image.Image:
 
 def _keep(target: Path, data: bytes, product_id: str) -> None:
     """Store the copy atomically and drop copies made from earlier versions of the photo."""
-    tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(target) as handle:
             handle.write(data)
-        os.replace(tmp, target)
     except OSError as exc:
         log.warning("Could not keep the Telegram-ready copy %s: %s", target, exc)
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
         return
     for old in target.parent.glob(f"{_product_hash(product_id)}-*.jpg"):
         if old != target:

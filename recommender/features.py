@@ -175,6 +175,8 @@ class FeatureExtractor:
         over all of them.
         """
         step = batch_size or self.batch_size
+        if step < 1:
+            raise ValueError(f"batch_size must be at least 1, got {step}")
         self.load()
         assert self._forward is not None
         images = np.asarray(images, dtype=np.uint8)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import shutil
 import time
 from contextlib import contextmanager
@@ -97,10 +98,14 @@ def read_json(path: Path) -> Any:
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at ``path`` complete (fsync + ``os.replace``) or not at all."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """A binary file that appears at ``path`` complete (fsync + ``os.replace``) or not at all.
+
+    Each call writes its own temporary file, so threads or processes writing the same path at
+    once never write into one another's (the bot keeps photo copies from several threads).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "xb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
