@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from tests.fake_bot_api import FakeBotApi  # noqa: E402
+from standin_bot_api import FakeBotApi
 
 SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
 
@@ -41,7 +40,7 @@ def ensure_index(args: argparse.Namespace) -> tuple[Path, Path]:
     if args.index:
         from recommender.index import load_index
 
-        return args.index, Path(load_index(args.index).manifest["images_root"])
+        return args.index, Path(load_index(args.index).manifest.images_root)
     work = Path(args.work)
     if SHARED.is_dir():
         images, styles = SHARED / "images", SHARED / "styles.csv"

@@ -27,19 +27,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from recommender import FeatureExtractor, build_index, load_catalogue  # noqa: E402
-from recommender.catalogue import Catalogue  # noqa: E402
-from recommender.images import load_image  # noqa: E402
+from recommender import FeatureExtractor, build_index, load_catalogue
+from recommender.catalogue import Catalogue
+from recommender.images import load_image
 
 SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
 BATCH = 32

@@ -21,9 +21,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from tests.hostile_corpus import decode_in_child, write_corpus  # noqa: E402
+from standin_bot_api.hostile_photos import decode_in_child, write_corpus
 
 BUDGET_SECONDS = 1.0
 BUDGET_MB = 200.0

@@ -25,9 +25,8 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bot.file_id_cache import FileIdCache  # noqa: E402
+from bot.file_id_cache import FileIdCache
 
 
 def old_module(rev: str) -> types.ModuleType | None:
@@ -42,7 +41,7 @@ def old_module(rev: str) -> types.ModuleType | None:
     spec = importlib.util.spec_from_loader(f"file_id_cache_{rev}", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    exec(compile(source, f"{rev}:bot/file_id_cache.py", "exec"), module.__dict__)  # noqa: S102 - our own history
+    exec(compile(source, f"{rev}:bot/file_id_cache.py", "exec"), module.__dict__)
     return module
 
 

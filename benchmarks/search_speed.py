@@ -15,14 +15,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recommender.features import l2_normalize  # noqa: E402
-from recommender.search import ExactSearcher  # noqa: E402
+from recommender.search import ExactSearcher
+from recommender.vectors import l2_normalize
 
 
 def timed(call, repeats: int) -> list[float]:

@@ -34,17 +34,17 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from tests import hostile_corpus  # noqa: E402
-from tests.fake_bot_api import FakeBotApi  # noqa: E402
+from standin_bot_api import FakeBotApi
+from standin_bot_api import hostile_photos as hostile_corpus
 
 SHARED = ROOT.parent / "shared"
 FASHION = SHARED / "data" / "fashion-products-4k"
@@ -82,7 +82,7 @@ def ensure_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     if args.index:
         from recommender.index import load_index
 
-        return args.index, Path(load_index(args.index).manifest["images_root"])
+        return args.index, Path(load_index(args.index).manifest.images_root)
     if FASHION.is_dir():
         images, styles = FASHION / "images", FASHION / "styles.csv"
     else:

@@ -21,10 +21,10 @@ import asyncio
 import functools
 import logging
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
 from telegram.error import BadRequest

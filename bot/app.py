@@ -21,12 +21,11 @@ from telegram.ext import (
     filters,
 )
 
-from recommender import CatalogueError, CatalogueIndexError, ModelLoadError, Recommender
-from recommender.builder import BuildError
+from recommender import LookalikeError, Recommender
 
 from . import handlers
 from .chat_queue import ChatQueues
-from .config import ConfigError, Settings, load_settings
+from .config import Settings, load_settings
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
 from .logging_setup import setup_logging
@@ -68,7 +67,7 @@ async def post_init(application: Application) -> None:
     manifest = recommender.manifest
     log.info(
         "Ready: @%s serving %d products (%s, %s weights, %d-d), %d cached photo file_ids; start-up took %.1fs.",
-        application.bot.username, len(recommender), manifest["backbone"], manifest["weights"], manifest["dim"],
+        application.bot.username, len(recommender), manifest.model.backbone, manifest.weights, manifest.model.feature_dim,
         len(file_ids), time.perf_counter() - started,
     )
 
@@ -189,7 +188,7 @@ def main() -> int:
     """Entry point of ``python -m bot``: exit status 0 on a clean stop, 2 on operator errors."""
     try:
         settings = load_settings()
-    except ConfigError as exc:
+    except LookalikeError as exc:  # a missing or invalid setting
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.token)
@@ -204,7 +203,7 @@ def main() -> int:
         # Closing the loop restored the default handlers: a late repeat must not kill a clean exit.
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-    except (CatalogueError, CatalogueIndexError, ModelLoadError, BuildError) as exc:
+    except LookalikeError as exc:
         log.error("%s", exc)
         return 2
     except OSError as exc:  # a folder that cannot be read or written, a full disk...: one line, no traceback

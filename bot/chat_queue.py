@@ -19,8 +19,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Coroutine
 
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
@@ -141,7 +141,7 @@ class ChatQueues:
                 await job.run()
         except TimeoutError:
             log.warning("Gave up on an answer to chat %s after %.0fs.", chat_id, self.job_timeout)
-        except Exception as exc:  # noqa: BLE001 - reported like any handler failure
+        except Exception as exc:
             if isinstance(exc, RetryAfter):
                 self.mute(chat_id, exc)
             elif _unanswerable(exc):

@@ -8,12 +8,10 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from recommender.errors import ConfigError
+
 #: Telegram lets bots download files up to 20 MB.
 TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
-
-
-class ConfigError(RuntimeError):
-    """A setting is missing or invalid; the message names it and says how to fix it."""
 
 
 @dataclass(frozen=True)

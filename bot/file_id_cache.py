@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiofiles.os
 
-from recommender.index import atomic_file
+from recommender.fileio import atomic_file
 
 log = logging.getLogger(__name__)
 

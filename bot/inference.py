@@ -15,9 +15,10 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class InferenceService:
                 batch.append(item)
             try:
                 vectors = self.recommender.embed(np.stack([request.pixels for request in batch]))
-            except Exception as exc:  # noqa: BLE001 - delivered to every waiting caller
+            except Exception as exc:
                 log.exception("inference failed for a batch of %d", len(batch))
                 for request in batch:
                     _deliver(request, _set_exception, exc)

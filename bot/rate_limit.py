@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 WINDOW_S = 60.0
 #: A burst of refused messages ends after this long without one.

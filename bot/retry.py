@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import httpx
 from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut

@@ -24,7 +24,8 @@ from recommender import BuildError, CatalogueError, FeatureExtractor, ModelLoadE
 from recommender.builder import check_output, output_lock
 from recommender.catalogue import IMAGE_SUFFIXES, Catalogue
 from recommender.demo import make_demo_catalogue
-from recommender.index import MANIFEST, IndexNotFoundError, load_index
+from recommender.errors import IndexNotFoundError
+from recommender.index import MANIFEST, load_index
 
 from .config import Settings
 

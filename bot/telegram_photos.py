@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from recommender.index import atomic_file
+from recommender.fileio import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _sendable_format(data: bytes) -> str | None:
             else:
                 image.verify()  # PNG: chunk CRCs and a complete stream
             return fmt
-    except Exception:  # noqa: BLE001 - any decoder failure: not sendable as it is
+    except Exception:
         return None
 
 
@@ -125,7 +125,7 @@ def _conforming_copy(product_id: str, image_path: Path, stat: os.stat_result, ca
             data = make_conforming_jpeg(image_path)
         except UnusablePhoto:
             raise
-        except Exception as exc:  # noqa: BLE001 - MemoryError, decoder errors...: the photo is unusable
+        except Exception as exc:
             raise UnusablePhoto(f"{image_path.name} cannot be decoded ({type(exc).__name__}: {exc})") from None
         if target is not None:
             _keep(target, data, product_id)

@@ -1,37 +1,55 @@
-"""Find catalogue products that look like a photo: decode → embed → index → search."""
+"""Find catalogue products that look like a photo: read → embed → index → search.
 
-from .builder import BuildError, BuildReport, build_index
-from .catalogue import Catalogue, CatalogueError, CatalogueItem, load_catalogue
-from .features import BACKBONES, FeatureExtractor, ModelLoadError
-from .images import ImageDecodeError, load_image
-from .index import (
-    CatalogueIndex,
+The public surface is below; every error an operator or shopper can trigger derives from
+:class:`LookalikeError` (``recommender/errors.py``).
+"""
+
+from .builder import BuildReport, build_index
+from .catalogue import Catalogue, CatalogueItem, load_catalogue
+from .errors import (
+    BuildError,
+    BuildLockedError,
+    CatalogueError,
     CatalogueIndexError,
+    ConfigError,
+    ImageDecodeError,
     IndexCorruptError,
     IndexNotFoundError,
+    LookalikeError,
+    ModelLoadError,
     ModelMismatchError,
-    load_index,
+    NotLoadedError,
 )
+from .extractor import BACKBONES, FeatureExtractor
+from .images import load_image
+from .index import CatalogueIndex, load_index
+from .manifest import Manifest, ModelIdentity
 from .recommender import Match, Recommender
 from .search import ExactSearcher
 
 __all__ = [
     "BACKBONES",
     "BuildError",
+    "BuildLockedError",
     "BuildReport",
     "Catalogue",
     "CatalogueError",
     "CatalogueIndex",
     "CatalogueIndexError",
     "CatalogueItem",
+    "ConfigError",
     "ExactSearcher",
     "FeatureExtractor",
     "ImageDecodeError",
     "IndexCorruptError",
     "IndexNotFoundError",
+    "LookalikeError",
+    "Manifest",
     "Match",
+    "ModelIdentity",
     "ModelLoadError",
     "ModelMismatchError",
+    "NotLoadedError",
     "Recommender",
     "build_index",
     "load_catalogue",

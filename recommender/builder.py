@@ -18,51 +18,39 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
 from . import colour
 from . import refine as refine_module
-from .features import FeatureExtractor
+from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
+from .errors import BuildError, BuildLockedError, LockBusyError, LockFileError
+from .extractor import FeatureExtractor
+from .fileio import atomic_file, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
 from .images import ImageDecodeError, load_image
-from .locking import LockBusyError, LockFileError, build_lock
 from .index import (
     COLOURS,
     FEATURES,
     MANIFEST,
-    MODEL_KEYS,
     PRODUCTS,
     SKIPPED,
     VECTORS,
     CatalogueIndex,
     ImageConfinement,
-    atomic_file,
-    check_model_matches,
     load_index,
-    make_manifest,
-    swap_into_place,
-    temporary_sibling,
-    utc_timestamp,
-    write_json_atomic,
     write_products,
     write_skipped,
 )
+from .locking import build_lock
+from .manifest import CatalogueSummary, Manifest, ModelIdentity
 
 STATE = "state.json"
-
-
-class BuildError(RuntimeError):
-    """The index cannot be built as asked; the message says why."""
-
-
-class BuildLockedError(BuildError):
-    """Another build is running on the same output folder."""
 
 
 @dataclass
@@ -266,7 +254,7 @@ def _decode_batch(catalogue: Catalogue, items: Sequence[CatalogueItem], size: in
             good.append(item)
         except ImageDecodeError as exc:
             skipped.append((item.id, f"{item.image}: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - MemoryError or a decoder bug: one photo never ends a build
+        except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             skipped.append((item.id, f"{item.image}: cannot be decoded ({detail})"))
     array = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
@@ -372,7 +360,7 @@ def _build_locked(
     refine: str,
 ) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
-    description = extractor.describe()
+    model = extractor.identity
     report = BuildReport(out_dir=out_dir)
     refine = report.refinement = _resolve_refine(refine, catalogue)
 
@@ -381,13 +369,13 @@ def _build_locked(
         if not (out_dir / MANIFEST).is_file():
             raise BuildError(f"--update needs an existing index at {out_dir}; build one first (without --update).")
         existing = load_index(out_dir, mmap=True)
-        check_model_matches(existing.manifest, description)
+        existing.manifest.model.check_matches(model)
     existing_rows = {item_id: row for row, item_id in enumerate(existing.ids())} if existing else {}
     wanted_ids = {item.id for item in catalogue.items}
     report.removed = sum(1 for item_id in existing_rows if item_id not in wanted_ids)
 
     identity = {
-        "model": {key: description[key] for key in MODEL_KEYS},
+        "model": model.to_json(),
         "images_root": str(catalogue.images_dir.resolve()),
     }
     checkpoint = _Checkpoint(partial_dir_for(out_dir), identity)
@@ -433,7 +421,7 @@ def _build_locked(
 
     report.skipped = checkpoint.skipped()
     try:
-        _assemble(catalogue, out_dir, description, existing, existing_rows, checkpoint, report, refine)
+        _assemble(catalogue, out_dir, model, extractor.weights_source, existing, existing_rows, checkpoint, report, refine)
     except OSError as exc:
         hint = ""
         if exc.errno in (errno.EXDEV, errno.EBUSY):
@@ -476,7 +464,8 @@ def _existing_ancestor(path: Path) -> Path:
 def _assemble(
     catalogue: Catalogue,
     out_dir: Path,
-    description: dict[str, Any],
+    model: ModelIdentity,
+    weights: str,
     existing: CatalogueIndex | None,
     existing_rows: dict[str, int],
     checkpoint: _Checkpoint,
@@ -493,7 +482,7 @@ def _assemble(
     try:
         refined = refine == refine_module.METHOD
         features = np.lib.format.open_memmap(
-            staging / (FEATURES if refined else VECTORS), mode="w+", dtype=np.float32, shape=(len(rows), description["dim"])
+            staging / (FEATURES if refined else VECTORS), mode="w+", dtype=np.float32, shape=(len(rows), model.feature_dim)
         )
         colours = np.lib.format.open_memmap(staging / COLOURS, mode="w+", dtype=np.float32, shape=(len(rows), colour.DIM))
         open_chunks: dict[Path, np.ndarray] = {}
@@ -519,11 +508,11 @@ def _assemble(
         features.flush(), colours.flush()
         open_chunks.clear()
         refinement: dict[str, Any] = {"method": refine_module.NONE}
-        vector_dim = description["dim"]
+        vector_dim = model.feature_dim
         if refined:
             labels = [item.labels for item in rows]
             refiner = refine_module.LabelCentroids.fit(features, colours, labels)
-            vector_dim = refiner.dim(description["dim"])
+            vector_dim = refiner.dim(model.feature_dim)
             vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(len(rows), vector_dim))
             for start in range(0, len(rows), 8192):  # bounded memory for huge catalogues
                 stop = start + 8192
@@ -540,23 +529,25 @@ def _assemble(
             [ID_COLUMN, "image", *label_columns],
         )
         write_skipped(staging / SKIPPED, report.skipped)
-        extra: dict[str, Any] = {}
-        if existing is not None:
-            extra = {"created_at": existing.manifest.get("created_at"), "updated_at": utc_timestamp()}
-        manifest = make_manifest(
-            description,
+        now = utc_timestamp()
+        manifest = Manifest(
+            model=model,
+            weights=weights,
             count=len(rows),
-            images_root=catalogue.images_dir,
-            catalogue={
-                "styles_csv": str(catalogue.styles_path.resolve()) if catalogue.styles_path else None,
-                "columns": label_columns,
-                "skipped": len(report.skipped),
-                "missing_images": len(catalogue.missing_images),
-                "unlabelled": len(catalogue.unlabelled),
-            },
-            extra={**extra, "refinement": refinement, "vector_dim": vector_dim},
+            vector_dim=vector_dim,
+            images_root=str(catalogue.images_dir.resolve()),
+            created_at=existing.manifest.created_at if existing is not None else now,
+            updated_at=now if existing is not None else None,
+            refinement=refinement,
+            catalogue=CatalogueSummary(
+                styles_csv=str(catalogue.styles_path.resolve()) if catalogue.styles_path else None,
+                columns=tuple(label_columns),
+                skipped=len(report.skipped),
+                missing_images=len(catalogue.missing_images),
+                unlabelled=len(catalogue.unlabelled),
+            ),
         )
-        write_json_atomic(staging / MANIFEST, manifest)
+        write_json_atomic(staging / MANIFEST, manifest.to_json())
         swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,13 +12,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import CatalogueError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 ID_COLUMN = "id"
 DISPLAY_NAME_COLUMN = "productDisplayName"
-
-
-class CatalogueError(RuntimeError):
-    """The catalogue cannot be indexed as given; the message says what to fix."""
 
 
 @dataclass(frozen=True)

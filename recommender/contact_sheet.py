@@ -17,10 +17,11 @@ With the defaults (cells 120 x 160 px + 36 px of text, 6 columns = query + 5 res
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 

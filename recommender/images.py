@@ -29,6 +29,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from .errors import ImageDecodeError
+
 #: Largest encoded image accepted, in bytes (Telegram's own bot download limit is 20 MB).
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 #: Largest decoded image accepted, in pixels (guards against decompression bombs).
@@ -71,10 +73,6 @@ _ORIENTATION = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-class ImageDecodeError(ValueError):
-    """The bytes are not an image we can use; the message is safe to show to a user."""
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -415,7 +413,7 @@ def decode_image(
         raise ImageDecodeError("This image is too large (too many pixels).") from exc
     except MemoryError as exc:
         raise ImageDecodeError(_NO_MEMORY) from exc
-    except Exception as exc:  # noqa: BLE001 - any failure inside Pillow means the file is damaged
+    except Exception as exc:
         raise ImageDecodeError(_DAMAGED) from exc
 
 
@@ -449,5 +447,5 @@ def load_image(
         return _square_resize(image, size)
     except MemoryError as exc:
         raise ImageDecodeError(_NO_MEMORY) from exc
-    except Exception as exc:  # noqa: BLE001 - as in decode_image
+    except Exception as exc:
         raise ImageDecodeError(_DAMAGED) from exc

@@ -17,47 +17,25 @@ bot never reads a half-written index.
 from __future__ import annotations
 
 import csv
-import json
 import os
-import secrets
-import shutil
-import time
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .errors import IndexCorruptError, IndexNotFoundError
+from .fileio import read_json
+from .manifest import Manifest
 from .refine import METHOD as REFINE_METHOD
 from .refine import LabelCentroids
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
 FEATURES = "features.npy"
 COLOURS = "colour.npy"
 PRODUCTS = "products.csv"
 SKIPPED = "skipped.csv"
-#: Keys that must agree between an index and the extractor that queries it.
-MODEL_KEYS = ("backbone", "weights_fingerprint", "input_size", "pooling", "dim")
-
-
-class CatalogueIndexError(RuntimeError):
-    """Any problem with an index directory; the message tells the operator what to do."""
-
-
-class IndexNotFoundError(CatalogueIndexError):
-    """No index at the given directory."""
-
-
-class IndexCorruptError(CatalogueIndexError):
-    """The index directory exists but its files are missing, unreadable or inconsistent."""
-
-
-class ModelMismatchError(CatalogueIndexError):
-    """The extractor asked for does not produce the features stored in the index."""
 
 
 @dataclass
@@ -65,7 +43,7 @@ class CatalogueIndex:
     """An index loaded in memory: vectors, product rows and the manifest that describes them."""
 
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     vectors: np.ndarray
     products: list[dict[str, str]]
     columns: list[str] = field(default_factory=list)
@@ -81,7 +59,7 @@ class CatalogueIndex:
 
     @property
     def images_root(self) -> Path:
-        return Path(self.manifest.get("images_root", ""))
+        return Path(self.manifest.images_root)
 
     def image_path(self, row: int) -> Path:
         """Absolute path of a product's catalogue photo."""
@@ -89,35 +67,6 @@ class CatalogueIndex:
 
     def ids(self) -> list[str]:
         return [product["id"] for product in self.products]
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at ``path`` complete (fsync + ``os.replace``) or not at all.
-
-    Each call writes its own temporary file, so threads or processes writing the same path at
-    once never write into one another's (the bot keeps photo copies from several threads).
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically (never half-written)."""
-    with atomic_file(path) as handle:
-        handle.write(json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def write_products(path: Path, products: Iterable[Mapping[str, str]], columns: Sequence[str]) -> None:
@@ -142,56 +91,6 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
         writer.writerows(skipped)
 
 
-def utc_timestamp() -> str:
-    """When something was written, as ISO 8601 UTC (manifest dates)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def make_manifest(
-    extractor_description: Mapping[str, Any],
-    *,
-    count: int,
-    images_root: Path,
-    catalogue: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        **dict(extractor_description),
-        "count": int(count),
-        "images_root": str(Path(images_root).resolve()),
-        "created_at": utc_timestamp(),
-        "catalogue": dict(catalogue or {}),
-    }
-    manifest.update(extra or {})
-    return manifest
-
-
-def temporary_sibling(directory: Path, tag: str) -> Path:
-    return directory.with_name(f".{directory.name}.{tag}-{os.getpid()}-{int(time.time() * 1000)}")
-
-
-def swap_into_place(staging: Path, target: Path) -> None:
-    """Replace ``target`` by the fully written ``staging`` directory.
-
-    The old index is renamed aside first and removed only after the new one is in place, so an
-    index is always present except for the instant between two renames. When the second rename
-    fails (``OSError``, re-raised), the old index is renamed back: a failed swap changes nothing.
-    """
-    old: Path | None = None
-    if target.exists():
-        old = temporary_sibling(target, "old")
-        os.rename(target, old)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> CatalogueIndex:
     """Load and validate an index directory; raise a clear error if anything is off."""
     directory = Path(directory)
@@ -202,39 +101,31 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
             f"python scripts/build_index.py --images DIR --out {directory}"
         )
     try:
-        manifest = read_json(manifest_path)
+        manifest = Manifest.from_json(read_json(manifest_path), manifest_path)
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"The index manifest {manifest_path} is unreadable: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexCorruptError(
-            f"{manifest_path} has format version {manifest.get('format_version') if isinstance(manifest, dict) else '?'};"
-            f" this program reads version {FORMAT_VERSION}. Rebuild the index."
-        )
-    missing = [key for key in (*MODEL_KEYS, "weights", "count") if key not in manifest]
-    if missing:
-        raise IndexCorruptError(f"{manifest_path} lacks {', '.join(sorted(missing))}. Rebuild the index.")
     try:
         vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
         products, columns = read_products(directory / PRODUCTS)
     except (OSError, ValueError, EOFError, csv.Error) as exc:  # np.load raises EOFError on an empty file
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
-    vector_dim = manifest.get("vector_dim", manifest["dim"])
+    vector_dim = manifest.vector_dim
     if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != vector_dim:
         raise IndexCorruptError(
             f"{directory / VECTORS} holds {vectors.dtype} {vectors.shape}, expected float32 (N, {vector_dim})."
         )
-    if not (len(vectors) == len(products) == manifest["count"]):
+    if not (len(vectors) == len(products) == manifest.count):
         raise IndexCorruptError(
             f"The index at {directory} is inconsistent: {len(vectors)} vectors, {len(products)} products,"
-            f" manifest says {manifest['count']}. Rebuild it."
+            f" manifest says {manifest.count}. Rebuild it."
         )
     if "id" not in columns or "image" not in columns:
         raise IndexCorruptError(f"{directory / PRODUCTS} lacks the id/image columns. Rebuild the index.")
     _check_images_confined(directory, manifest, products)
-    refined = (manifest.get("refinement") or {}).get("method") == REFINE_METHOD
+    refined = manifest.refinement_method == REFINE_METHOD
     try:
         refiner = LabelCentroids.load(directory) if refined else None
-        features = _load_rows(directory / FEATURES, len(vectors), manifest["dim"], mmap) if refined else vectors
+        features = _load_rows(directory / FEATURES, len(vectors), manifest.model.feature_dim, mmap) if refined else vectors
         colours = _load_rows(directory / COLOURS, len(vectors), None, mmap) if (directory / COLOURS).exists() or refined else None
     except (OSError, ValueError, EOFError, KeyError) as exc:
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
@@ -292,10 +183,10 @@ class ImageConfinement:
         return not self._is_link(folder, parts[-1]) or self._inside(os.path.realpath(os.path.join(self.root, image)))
 
 
-def _check_images_confined(directory: Path, manifest: Mapping[str, Any], products: Sequence[Mapping[str, str]]) -> None:
+def _check_images_confined(directory: Path, manifest: Manifest, products: Sequence[Mapping[str, str]]) -> None:
     """Every product photo must lie inside the catalogue's ``images_root`` (see :class:`ImageConfinement`)."""
-    raw_root = manifest.get("images_root")
-    if not isinstance(raw_root, str) or not raw_root or not os.path.isabs(raw_root):
+    raw_root = manifest.images_root
+    if not raw_root or not os.path.isabs(raw_root):
         raise IndexCorruptError(
             f"{directory / MANIFEST} has no absolute images_root (got {raw_root!r}). Rebuild the index."
         )
@@ -315,13 +206,3 @@ def _load_rows(path: Path, count: int, dim: int | None, mmap: bool) -> np.ndarra
         raise ValueError(f"{path.name} holds {array.dtype} {array.shape}, expected float32 ({count}, {dim or 'd'})")
     return array
 
-
-def check_model_matches(manifest: Mapping[str, Any], description: Mapping[str, Any]) -> None:
-    """Refuse an extractor whose features would not be comparable with the index's."""
-    different = [key for key in MODEL_KEYS if manifest.get(key) != description.get(key)]
-    if different:
-        details = "; ".join(f"{key}: index={manifest.get(key)!r}, requested={description.get(key)!r}" for key in different)
-        raise ModelMismatchError(
-            "The requested model does not match the one this index was built with "
-            f"({details}). Query with the index's own model (the default) or rebuild the index."
-        )

@@ -22,31 +22,13 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+
+from .errors import LockBusyError, LockFileError
 
 _POLL_SECONDS = 0.1
-
-
-class LockBusyError(RuntimeError):
-    """Another holder kept the lock for longer than we were willing to wait."""
-
-    def __init__(self, lock_path: Path, holder_pid: int | None) -> None:
-        self.lock_path = lock_path
-        self.holder_pid = holder_pid
-        super().__init__(f"{lock_path} is held by {f'process {holder_pid}' if holder_pid else 'another process'}")
-
-
-class LockFileError(RuntimeError):
-    """The lock path is not a plain file of our own (a symlink, a hard link, a device...): not touched."""
-
-    def __init__(self, lock_path: Path, what: str) -> None:
-        self.lock_path = lock_path
-        super().__init__(
-            f"The build lock {lock_path} {what}; a build never writes through it, as that would overwrite "
-            "another file. Remove it (a build creates its own lock file) and run again."
-        )
 
 
 def _open_lock_file(lock_path: Path) -> int:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from itertools import islice
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Union
+from pathlib import Path
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
 from .catalogue import display_name
 from .colour import colour_histograms
-from .features import FeatureExtractor, normalize_weights_option
+from .errors import ModelMismatchError, NotLoadedError
+from .extractor import FeatureExtractor, normalize_weights_option
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
-from .index import CatalogueIndex, ModelMismatchError, check_model_matches, load_index
+from .index import CatalogueIndex, load_index
+from .manifest import Manifest
 from .search import ExactSearcher
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
@@ -44,18 +47,18 @@ class Match:
 
 
 def extractor_for_index(
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     backbone: str | None = None,
     weights: str | os.PathLike[str] | None = None,
 ) -> FeatureExtractor:
     """The extractor recorded in the manifest, or an explicit override (checked later against it)."""
-    chosen_backbone = backbone or manifest["backbone"]
-    chosen_weights = normalize_weights_option(weights) if weights is not None else manifest["weights"]
+    chosen_backbone = backbone or manifest.model.backbone
+    chosen_weights = normalize_weights_option(weights) if weights is not None else manifest.weights
     return FeatureExtractor(
         backbone=chosen_backbone,
         weights=chosen_weights,
-        input_size=int(manifest.get("input_size", 224)),
-        pooling=str(manifest.get("pooling", "avg")),
+        input_size=manifest.model.input_size,
+        pooling=manifest.model.pooling,
     )
 
 
@@ -85,22 +88,22 @@ class Recommender:
         self.extractor: FeatureExtractor | None = None
         self.searcher: ExactSearcher | None = None
 
-    def load(self) -> "Recommender":
+    def load(self) -> Recommender:
         index = load_index(self.index_dir)
         extractor = extractor_for_index(index.manifest, self.backbone, self.weights)
-        if extractor.backbone != index.manifest["backbone"]:
+        if extractor.backbone != index.manifest.model.backbone:
             raise ModelMismatchError(
-                f"The index at {self.index_dir} was built with backbone {index.manifest['backbone']!r},"
+                f"The index at {self.index_dir} was built with backbone {index.manifest.model.backbone!r},"
                 f" not {extractor.backbone!r}. Query with the index's own model or rebuild the index."
             )
         extractor.load()
-        check_model_matches(index.manifest, extractor.describe())
+        index.manifest.model.check_matches(extractor.identity)
         self.index, self.extractor = index, extractor
         self.searcher = ExactSearcher().fit(index.vectors)
         return self
 
     @property
-    def manifest(self) -> Mapping[str, Any]:
+    def manifest(self) -> Manifest:
         return self._loaded()[0].manifest
 
     def __len__(self) -> int:
@@ -108,7 +111,7 @@ class Recommender:
 
     def _loaded(self) -> tuple[CatalogueIndex, FeatureExtractor, ExactSearcher]:
         if self.index is None or self.extractor is None or self.searcher is None:
-            raise RuntimeError("Recommender.load() must be called first")
+            raise NotLoadedError("Recommender.load() must be called first")
         return self.index, self.extractor, self.searcher
 
     def prepare(self, image: ImageSource) -> np.ndarray:

@@ -17,14 +17,15 @@ Queries need no labels; products whose label is unknown keep their own vector.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import colour
-from .features import l2_normalize
+from .vectors import l2_normalize
 
 METHOD = "label-centroids"
 NONE = "none"
@@ -76,7 +77,7 @@ class LabelCentroids:
         colours: np.ndarray,
         labels: Sequence[Mapping[str, str]],
         weights: Mapping[str, float] | None = None,
-    ) -> "LabelCentroids":
+    ) -> LabelCentroids:
         """Learn centroids from the catalogue's features, colour histograms and labels."""
         type_names, type_centroids = _centroids(np.asarray(features, np.float32), [l.get(TYPE_LABEL, "") for l in labels])
         colour_names, colour_centroids = _centroids(np.asarray(colours, np.float32), [l.get(COLOUR_LABEL, "") for l in labels])
@@ -127,7 +128,7 @@ class LabelCentroids:
         )
 
     @classmethod
-    def load(cls, directory: Path) -> "LabelCentroids":
+    def load(cls, directory: Path) -> LabelCentroids:
         params = json.loads((directory / PARAMS_JSON).read_text(encoding="utf-8"))
         refiner = cls(
             type_names=list(params["type_names"]),

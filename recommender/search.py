@@ -23,7 +23,7 @@ class ExactSearcher:
         self._vectors: np.ndarray | None = None
         self._neighbors: NearestNeighbors | None = None
 
-    def fit(self, vectors: np.ndarray) -> "ExactSearcher":
+    def fit(self, vectors: np.ndarray) -> ExactSearcher:
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._neighbors = NearestNeighbors(algorithm="brute", metric="euclidean").fit(self._vectors)
         return self

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -25,11 +26,11 @@ def positive_int(text: str) -> int:
 
 def run_cli(main: Callable[[], int]) -> int:
     """Run ``main``; known operator mistakes become ``error: ...`` and exit status 2."""
-    from recommender import BuildError, CatalogueError, CatalogueIndexError, ModelLoadError
+    from recommender.errors import LookalikeError
 
     try:
         return main()
-    except (BuildError, CatalogueError, CatalogueIndexError, ModelLoadError) as exc:
+    except LookalikeError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted.", code=130)

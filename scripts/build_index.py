@@ -15,16 +15,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts._cli import fail, positive_int, run_cli  # noqa: E402
+from scripts._cli import fail, positive_int, run_cli
 
 if TYPE_CHECKING:
     from recommender import Catalogue
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from recommender.features import BACKBONES
+    from recommender.extractor import BACKBONES
 
     parser = argparse.ArgumentParser(description="Build a catalogue index of product photos for the bot.")
     parser.add_argument("--images", required=True, type=Path, help="folder of product photos (Kaggle: images/)")
@@ -126,5 +124,10 @@ def _build(args: argparse.Namespace, catalogue: Catalogue) -> int:
     return 0
 
 
+def cli() -> int:
+    """Console entry point: operator mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

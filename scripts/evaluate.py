@@ -23,12 +23,11 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts._cli import fail, positive_int, run_cli  # noqa: E402
+from scripts._cli import fail, positive_int, run_cli
 
 if TYPE_CHECKING:  # the engine is imported after argument parsing, so --help stays instant
     from recommender import Catalogue, CatalogueIndex
@@ -127,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
-    print(f"\nIndex {args.index}: {len(index)} products, backbone {index.manifest.get('backbone')}, "
-          f"weights {index.manifest.get('weights')}, refinement {method}; protocol {what}")
+    print(f"\nIndex {args.index}: {len(index)} products, backbone {index.manifest.model.backbone}, "
+          f"weights {index.manifest.weights}, refinement {method}; protocol {what}")
     print(ev.format_table(primary))
     print()
     print(ev.format_weakest(primary))
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         output: dict[str, object] = {**primary.to_json(), "mode": mode, "k": k, "refinement": method,
-                                     "backbone": index.manifest.get("backbone"), "weights": index.manifest.get("weights")}
+                                     "backbone": index.manifest.model.backbone, "weights": index.manifest.weights}
         if split:
             output["split"] = split
         if args.compare:
@@ -165,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_sheet(
     path: Path,
-    evaluation: "Evaluation",
-    index: "CatalogueIndex",
+    evaluation: Evaluation,
+    index: CatalogueIndex,
     labels: Sequence[Mapping[str, str]],
-    catalogue: "Catalogue",
+    catalogue: Catalogue,
     seed: int,
     what: str,
 ) -> Path:
@@ -199,11 +198,16 @@ def write_sheet(
             for r, s in zip(evaluation.result_rows[q], evaluation.scores[q])
         ])
     report = evaluation.report
-    header = (f"{index.directory.name} · {index.manifest.get('backbone')} · {evaluation.name} · {what} · "
+    header = (f"{index.directory.name} · {index.manifest.model.backbone} · {evaluation.name} · {what} · "
               f"P@{report.k} type {report.precision['articleType']['micro']:.3f} · {count} random queries")
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_contact_sheet(path, rows, header)
 
 
+def cli() -> int:
+    """Console entry point: operator mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -14,9 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts._cli import positive_int, run_cli  # noqa: E402
+from scripts._cli import positive_int, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,5 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures == len(args.images) else 0
 
 
+def cli() -> int:
+    """Console entry point: operator mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -32,15 +32,15 @@ class BuiltIndex:
     """An index built by a fixture: where it is, what was indexed and the builder's report."""
 
     path: Path
-    catalogue: "Catalogue"
-    report: "BuildReport"
+    catalogue: Catalogue
+    report: BuildReport
 
-    def load(self) -> "CatalogueIndex":
+    def load(self) -> CatalogueIndex:
         from recommender import load_index
 
         return load_index(self.path)
 
-    def recommender(self) -> "Recommender":
+    def recommender(self) -> Recommender:
         """A loaded Recommender over this index (it builds the index's own model, as the bot does)."""
         from recommender import Recommender
 

@@ -13,14 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
 
 from bot import handlers
-from tests.fake_bot_api import FakeBotApi
+from standin_bot_api import FakeBotApi
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 240

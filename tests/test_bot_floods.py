@@ -13,12 +13,12 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.fake_bot_api import FakeBotApi
+from standin_bot_api import FakeBotApi
 from tests.test_bot_e2e import BotProcess
 
 FLOODER, SHOPPER = 7001, 7002

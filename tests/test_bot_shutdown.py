@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.fake_bot_api import FakeBotApi
+from standin_bot_api import FakeBotApi
 from tests.test_bot_e2e import BotProcess
 
 CHAT = 7301

@@ -22,7 +22,7 @@ from bot.logging_setup import REDACTED, RedactTokenFilter
 from bot.rate_limit import BurstNotices, RateLimiter
 from bot.retry import with_retries
 from bot.sessions import Sessions
-from tests.fake_bot_api import FakeBotApi
+from standin_bot_api import FakeBotApi
 
 TOKEN = "4242:FAKE-test-token-secret_part"
 

@@ -68,7 +68,7 @@ def test_plain_folder_without_styles_builds_an_index(tmp_path, demo_catalogue, r
     index = load_index(tmp_path / "index")
     assert index.columns == ["id", "image"]
     assert index.products[0] == {"id": "sku-1001", "image": "sku-1001.jpg"}
-    assert index.manifest["catalogue"]["styles_csv"] is None
+    assert index.manifest.catalogue.styles_csv is None
 
 
 @pytest.mark.parametrize(

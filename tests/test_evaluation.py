@@ -12,7 +12,7 @@ from PIL import Image
 
 from recommender import evaluation as ev
 from recommender.contact_sheet import SheetCell, contact_sheet, save_contact_sheet, sheet_size
-from recommender.features import l2_normalize
+from recommender.vectors import l2_normalize
 from tests.recommender_helpers import error_line, run_script
 
 

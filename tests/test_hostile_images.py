@@ -11,7 +11,7 @@ here: ``benchmarks/decode_budget.py``.
 
 from __future__ import annotations
 
-from tests.hostile_corpus import ACCEPT, REFUSE, cases, decode_in_child, write_corpus
+from standin_bot_api.hostile_photos import ACCEPT, REFUSE, cases, decode_in_child, write_corpus
 
 #: Address space the child may use above what Python, numpy, Pillow and the engine's imports take.
 CAP_MB = 200

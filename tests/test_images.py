@@ -227,7 +227,7 @@ def test_truncated_jpeg(cut):
         (b"", ["empty"]),
         (bytes(random.Random(3).randrange(256) for _ in range(5000)), ["not an image"]),
         (b"GIF89a" + b"\x00" * 10, []),
-        ("Just some notes about the collection\n".encode() * 20, ["not an image"]),
+        (b"Just some notes about the collection\n" * 20, ["not an image"]),
     ],
     ids=["empty", "random-bytes", "gif-header-only", "text"],
 )

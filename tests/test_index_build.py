@@ -50,7 +50,8 @@ def subset(catalogue, items):
 
 def test_manifest_and_files(demo_index, resnet_random):
     index = demo_index.load()
-    manifest = index.manifest
+    manifest = json.loads((demo_index.path / "manifest.json").read_text(encoding="utf-8"))
+    assert index.manifest.to_json() == manifest  # the typed manifest round-trips the file exactly
     assert MANIFEST_KEYS <= manifest.keys()
     assert manifest["backbone"] == "resnet50"
     assert manifest["weights"] == "none"
@@ -108,8 +109,8 @@ def test_refined_index_keeps_features_and_finds_catalogue_photos(fashion_index_r
     599/600 photos find themselves first; the miss is 5289, a man in a vest labelled Casual Shoes.
     """
     refined, plain = fashion_index_refined.load(), fashion_index.load()
-    assert refined.manifest["refinement"]["method"] == "label-centroids"
-    assert refined.vectors.shape == (600, 1280 + 320) and refined.manifest["vector_dim"] == 1600
+    assert refined.manifest.refinement_method == "label-centroids"
+    assert refined.vectors.shape == (600, 1280 + 320) and refined.manifest.vector_dim == 1600
     assert refined.ids() == plain.ids()
     np.testing.assert_array_equal(refined.features, plain.vectors)
     np.testing.assert_array_equal(refined.colours, plain.colours)
@@ -209,7 +210,7 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path, demo_catalogue, demo
     assert skipped[0] == "image,reason"
     assert sorted(line.split(",")[0] for line in skipped[1:]) == ["9001", "9002", "9003"]
     assert "9002.jpg: This file is not an image" in (out / "skipped.csv").read_text(encoding="utf-8")
-    assert index.manifest["catalogue"]["skipped"] == 3
+    assert index.manifest.catalogue.skipped == 3
     assert leftovers(out) == []
 
 
@@ -321,7 +322,7 @@ def test_update_extracts_only_new_images_and_equals_a_fresh_build(tmp_path, demo
     items = demo_catalogue.items
     build_index(subset(demo_catalogue, items[:12]), out, resnet_random)
     first = load_index(out).manifest
-    assert first["count"] == 12
+    assert first.count == 12
 
     new_catalogue = subset(demo_catalogue, items[2:18])  # 2 products gone, 6 new
     report = build_index(new_catalogue, out, resnet_random, update=True)
@@ -331,12 +332,12 @@ def test_update_extracts_only_new_images_and_equals_a_fresh_build(tmp_path, demo
     assert index.ids() == [item.id for item in items[2:18]]
     build_index(new_catalogue, tmp_path / "fresh", resnet_random)
     fresh = load_index(tmp_path / "fresh")
-    assert index.manifest["refinement"] == fresh.manifest["refinement"]
-    assert index.manifest["refinement"]["method"] == "label-centroids"  # refitted on the new rows
+    assert index.manifest.refinement == fresh.manifest.refinement
+    assert index.manifest.refinement_method == "label-centroids"  # refitted on the new rows
     for name in ("vectors", "features", "colours"):
         np.testing.assert_allclose(getattr(index, name), getattr(fresh, name), atol=1e-5, err_msg=name)
     assert index.products == fresh.products
-    assert index.manifest["created_at"] == first["created_at"] and "updated_at" in index.manifest
+    assert index.manifest.created_at == first.created_at and index.manifest.updated_at is not None
     assert leftovers(out) == []
 
 
@@ -383,7 +384,7 @@ def test_query_with_the_same_weights_from_another_file_is_accepted(tmp_path, fas
     copy = tmp_path / "copy.weights.h5"
     shutil.copy(MOBILENET_WEIGHTS, copy)
     recommender = Recommender(fashion_index.path, weights=copy).load()
-    assert recommender.extractor.fingerprint == fashion_index.load().manifest["weights_fingerprint"]
+    assert recommender.extractor.fingerprint == fashion_index.load().manifest.model.weights_fingerprint
 
 
 # --- damaged indexes ------------------------------------------------------------------------

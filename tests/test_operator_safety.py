@@ -40,7 +40,7 @@ from recommender import (
 from recommender.builder import check_output, output_lock, partial_dir_for
 from recommender.images import load_image
 from recommender.locking import lock_path_for
-from tests.fake_bot_api import DEFAULT_TOKEN
+from standin_bot_api import DEFAULT_TOKEN
 from tests.recommender_helpers import REPO, SCRIPT_ENV, error_line, run_script, script_command
 
 COLOURS = [(200, 30, 40), (30, 70, 190), (30, 140, 60), (235, 200, 30)]
@@ -80,7 +80,7 @@ def assert_index_is_fresh_extraction(out: Path, extractor: FeatureExtractor, ids
     """Each product's features equal a fresh extraction of its own photo (no mixed-up rows)."""
     index = load_index(out)
     assert index.ids() == ids
-    assert index.manifest["weights_fingerprint"] == extractor.fingerprint
+    assert index.manifest.model.weights_fingerprint == extractor.fingerprint
     for row in range(len(index)):
         expected = extractor.extract(load_image(index.image_path(row)))[0]
         np.testing.assert_allclose(index.features[row], expected, atol=1e-5, err_msg=index.ids()[row])
@@ -139,14 +139,14 @@ def test_an_empty_folder_or_an_earlier_index_is_replaced(tmp_path, mobilenet_ran
     out.mkdir()
     catalogue = load_catalogue(images, styles)
     build_index(catalogue, out, mobilenet_random)  # an empty folder
-    first = load_index(out).manifest["created_at"]
+    first = load_index(out).manifest.created_at
     (out / "vectors.npy").write_bytes(b"damaged")  # still an index: it has its manifest
 
     report = build_index(catalogue, out, mobilenet_random)
 
     assert report.count == 3
     assert_index_is_fresh_extraction(out, mobilenet_random, ["1", "2", "3"])
-    assert load_index(out).manifest["created_at"] >= first
+    assert load_index(out).manifest.created_at >= first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "shop"]
 
 
@@ -290,12 +290,10 @@ def test_second_builder_stops_clearly_or_waits_its_turn(tmp_path, mobilenet_rand
 
 
 HOLD_LOCK_AND_INSTALL = """
-import importlib.util, os, shutil, sys
-spec = importlib.util.spec_from_file_location("locking", sys.argv[1])
-locking = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(locking)
-source, out = sys.argv[2], sys.argv[3]
-with locking.build_lock(out):
+import os, shutil, sys
+from recommender.locking import build_lock
+source, out = sys.argv[1], sys.argv[2]
+with build_lock(out):
     print("locked", flush=True)
     sys.stdin.readline()
     staging = out + ".staging"
@@ -310,7 +308,7 @@ def test_bot_waits_for_a_running_build_then_serves_its_index(tmp_path, demo_inde
     data.mkdir()
     out = data / "index"
     other = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK_AND_INSTALL, str(REPO / "recommender" / "locking.py"), str(demo_index.path), str(out)],
+        [sys.executable, "-c", HOLD_LOCK_AND_INSTALL, str(demo_index.path), str(out)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 
-from recommender.features import DEFAULT_BATCH_SIZE
+from recommender.extractor import DEFAULT_BATCH_SIZE
 from tests.recommender_helpers import REPO, SCRIPT_ENV, script_command
 
 #: Loading TensorFlow and the model plus one batch, on a busy 2-core machine, with room to spare.

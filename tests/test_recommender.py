@@ -109,7 +109,7 @@ def test_extract_splits_any_input_into_bounded_forward_passes(resnet_random, dem
     """70 images: passes of at most 32 (one pass over thousands died), same vectors as one at a time."""
     import copy
 
-    from recommender.features import DEFAULT_BATCH_SIZE
+    from recommender.extractor import DEFAULT_BATCH_SIZE
     from recommender.images import load_image
 
     images_dir = demo_index.catalogue.images_dir

@@ -11,7 +11,6 @@ import pytest
 from recommender import build_index, load_catalogue
 from tests.recommender_helpers import error_line, make_broken_catalogue, run_script
 
-
 # --- build_index.py: operator mistakes --------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recommender.features import l2_normalize
 from recommender.search import BATCH_THRESHOLD, ExactSearcher
+from recommender.vectors import l2_normalize
 from tests.recommender_helpers import assert_same_neighbours
 
 

@@ -25,7 +25,7 @@ from bot.file_id_cache import FileIdCache
 from bot.retry import send_once, telegram_may_have_acted, with_retries
 from bot.telegram_photos import MAX_PHOTO_BYTES, PhotoUpload, photo_for_upload
 from recommender import Match
-from tests.fake_bot_api import BOT_USER, FakeBotApi
+from standin_bot_api import BOT_USER, FakeBotApi
 
 CHAT = 5101
 COPY_NAME = re.compile(r"[0-9a-f]{32}-\d+-\d+\.jpg")

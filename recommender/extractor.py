@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from typing import Any
 
 import numpy as np
+
+from .errors import ModelLoadError
+from .manifest import ModelIdentity
 
 #: Images per forward pass. TensorFlow holds every activation of a pass at once (tens of MB per
 #: image for ResNet50): one pass over 4,444 photos died with a segmentation fault.
@@ -25,10 +27,6 @@ WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
 #: Seed for ``weights=none``: random weights must be reproducible so their fingerprint is stable.
 RANDOM_WEIGHTS_SEED = 1234
-
-
-class ModelLoadError(RuntimeError):
-    """The backbone or its weights could not be loaded; the message tells the operator why."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +53,6 @@ def normalize_weights_option(weights: str | os.PathLike[str] | None) -> str:
     if text.lower() in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
         return text.lower()
     return str(Path(text).expanduser().resolve())
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, np.float32(1e-12))
 
 
 class FeatureExtractor:
@@ -108,7 +99,7 @@ class FeatureExtractor:
     def weights_source(self) -> str:
         return normalize_weights_option(self.weights)
 
-    def load(self) -> "FeatureExtractor":
+    def load(self) -> FeatureExtractor:
         """Build the Keras model and its compiled forward function (idempotent)."""
         if self._forward is not None:
             return self
@@ -119,6 +110,7 @@ class FeatureExtractor:
         if source not in (WEIGHTS_IMAGENET, WEIGHTS_NONE) and not Path(source).is_file():
             raise ModelLoadError(f"Weights file not found: {source}")
 
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import: no C++ info logs
         import keras
         import tensorflow as tf
 
@@ -189,13 +181,13 @@ class FeatureExtractor:
             vectors[start : start + step] = self._forward(images[start : start + step])
         return vectors
 
-    def describe(self) -> dict[str, Any]:
-        """What the manifest records about the extractor."""
-        return {
-            "backbone": self.backbone,
-            "weights": self.weights_source,
-            "weights_fingerprint": self.fingerprint,
-            "input_size": self.input_size,
-            "pooling": self.pooling,
-            "dim": self.dim,
-        }
+    @property
+    def identity(self) -> ModelIdentity:
+        """What an index records to refuse vectors from any other model."""
+        return ModelIdentity(
+            backbone=self.backbone,
+            weights_fingerprint=self.fingerprint,
+            input_size=self.input_size,
+            pooling=self.pooling,
+            feature_dim=self.dim,
+        )

@@ -222,7 +222,7 @@ class FakeBotApi:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._serve())
-            except BaseException as exc:  # noqa: BLE001 - reported to start()
+            except BaseException as exc:
                 errors.append(exc)
                 ready.set()
                 return
@@ -296,7 +296,7 @@ class FakeBotApi:
         method = self._routes.get(request.match_info["method"].lower())
         try:
             params, files = await _read_params(request)
-        except Exception as exc:  # noqa: BLE001 - malformed request
+        except Exception as exc:
             return _error_response(_bad(f"can't parse request: {exc!r}"))
         call = RecordedCall(method or request.match_info["method"], params,
                             sorted(files), time.time())
@@ -323,7 +323,7 @@ class FakeBotApi:
         except ApiError as err:
             call.status, call.description = err.status, err.description
             return _error_response(err)
-        except Exception as exc:  # noqa: BLE001 - a fake-server bug: answer 500 JSON, record it
+        except Exception as exc:
             call.status, call.description = 500, f"Internal Server Error: fake bug {exc!r}"
             return _error_response(ApiError(500, call.description))
         call.result = result
@@ -1029,7 +1029,7 @@ def _open_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except Exception:  # noqa: BLE001 - any decoder failure is Telegram's IMAGE_PROCESS_FAILED
+    except Exception:
         raise _bad("IMAGE_PROCESS_FAILED") from None
     return image
 
