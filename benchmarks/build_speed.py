@@ -29,10 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-ROOT = Path(__file__).resolve().parents[1]
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +37,8 @@ from recommender import FeatureExtractor, build_index, load_catalogue
 from recommender.catalogue import Catalogue
 from recommender.images import load_image
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the naive loop's first TensorFlow import
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
 BATCH = 32
 NAIVE_TARGET = 3.0
@@ -72,7 +71,7 @@ def choose_catalogue(count: int, work: Path) -> Catalogue:
     return dataclasses.replace(catalogue, items=items, missing_images=[], unlabelled=[])
 
 
-def naive_model(backbone: str, weights: str):
+def naive_model(backbone: str, weights: str) -> tuple[Any, Callable[[Any], Any]]:
     """The original projects' model: a Keras application called with ``model.predict``."""
     import keras
 
@@ -86,7 +85,7 @@ def naive_model(backbone: str, weights: str):
     return model, preprocess
 
 
-def run_naive(paths: list[Path], model, preprocess) -> None:
+def run_naive(paths: list[Path], model: Any, preprocess: Callable[[Any], Any]) -> None:
     import keras
 
     for path in paths:

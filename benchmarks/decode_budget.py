@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from standin_bot_api.hostile_photos import decode_in_child, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
 
 BUDGET_SECONDS = 1.0
 BUDGET_MB = 200.0
