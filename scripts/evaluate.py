@@ -14,7 +14,7 @@ Protocols:
 
 Metrics: precision@k (share of the k results with the query's label) for articleType,
 masterCategory, baseColour and gender, micro (over queries) and macro (over article types with 5+
-items), and mAP@k; see recommender/evaluation.py for the exact definitions.
+items), and mAP@k; see recommender/evaluation/metrics.py for the exact definitions.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from scripts._cli import fail, positive_int, run_cli
 
 if TYPE_CHECKING:  # the engine is imported after argument parsing, so --help stays instant
     from recommender import Catalogue, CatalogueIndex
-    from recommender.evaluation import Evaluation
+    from recommender.evaluation.protocols import Evaluation
 
 DEFAULT_HOLDOUT = 0.2
 SHEET_QUERIES = 12
@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from recommender import evaluation as ev
     from recommender import load_catalogue, load_index, refine
+    from recommender.evaluation import protocols, report
 
     started = time.perf_counter()
-    catalogue = load_catalogue(args.images, args.styles, require_columns=list(ev.LABELS))
+    catalogue = load_catalogue(args.images, args.styles, require_columns=list(report.LABELS))
     index = load_index(args.index)
     unlabelled_ids = set(catalogue.unlabelled)
     labels_by_id = {item.id: item.labels for item in catalogue.items if item.id not in unlabelled_ids}
@@ -97,26 +97,26 @@ def main(argv: list[str] | None = None) -> int:
 
     k = args.k
     weights = refiner.weights if refiner is not None else None
-    evaluations: dict[str, ev.Evaluation] = {}
+    evaluations: dict[str, Evaluation] = {}
     split: dict[str, object] = {}
     if holdout is None:
         mode = "leave-one-out"
-        evaluations["index"] = ev.leave_one_out("plain", vectors, labels, labelled_rows, k=k)
+        evaluations["index"] = protocols.leave_one_out("plain", vectors, labels, labelled_rows, k=k)
     else:
         mode = "held-out"
-        groups = [labels[row].get(ev.GROUP_LABEL, "") for row in labelled_rows]
-        mask = ev.stratified_holdout(groups, holdout, seed=args.seed)
+        groups = [labels[row].get(report.GROUP_LABEL, "") for row in labelled_rows]
+        mask = protocols.stratified_holdout(groups, holdout, seed=args.seed)
         query_rows = labelled_rows[mask]
         searchable_rows = np.setdiff1d(np.arange(len(index)), query_rows)
         split = {"holdout": holdout, "seed": args.seed, "queries": int(len(query_rows)), "searchable": int(len(searchable_rows))}
 
-        def plain() -> ev.Evaluation:
-            return ev.held_out("plain", features[searchable_rows], searchable_rows, features[query_rows], query_rows, labels, k=k)
+        def plain() -> Evaluation:
+            return protocols.held_out("plain", features[searchable_rows], searchable_rows, features[query_rows], query_rows, labels, k=k)
 
-        def refined() -> ev.Evaluation:
+        def refined() -> Evaluation:
             assert colours is not None
-            train, test = ev.refined_split_vectors(features, colours, labels, searchable_rows, query_rows, weights=weights)
-            return ev.held_out("refined", train, searchable_rows, test, query_rows, labels, k=k)
+            train, test = protocols.refined_split_vectors(features, colours, labels, searchable_rows, query_rows, weights=weights)
+            return protocols.held_out("refined", train, searchable_rows, test, query_rows, labels, k=k)
 
         if refiner is not None or args.compare:
             evaluations["refined"] = refined()
@@ -128,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
     print(f"\nIndex {args.index}: {len(index)} products, backbone {index.manifest.model.backbone}, "
           f"weights {index.manifest.weights}, refinement {method}; protocol {what}")
-    print(ev.format_table(primary))
+    print(report.format_table(primary))
     print()
-    print(ev.format_weakest(primary))
+    print(report.format_weakest(primary))
     if args.compare:
         print(f"\nPlain backbone features vs label-centroid refinement, same split ({split['queries']} queries, "
               f"{split['searchable']} searchable):")
-        print(ev.format_comparison(evaluations["plain"].report, evaluations["refined"].report))
+        print(report.format_comparison(evaluations["plain"].report, evaluations["refined"].report))
 
     if args.json:
         output: dict[str, object] = {**primary.to_json(), "mode": mode, "k": k, "refinement": method,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             output["compare"] = {
                 "plain": evaluations["plain"].report.to_json(),
                 "refined": evaluations["refined"].report.to_json(),
-                "metrics": ev.compare_reports(evaluations["plain"].report, evaluations["refined"].report),
+                "metrics": report.compare_reports(evaluations["plain"].report, evaluations["refined"].report),
             }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(output, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     per_type_csv = args.per_type_csv or (args.json.with_name(f"{args.json.stem}.per_type.csv") if args.json else None)
     if per_type_csv:
         per_type_csv.parent.mkdir(parents=True, exist_ok=True)
-        ev.write_per_type_csv(primary, per_type_csv)
+        report.write_per_type_csv(primary, per_type_csv)
         print(f"Per-articleType figures written to {per_type_csv}")
     if args.sheet:
         path = write_sheet(args.sheet, evaluations["index"], index, labels, catalogue, args.seed, what)
@@ -175,7 +175,7 @@ def write_sheet(
     import numpy as np
 
     from recommender.catalogue import display_name
-    from recommender.contact_sheet import SheetCell, save_contact_sheet
+    from recommender.evaluation.contact_sheet import SheetCell, save_contact_sheet
 
     def image_of(row: int) -> Path:
         stored = index.image_path(row)

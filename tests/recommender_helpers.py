@@ -83,6 +83,11 @@ def assert_same_neighbours(
     np.testing.assert_array_equal(rows_a[untied], rows_b[untied])
 
 
+def labelled_items(*types: str, colour: str = "Red") -> list[dict[str, str]]:
+    """Catalogue labels for evaluation tests: one item per article type given, the rest fixed."""
+    return [{"articleType": t, "masterCategory": "M", "baseColour": colour, "gender": "Men"} for t in types]
+
+
 SCRIPT_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 

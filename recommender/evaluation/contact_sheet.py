@@ -25,7 +25,7 @@ from typing import Union
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .images import decode_image
+from ..images import decode_image
 
 CELL_W, CELL_H, TEXT_H = 120, 160, 36
 MARGIN, GAP, QUERY_GAP, HEADER_H = 10, 6, 18, 28
@@ -76,7 +76,7 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.I
         return ImageFont.load_default()
 
 
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
     """``text`` cut (with an ellipsis) to fit ``width`` pixels."""
     text = " ".join(str(text).split())
     if draw.textlength(text, font=font) <= width:

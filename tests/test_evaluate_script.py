@@ -1,0 +1,98 @@
+"""scripts/evaluate.py run as a real process: both protocols, the comparison, its files and refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recommender import load_index
+from recommender.evaluation.contact_sheet import sheet_size
+from recommender.evaluation.report import LABELS
+from tests.recommender_helpers import error_line, run_script
+
+
+def evaluate(catalogue, index, *args):
+    return run_script("evaluate.py", "--images", catalogue.images_dir, "--styles", catalogue.styles_path, "--index", index, *args)
+
+
+def check_shape(data: dict, queries: int) -> None:
+    assert set(data["precision_at_5"]) == set(LABELS) == set(data["map_at_5"])
+    for label in LABELS:
+        assert set(data["precision_at_5"][label]) == {"micro", "macro"}
+        assert all(0.0 <= value <= 1.0 for value in data["precision_at_5"][label].values())
+        assert 0.0 <= data["map_at_5"][label] <= 1.0
+    assert data["queries"] == queries
+
+
+def test_evaluate_leave_one_out_on_a_plain_index(tmp_path, demo_index):
+    out = tmp_path / "out.json"
+    result = evaluate(demo_index.catalogue, demo_index.path, "--json", out, "--sheet", tmp_path / "sheet.png")
+    assert result.returncode == 0, result.stderr
+    assert "Weakest article types" in result.stdout and "articleType" in result.stdout
+    data = json.loads(out.read_text())
+    check_shape(data, 98)
+    assert data["mode"] == "leave-one-out" and "compare" not in data
+    # The same figure computed by brute force, the query itself excluded.
+    index = load_index(demo_index.path)
+    types = np.array([product["articleType"] for product in index.products])
+    scores = index.vectors @ index.vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert data["precision_at_5"]["articleType"]["micro"] == pytest.approx((types[top] == types[:, None]).mean(), abs=0.01)
+    with open(tmp_path / "out.per_type.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["articleType"] for row in rows} == set(types)
+    assert sum(int(row["queries"]) for row in rows) == 98 and "p@5_baseColour" in rows[0]
+    with Image.open(tmp_path / "sheet.png") as image:
+        assert image.format == "PNG" and image.size == sheet_size(12)
+
+
+def test_evaluate_refined_index_holds_out_and_compares(tmp_path, demo_index_refined):
+    demo_index = demo_index_refined
+    out = tmp_path / "refined.json"
+    result = evaluate(demo_index.catalogue, demo_index.path, "--compare", "--json", out, "--per-type-csv", tmp_path / "t.csv")
+    assert result.returncode == 0, result.stderr
+    assert "leave-one-out would leak" in result.stdout
+    assert "delta (points)" in result.stdout
+    data = json.loads(out.read_text())
+    check_shape(data, data["split"]["queries"])
+    assert data["mode"] == "held-out" and data["refinement"] == "label-centroids"
+    assert data["split"]["queries"] + data["split"]["searchable"] == len(demo_index.catalogue.items)
+    compare = data["compare"]
+    assert compare["refined"]["precision_at_5"] == data["precision_at_5"]
+    metric = compare["metrics"]["P@5 baseColour"]
+    assert metric["delta_points"] == pytest.approx(100 * (metric["refined"] - metric["plain"]), abs=0.01)
+    assert (tmp_path / "t.csv").is_file()
+
+
+def test_evaluate_refuses_styles_without_a_required_column(tmp_path, demo_index):
+    demo_catalogue, plain_index = demo_index.catalogue, demo_index.path
+    with open(demo_catalogue.styles_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    styles = tmp_path / "styles.csv"
+    with open(styles, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[c for c in rows[0] if c != "baseColour"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    result = run_script("evaluate.py", "--images", demo_catalogue.images_dir, "--styles", styles, "--index", plain_index)
+    assert result.returncode == 2
+    assert "lacks required column(s): baseColour" in error_line(result)
+    bad = run_script("evaluate.py", "--images", demo_catalogue.images_dir, "--styles", demo_catalogue.styles_path,
+                     "--index", plain_index, "--holdout", "1.5")
+    assert bad.returncode == 2 and "--holdout must be between 0 and 1" in error_line(bad)
+
+
+def test_evaluate_real_photos_with_imagenet_features(tmp_path, fashion_index):
+    """600 real products, real MobileNetV2: far better than chance, and the plain/refined comparison runs."""
+    out = tmp_path / "real.json"
+    result = evaluate(fashion_index.catalogue, fashion_index.path, "--compare", "--json", out)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    check_shape(data, data["split"]["queries"])
+    plain = data["compare"]["plain"]["precision_at_5"]
+    assert data["precision_at_5"] == plain  # a plain index: its own figures are the plain ones
+    assert plain["articleType"]["micro"] > 0.5 and plain["masterCategory"]["micro"] > 0.85

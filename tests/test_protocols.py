@@ -1,0 +1,101 @@
+"""recommender/evaluation/protocols.py: leave-one-out, held-out and the split the refinement learns on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recommender.evaluation.protocols import held_out, leave_one_out, refined_split_vectors, stratified_holdout
+from recommender.vectors import l2_normalize
+from tests.recommender_helpers import labelled_items as items
+
+
+def test_leave_one_out_never_counts_the_query_itself():
+    rng = np.random.default_rng(0)
+    base = l2_normalize(rng.standard_normal((20, 32)))
+    # Every product its own article type; with partners, each has one exact duplicate of its type.
+    singles = leave_one_out("x", base, items(*[f"T{i}" for i in range(20)]), np.arange(20), k=5, min_items=1)
+    pairs_vectors = np.repeat(base, 2, axis=0)
+    pairs_labels = items(*[f"T{i}" for i in range(20) for _ in range(2)])
+    pairs = leave_one_out("x", pairs_vectors, pairs_labels, np.arange(40), k=5, min_items=1)
+    assert singles.report.precision["articleType"]["micro"] == 0.0
+    assert math.isnan(singles.report.map_at_k["articleType"])  # nothing of the same type to find
+    assert pairs.report.precision["articleType"]["micro"] == pytest.approx(1 / 5)  # the partner, not itself
+    assert pairs.report.map_at_k["articleType"] == pytest.approx(1.0)
+    partner = np.arange(40) ^ 1
+    np.testing.assert_array_equal(pairs.result_rows[:, 0], partner)
+    assert not np.any(pairs.result_rows == np.arange(40)[:, None])
+    assert not np.any(singles.result_rows == np.arange(20)[:, None])
+
+
+def test_leave_one_out_records_what_was_asked_and_answered():
+    vectors = l2_normalize(np.random.default_rng(2).standard_normal((12, 8)))
+    result = leave_one_out("plain", vectors, items(*["A"] * 12), [3, 7], k=4, min_items=1)
+    assert result.name == "plain" and result.report.queries == 2 and result.report.k == 4
+    np.testing.assert_array_equal(result.query_rows, [3, 7])
+    assert result.result_rows.shape == result.scores.shape == (2, 4)
+    true = np.einsum("qd,qkd->qk", vectors[[3, 7]], vectors[result.result_rows])
+    np.testing.assert_allclose(result.scores, true, atol=1e-5)
+
+
+def test_stratified_holdout_is_deterministic_and_keeps_every_type_searchable():
+    groups = ["A"] * 50 + ["B"] * 10 + ["C"] * 2 + ["D"]
+    mask = stratified_holdout(groups, 0.2, seed=3)
+    np.testing.assert_array_equal(mask, stratified_holdout(groups, 0.2, seed=3))
+    assert not np.array_equal(mask, stratified_holdout(groups, 0.2, seed=4))
+    held = np.asarray(groups)[mask]
+    assert (held == "A").sum() == 10 and (held == "B").sum() == 2 and (held == "C").sum() == 1 and (held == "D").sum() == 0
+    searchable = set(np.asarray(groups)[~mask])
+    assert searchable == {"A", "B", "C", "D"}
+    assert stratified_holdout(groups, 0.9, seed=0)[:50].sum() == 45
+    for bad in (0.0, 1.0, -0.2, float("nan")):
+        with pytest.raises(ValueError):
+            stratified_holdout(groups, bad)
+
+
+def test_stratified_holdout_rounds_half_up():
+    # 0.25 of 10 is 2.5: half up takes 3 (Python's round would take 2); 0.25 of 6 is 1.5: 2.
+    mask = stratified_holdout(["A"] * 6 + ["B"] * 10, 0.25, seed=0)
+    assert mask[:6].sum() == 2 and mask[6:].sum() == 3
+
+
+def test_held_out_split_is_disjoint_and_refinement_learns_only_from_the_searchable_part():
+    rng = np.random.default_rng(1)
+    features, colours = l2_normalize(rng.standard_normal((40, 16))), l2_normalize(rng.random((40, 320)))
+    labels = items(*["A"] * 20, *["B"] * 20)
+    mask = stratified_holdout([row["articleType"] for row in labels], 0.25, seed=0)
+    query_rows, searchable_rows = np.flatnonzero(mask), np.flatnonzero(~mask)
+    assert not set(query_rows) & set(searchable_rows) and len(query_rows) + len(searchable_rows) == 40
+    train, test = refined_split_vectors(features, colours, labels, searchable_rows, query_rows)
+    # The held-out products' labels must not influence anything: relabel them, get the same vectors.
+    relabelled = [dict(row, articleType="B", baseColour="Zz") if i in set(query_rows) else row for i, row in enumerate(labels)]
+    train2, test2 = refined_split_vectors(features, colours, relabelled, searchable_rows, query_rows)
+    np.testing.assert_array_equal(train, train2)
+    np.testing.assert_array_equal(test, test2)
+    result = held_out("refined", train, searchable_rows, test, query_rows, labels)
+    assert set(result.result_rows.ravel()) <= set(searchable_rows)
+    with pytest.raises(ValueError, match="must not be searchable"):
+        held_out("x", features, np.arange(40), features[:2], np.arange(2), labels)
+
+
+def test_held_out_answers_in_index_row_numbers():
+    vectors = l2_normalize(np.random.default_rng(5).standard_normal((10, 6)))
+    searchable_rows, query_rows = np.array([1, 3, 5, 7, 9]), np.array([0, 2])
+    # Each query is (almost) a copy of one searchable product: its index row must come back first.
+    queries = l2_normalize(vectors[[7, 3]] + 1e-3)
+    result = held_out("plain", vectors[searchable_rows], searchable_rows, queries, query_rows, items(*["A"] * 10), k=2, min_items=1)
+    np.testing.assert_array_equal(result.result_rows[:, 0], [7, 3])
+    np.testing.assert_array_equal(result.query_rows, query_rows)
+
+
+def test_refined_split_vectors_are_refined_index_and_query_vectors():
+    rng = np.random.default_rng(3)
+    features, colours = l2_normalize(rng.standard_normal((8, 5))), l2_normalize(rng.random((8, 320)))
+    train, test = refined_split_vectors(features, colours, items(*["A"] * 4, *["B"] * 4), [0, 1, 2, 4, 5, 6], [3, 7])
+    assert train.shape == (6, 5 + 320) and test.shape == (2, 5 + 320)
+    np.testing.assert_allclose(np.linalg.norm(train, axis=1), 1.0, atol=1e-5)
+    # Query side needs no labels: the plain concatenation of its own features and colours.
+    expected = l2_normalize(np.concatenate([features[[3, 7]], colours[[3, 7]]], axis=1))
+    np.testing.assert_allclose(test, expected, atol=1e-6)
