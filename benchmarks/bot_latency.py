@@ -38,7 +38,7 @@ SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
 def ensure_index(args: argparse.Namespace) -> tuple[Path, Path]:
     """(index_dir, images_dir), building the index once if needed."""
     if args.index:
-        from recommender.index import load_index
+        from recommender.index_store import load_index
 
         return args.index, Path(load_index(args.index).manifest.images_root)
     work = Path(args.work)

@@ -80,7 +80,7 @@ class Stats:
 def ensure_index(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
     """(index_dir, images_dir): the given index, or one built once into ``work``."""
     if args.index:
-        from recommender.index import load_index
+        from recommender.index_store import load_index
 
         return args.index, Path(load_index(args.index).manifest.images_root)
     if FASHION.is_dir():

@@ -20,12 +20,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from recommender import BuildError, CatalogueError, FeatureExtractor, ModelLoadError, build_index, load_catalogue
-from recommender.builder import check_output, output_lock
-from recommender.catalogue import IMAGE_SUFFIXES, Catalogue
+from recommender.catalogue import Catalogue, find_catalogue
 from recommender.demo import make_demo_catalogue
-from recommender.errors import IndexNotFoundError
-from recommender.index import MANIFEST, load_index
+from recommender.errors import BuildError, CatalogueError, IndexNotFoundError, ModelLoadError
+from recommender.extractor import WEIGHTS_NONE, FeatureExtractor
+from recommender.index_store import MANIFEST, index_exists, load_index
+from recommender.operator_build import BuildEvents, build_from_folder
+from recommender.output_folder import output_lock
 
 from .config import Settings
 
@@ -41,23 +42,9 @@ class _Source:
     description: str
 
 
-def find_operator_catalogue(directory: Path) -> tuple[Path, Path | None] | None:
-    """(images_dir, styles_csv) when ``directory`` holds a catalogue, else None."""
-    if (directory / "images").is_dir():
-        styles = directory / "styles.csv"
-        return directory / "images", styles if styles.is_file() else None
-    if directory.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in directory.iterdir()):
-        return directory, None
-    return None
-
-
-def _has_index(settings: Settings) -> bool:
-    return (settings.index_dir / MANIFEST).is_file()
-
-
 def _choose_source(settings: Settings) -> _Source | None:
     """The catalogue to build from; None when only an (absent) index was configured."""
-    found = find_operator_catalogue(settings.catalogue_dir)
+    found = find_catalogue(settings.catalogue_dir)
     operator = f"operator catalogue {settings.catalogue_dir} (index {settings.index_dir})"
     if settings.catalogue_dir_configured:
         if not found:
@@ -84,26 +71,34 @@ def _missing_index(settings: Settings) -> IndexNotFoundError:
     )
 
 
-def _build(catalogue: Catalogue, settings: Settings, allow_random_fallback: bool) -> None:
-    extractor = FeatureExtractor(settings.index_backbone, settings.index_weights)
-    try:
-        extractor.load()
-    except ModelLoadError as exc:
-        if not allow_random_fallback:
-            raise
-        log.warning(
-            "%s. Building the DEMO index with random weights instead: the bot will run, but its "
-            "suggestions will be poor. Set INDEX_WEIGHTS to a weights file for real results.",
-            exc,
-        )
-        extractor = FeatureExtractor(settings.index_backbone, "none").load()
-    log.info("Indexing %d catalogue photos with %s (this happens once)...", len(catalogue), extractor.backbone)
-    report = build_index(catalogue, settings.index_dir, extractor)  # re-enters the lock we hold
-    log.info("Index ready: %d products in %.0fs (%d unreadable photos skipped).", report.count, report.seconds, len(report.skipped))
-
-
 def _log_waiting(settings: Settings) -> None:
     log.info("Another process is building the index at %s; waiting for it to finish...", settings.index_dir)
+
+
+def _log_fallback(error: ModelLoadError, fallback: FeatureExtractor) -> None:
+    log.warning(
+        "%s. Building the DEMO index with random weights instead: the bot will run, but its "
+        "suggestions will be poor. Set INDEX_WEIGHTS to a weights file for real results.",
+        error,
+    )
+
+
+def _log_building(catalogue: Catalogue, extractor: FeatureExtractor) -> None:
+    log.info("Indexing %d catalogue photos with %s (this happens once)...", len(catalogue), extractor.backbone)
+
+
+def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool) -> None:
+    """Build the index (the caller holds its lock); only the demo falls back to random weights."""
+    report = build_from_folder(
+        images,
+        styles,
+        settings.index_dir,
+        backbone=settings.index_backbone,
+        weights=settings.index_weights,
+        fallback_weights=WEIGHTS_NONE if demo else None,
+        events=BuildEvents(model_fallback=_log_fallback, building=_log_building),
+    )
+    log.info("Index ready: %d products in %.0fs (%d unreadable photos skipped).", report.count, report.seconds, len(report.skipped))
 
 
 def _build_first_index(settings: Settings) -> str | None:
@@ -113,34 +108,33 @@ def _build_first_index(settings: Settings) -> str | None:
         if settings.index_dir.parent.is_dir():  # a build may be writing it right now: wait, then look again
             try:
                 with output_lock(settings.index_dir, wait=None, on_wait=lambda: _log_waiting(settings)):
-                    if _has_index(settings):
+                    if index_exists(settings.index_dir):
                         return None
             except BuildError:
                 pass  # e.g. a read-only folder: nobody builds there, and the message below says what is wrong
         raise _missing_index(settings)
     with output_lock(settings.index_dir, wait=None, on_wait=lambda: _log_waiting(settings)):
-        if _has_index(settings):
+        if index_exists(settings.index_dir):
             log.info("Another process built the index at %s while we waited; serving it.", settings.index_dir)
             return None
+        styles: Path | None
         if source.images is None:
             log.info(
                 "No index at %s and no catalogue at %s: using the built-in DEMO catalogue. "
                 "Put your catalogue (images/ + styles.csv) in %s to serve it.",
                 settings.index_dir, settings.catalogue_dir, settings.catalogue_dir,
-            )
+            )  # fmt: skip
             images, styles = make_demo_catalogue(settings.demo_dir)
         else:
             log.info("No index at %s yet; building one from the catalogue in %s.", settings.index_dir, settings.catalogue_dir)
             images, styles = source.images, source.styles
-        catalogue = load_catalogue(images, styles)
-        check_output(settings.index_dir, catalogue)  # before loading a model: never replace what is not an index
-        _build(catalogue, settings, allow_random_fallback=source.images is None)
+        _build(images, styles, settings, demo=source.images is None)  # re-enters the lock we hold
     return source.description
 
 
 def ensure_index(settings: Settings) -> str:
     """Build an index if ``INDEX_DIR`` has none; returns a line saying which catalogue is served."""
-    if not _has_index(settings):
+    if not index_exists(settings.index_dir):
         built = _build_first_index(settings)
         if built is not None:
             return built

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .extractor import BACKBONES, FeatureExtractor
 from .images import load_image
-from .index import CatalogueIndex, load_index
+from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest, ModelIdentity
 from .recommender import Match, Recommender
 from .search import ExactSearcher

@@ -118,6 +118,20 @@ def read_styles(styles_path: Path) -> tuple[dict[str, dict[str, str]], list[str]
     return styles, header
 
 
+def find_catalogue(directory: Path) -> tuple[Path, Path | None] | None:
+    """(images_dir, styles_csv or None) when ``directory`` holds a catalogue, else None.
+
+    Kaggle layout: ``directory/images/`` with ``styles.csv`` beside it (optional); else
+    ``directory`` itself when it holds photos.
+    """
+    if (directory / "images").is_dir():
+        styles = directory / "styles.csv"
+        return directory / "images", styles if styles.is_file() else None
+    if directory.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in directory.iterdir()):
+        return directory, None
+    return None
+
+
 def check_columns(columns: list[str], required: list[str], styles_path: Path | None) -> None:
     """Fail clearly when columns the caller relies on (e.g. for captions or evaluation) are absent."""
     missing = [column for column in required if column not in columns]

@@ -52,6 +52,11 @@ def utc_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError for an operator: what went wrong, and on which file."""
+    return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+
+
 def temporary_sibling(directory: Path, tag: str) -> Path:
     """A hidden, unused name beside ``directory`` (same filesystem, so renames are atomic)."""
     return directory.with_name(f".{directory.name}.{tag}-{os.getpid()}-{int(time.time() * 1000)}")

@@ -150,6 +150,7 @@ class Manifest:
         missing = [key for key in required if key not in data]
         if missing:
             raise IndexCorruptError(f"{source} lacks {', '.join(sorted(missing))}. Rebuild the index.")
+        images_root = data.get("images_root")
         try:
             model = ModelIdentity.from_json(data)
             return cls(
@@ -157,7 +158,7 @@ class Manifest:
                 weights=str(data["weights"]),
                 count=int(data["count"]),
                 vector_dim=int(data.get("vector_dim", model.feature_dim)),
-                images_root=data.get("images_root") if isinstance(data.get("images_root"), str) else "",
+                images_root=images_root if isinstance(images_root, str) else "",
                 created_at=str(data.get("created_at", "")),
                 updated_at=data.get("updated_at"),
                 refinement=dict(data.get("refinement") or {"method": NO_REFINEMENT}),

@@ -16,7 +16,7 @@ from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
 from .extractor import FeatureExtractor, normalize_weights_option
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
-from .index import CatalogueIndex, load_index
+from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest
 from .search import ExactSearcher
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from scripts._cli import fail, positive_int, run_cli
 
 if TYPE_CHECKING:
-    from recommender import Catalogue
+    from recommender import BuildReport, Catalogue, FeatureExtractor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,60 +53,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from recommender import load_catalogue
-    from recommender.builder import check_output, output_lock
-
-    catalogue = load_catalogue(args.images, args.styles)
-    print(f"Catalogue: {len(catalogue)} images in {args.images}" + (f", labels from {args.styles}" if args.styles else ""))
-    if catalogue.missing_images:
-        print(f"  note: {len(catalogue.missing_images)} styles.csv rows have no image (e.g. {', '.join(catalogue.missing_images[:5])})")
-    if catalogue.unlabelled:
-        print(f"  note: {len(catalogue.unlabelled)} images have no styles.csv row (indexed without labels)")
-    check_output(args.out, catalogue)  # before loading a model: refuse an --out that is not ours to replace
-
-    def waiting() -> None:
-        print(f"Waiting for another build on {args.out} to finish...", flush=True)
-
-    with output_lock(args.out, wait=None if args.wait else 0.0, on_wait=waiting):  # the build below re-enters it
-        return _build(args, catalogue)
-
-
-def _build(args: argparse.Namespace, catalogue: Catalogue) -> int:
-    """Load the model and build, holding the output folder's lock."""
     from tqdm import tqdm
 
-    from recommender import FeatureExtractor, build_index
-
-    extractor = FeatureExtractor(args.backbone, args.weights)
-    print(f"Loading {args.backbone} ({extractor.weights_source} weights)...")
-    extractor.load()
+    from recommender.operator_build import BuildEvents, build_from_folder
 
     bar: tqdm | None = None
+    extracting = False  # the model is loaded: an interrupt from here on leaves work to resume
 
-    def on_start(total: int, done: int) -> None:
+    def building(catalogue: Catalogue, extractor: FeatureExtractor) -> None:
+        nonlocal extracting
+        extracting = True
+
+    def started(total: int, done: int) -> None:
         nonlocal bar
         if done:
             print(f"Resuming an interrupted build: {done} images already done.")
         bar = tqdm(total=total, initial=done, unit="img", desc="Extracting", disable=args.quiet, smoothing=0.1)
 
+    events = BuildEvents(
+        catalogue_loaded=lambda catalogue: _print_catalogue(args, catalogue),
+        waiting=lambda: print(f"Waiting for another build on {args.out} to finish...", flush=True),
+        loading_model=lambda extractor: print(f"Loading {extractor.backbone} ({extractor.weights_source} weights)..."),
+        building=building,
+        started=started,
+        progress=lambda count: bar.update(count) if bar else None,
+    )
     try:
-        report = build_index(
-            catalogue,
+        report = build_from_folder(
+            args.images,
+            args.styles,
             args.out,
-            extractor,
+            backbone=args.backbone,
+            weights=args.weights,
             batch_size=args.batch_size,
             update=args.update,
             checkpoint_every=args.checkpoint_every,
-            on_start=on_start,
-            on_progress=lambda n: bar.update(n) if bar else None,
             refine=args.refine,
+            lock_wait=None if args.wait else 0.0,
+            events=events,
         )
     except KeyboardInterrupt:
+        if not extracting:
+            raise  # run_cli says "interrupted."
         if bar:
             bar.close()
         fail("interrupted. Finished work is saved; run the same command again to resume.", code=130)
     if bar:
         bar.close()
+    _print_report(report)
+    return 0
+
+
+def _print_catalogue(args: argparse.Namespace, catalogue: Catalogue) -> None:
+    print(f"Catalogue: {len(catalogue)} images in {args.images}" + (f", labels from {args.styles}" if args.styles else ""))
+    if catalogue.missing_images:
+        print(f"  note: {len(catalogue.missing_images)} styles.csv rows have no image (e.g. {', '.join(catalogue.missing_images[:5])})")
+    if catalogue.unlabelled:
+        print(f"  note: {len(catalogue.unlabelled)} images have no styles.csv row (indexed without labels)")
+
+
+def _print_report(report: BuildReport) -> None:
     rate = report.extracted / report.seconds if report.seconds else 0.0
     print(
         f"Index written to {report.out_dir}: {report.count} products "
@@ -121,7 +127,6 @@ def _build(args: argparse.Namespace, catalogue: Catalogue) -> int:
             print(f"  {item_id}: {reason}")
         if len(report.skipped) > 20:
             print(f"  ... and {len(report.skipped) - 20} more")
-    return 0
 
 
 def cli() -> int:

@@ -26,7 +26,7 @@ from recommender import (
     load_catalogue,
     load_index,
 )
-from recommender.builder import partial_dir_for
+from recommender.output_folder import partial_dir_for
 from tests.recommender_helpers import REPO, SCRIPT_ENV, error_line, perturb_photo, run_script, script_command
 
 MANIFEST_KEYS = {"backbone", "weights", "weights_fingerprint", "input_size", "pooling", "dim", "count", "created_at", "format_version"}

@@ -37,7 +37,7 @@ from recommender import (
     load_catalogue,
     load_index,
 )
-from recommender.builder import check_output, output_lock, partial_dir_for
+from recommender.output_folder import check_output, output_lock, partial_dir_for
 from recommender.images import load_image
 from recommender.locking import lock_path_for
 from standin_bot_api import DEFAULT_TOKEN
@@ -435,17 +435,17 @@ def test_photos_linked_from_outside_the_catalogue_are_skipped_and_the_index_load
 @pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("decoder bug")], ids=["MemoryError", "RuntimeError"])
 def test_a_photo_whose_decoding_fails_in_any_way_is_skipped(tmp_path, monkeypatch, mobilenet_random, failure):
     """A banner-shaped catalogue photo once raised MemoryError from the decoder and ended a 44k build."""
-    import recommender.builder
+    import recommender.reader
 
     images, styles = make_shop(tmp_path / "shop", count=4)
-    real_load_image = recommender.builder.load_image
+    real_load_image = recommender.reader.load_image
 
     def load_image_failing_on_photo_2(path, *args, **kwargs):
         if Path(path).name == "2.png":
             raise failure
         return real_load_image(path, *args, **kwargs)
 
-    monkeypatch.setattr(recommender.builder, "load_image", load_image_failing_on_photo_2)
+    monkeypatch.setattr(recommender.reader, "load_image", load_image_failing_on_photo_2)
     out = tmp_path / "index"
 
     report = build_index(load_catalogue(images, styles), out, mobilenet_random, batch_size=2)

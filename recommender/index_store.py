@@ -1,0 +1,302 @@
+"""The catalogue index on disk: the one module that knows its files, reading them and writing them.
+
+Layout of an index directory (no pickle anywhere)::
+
+    manifest.json   what produced the vectors (recommender/manifest.py): model identity, counts, dates
+    vectors.npy     float32 (N, vector_dim), L2-normalised search vectors, row i = products.csv row i
+    features.npy    float32 (N, feature_dim) backbone features (only when a refinement made vectors differ)
+    colour.npy      float32 (N, 320) colour histograms of the products (recommender/colour.py)
+    refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
+    products.csv    id, image (relative to the manifest's images_root), then the styles.csv columns
+    skipped.csv     photos that could not be read at build time, with the reason
+
+:class:`IndexWriter` writes an index into a temporary sibling directory and swaps it in with
+renames, so a running bot never reads a half-written index; :func:`load_index` validates one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from . import colour
+from . import refine as refine_module
+from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
+from .confinement import ImageConfinement
+from .errors import IndexCorruptError, IndexNotFoundError
+from .fileio import read_json, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
+from .manifest import NO_REFINEMENT, CatalogueSummary, Manifest, ModelIdentity
+from .refine import LabelCentroids
+
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+FEATURES = "features.npy"
+COLOURS = "colour.npy"
+PRODUCTS = "products.csv"
+SKIPPED = "skipped.csv"
+IMAGE_COLUMN = "image"
+
+#: rows refined per step, so refining a huge catalogue needs bounded memory
+_REFINE_BLOCK = 8192
+
+
+@dataclass
+class CatalogueIndex:
+    """An index loaded in memory: vectors, product rows and the manifest that describes them."""
+
+    directory: Path
+    manifest: Manifest
+    vectors: np.ndarray
+    products: list[dict[str, str]]
+    columns: list[str] = field(default_factory=list)
+    #: backbone features (the same array as ``vectors`` when there is no refinement)
+    features: np.ndarray | None = None
+    #: colour histograms, or None for an index built without them
+    colours: np.ndarray | None = None
+    #: the label-aware refinement the vectors were built with, or None
+    refiner: LabelCentroids | None = None
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    @property
+    def images_root(self) -> Path:
+        return Path(self.manifest.images_root)
+
+    def image_path(self, row: int) -> Path:
+        """Absolute path of a product's catalogue photo."""
+        return self.images_root / self.products[row][IMAGE_COLUMN]
+
+    def ids(self) -> list[str]:
+        return [product[ID_COLUMN] for product in self.products]
+
+
+def index_exists(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds an index (its manifest), complete or damaged."""
+    return (Path(directory) / MANIFEST).is_file()
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _read_products(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [dict(row) for row in reader]
+        return rows, list(reader.fieldnames or [])
+
+
+def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> CatalogueIndex:
+    """Load and validate an index directory; raise a clear error if anything is off."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise IndexNotFoundError(
+            f"No catalogue index at {directory} (no {MANIFEST}). Build one with: "
+            f"python scripts/build_index.py --images DIR --out {directory}"
+        )
+    try:
+        manifest = Manifest.from_json(read_json(manifest_path), manifest_path)
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"The index manifest {manifest_path} is unreadable: {exc}") from exc
+    try:
+        vectors = np.load(directory / VECTORS, mmap_mode="r" if mmap else None, allow_pickle=False)
+        products, columns = _read_products(directory / PRODUCTS)
+    except (OSError, ValueError, EOFError, csv.Error) as exc:  # np.load raises EOFError on an empty file
+        raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
+    vector_dim = manifest.vector_dim
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != vector_dim:
+        raise IndexCorruptError(
+            f"{directory / VECTORS} holds {vectors.dtype} {vectors.shape}, expected float32 (N, {vector_dim})."
+        )
+    if not (len(vectors) == len(products) == manifest.count):
+        raise IndexCorruptError(
+            f"The index at {directory} is inconsistent: {len(vectors)} vectors, {len(products)} products,"
+            f" manifest says {manifest.count}. Rebuild it."
+        )
+    if ID_COLUMN not in columns or IMAGE_COLUMN not in columns:
+        raise IndexCorruptError(f"{directory / PRODUCTS} lacks the id/image columns. Rebuild the index.")
+    _check_images_confined(directory, manifest, products)
+    refined = manifest.refinement_method == refine_module.METHOD
+    try:
+        refiner = LabelCentroids.load(directory) if refined else None
+        features = _load_rows(directory / FEATURES, len(vectors), manifest.model.feature_dim, mmap) if refined else vectors
+        colours = _load_rows(directory / COLOURS, len(vectors), None, mmap) if (directory / COLOURS).exists() or refined else None
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
+    return CatalogueIndex(
+        directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns,
+        features=features, colours=colours, refiner=refiner,
+    )  # fmt: skip
+
+
+def _check_images_confined(directory: Path, manifest: Manifest, products: Sequence[Mapping[str, str]]) -> None:
+    """Every product photo must lie inside the catalogue's ``images_root`` (see :class:`ImageConfinement`)."""
+    raw_root = manifest.images_root
+    if not raw_root or not os.path.isabs(raw_root):
+        raise IndexCorruptError(
+            f"{directory / MANIFEST} has no absolute images_root (got {raw_root!r}). Rebuild the index."
+        )
+    confinement = ImageConfinement(raw_root)
+    for row, product in enumerate(products):
+        image = product.get(IMAGE_COLUMN) or ""
+        if not confinement.allows(image):
+            raise IndexCorruptError(
+                f"{directory / PRODUCTS} line {row + 2} (id {product.get(ID_COLUMN)!r}): the image path {image!r} "
+                f"points outside the catalogue folder {confinement.root}; refusing to read it. Rebuild the index."
+            )
+
+
+def _load_rows(path: Path, count: int, dim: int | None, mmap: bool) -> np.ndarray:
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if array.dtype != np.float32 or array.ndim != 2 or len(array) != count or (dim is not None and array.shape[1] != dim):
+        raise ValueError(f"{path.name} holds {array.dtype} {array.shape}, expected float32 ({count}, {dim or 'd'})")
+    return array
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def _write_products(path: Path, products: Iterable[Mapping[str, str]], columns: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for product in products:
+            writer.writerow(product)
+
+
+def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([IMAGE_COLUMN, "reason"])
+        writer.writerows(skipped)
+
+
+class IndexWriter:
+    """Writes one index into a hidden staging folder beside ``out_dir``; :meth:`commit` swaps it in.
+
+    Use it as a context manager: fill every row with :meth:`put` (row i = product i), then
+    :meth:`commit`. Leaving the block without committing (an error, Ctrl-C) deletes the staging
+    folder, so nothing half-written ever appears at ``out_dir`` and an earlier index stays served.
+    Rows are memory-mapped, so a large catalogue needs little memory.
+    """
+
+    def __init__(self, out_dir: Path, count: int, feature_dim: int, *, refine: str = NO_REFINEMENT) -> None:
+        self.out_dir = out_dir
+        self.count = count
+        self.feature_dim = feature_dim
+        self.refine = refine
+        self._staging: Path | None = None
+        self._features: np.memmap | None = None
+        self._colours: np.memmap | None = None
+
+    @property
+    def _refined(self) -> bool:
+        return self.refine == refine_module.METHOD
+
+    def __enter__(self) -> IndexWriter:
+        staging = temporary_sibling(self.out_dir, "tmp")
+        staging.mkdir(parents=True)
+        self._staging = staging
+        try:
+            # Refined: the backbone features are kept beside the refined search vectors.
+            features_file = staging / (FEATURES if self._refined else VECTORS)
+            self._features = np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float32, shape=(self.count, self.feature_dim))
+            self._colours = np.lib.format.open_memmap(staging / COLOURS, mode="w+", dtype=np.float32, shape=(self.count, colour.DIM))
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None) -> None:
+        self._discard()  # after a commit there is nothing left to discard
+
+    def _discard(self) -> None:
+        self._features = self._colours = None
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    def put(self, row: int, features: np.ndarray, colours: np.ndarray) -> None:
+        """Set one product's backbone features and colour histogram."""
+        assert self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
+        self._features[row] = features
+        self._colours[row] = colours
+
+    def commit(
+        self,
+        catalogue: Catalogue,
+        items: Sequence[CatalogueItem],
+        skipped: Sequence[tuple[str, str]],
+        model: ModelIdentity,
+        weights: str,
+        previous: Manifest | None = None,
+    ) -> Manifest:
+        """Write the search vectors, products.csv, skipped.csv and the manifest, then swap the index in.
+
+        ``items`` are the products of the rows put, in row order, drawn from ``catalogue``;
+        ``skipped`` lists the photos left out; ``model`` and ``weights`` made the features;
+        ``previous`` is the index being updated (its creation date is kept). Returns the manifest written.
+        """
+        assert self._staging is not None and self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
+        assert len(items) == self.count, f"{len(items)} products for {self.count} rows"
+        staging = self._staging
+        self._features.flush()
+        self._colours.flush()
+        vector_dim, refinement = self._write_search_vectors(staging, [item.labels for item in items])
+        self._features = self._colours = None
+        label_columns = [column for column in catalogue.columns if column != ID_COLUMN]
+        _write_products(
+            staging / PRODUCTS,
+            ({**item.labels, ID_COLUMN: item.id, IMAGE_COLUMN: item.image} for item in items),
+            [ID_COLUMN, IMAGE_COLUMN, *label_columns],
+        )
+        _write_skipped(staging / SKIPPED, skipped)
+        now = utc_timestamp()
+        manifest = Manifest(
+            model=model,
+            weights=weights,
+            count=self.count,
+            vector_dim=vector_dim,
+            images_root=str(catalogue.images_dir.resolve()),
+            created_at=previous.created_at if previous is not None else now,
+            updated_at=now if previous is not None else None,
+            refinement=refinement,
+            catalogue=CatalogueSummary(
+                styles_csv=str(catalogue.styles_path.resolve()) if catalogue.styles_path else None,
+                columns=tuple(label_columns),
+                skipped=len(skipped),
+                missing_images=len(catalogue.missing_images),
+                unlabelled=len(catalogue.unlabelled),
+            ),
+        )
+        write_json_atomic(staging / MANIFEST, manifest.to_json())
+        swap_into_place(staging, self.out_dir)
+        self._staging = None
+        return manifest
+
+    def _write_search_vectors(self, staging: Path, labels: Sequence[Mapping[str, str]]) -> tuple[int, dict[str, Any]]:
+        """(vector_dim, refinement description): plain features are already the search vectors;
+        a refinement is learned from the rows' labels and writes its own vectors and files."""
+        if not self._refined:
+            return self.feature_dim, {"method": NO_REFINEMENT}
+        features, colours = self._features, self._colours
+        assert features is not None and colours is not None
+        refiner = LabelCentroids.fit(features, colours, labels)
+        vector_dim = refiner.dim(self.feature_dim)
+        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, vector_dim))
+        for start in range(0, self.count, _REFINE_BLOCK):
+            stop = start + _REFINE_BLOCK
+            vectors[start:stop] = refiner.index_vectors(features[start:stop], colours[start:stop], labels[start:stop])
+        vectors.flush()
+        del vectors
+        refiner.save(staging)
+        return vector_dim, refiner.describe()
