@@ -15,6 +15,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,13 +23,19 @@ from recommender.search import ExactSearcher
 from recommender.vectors import l2_normalize
 
 
-def timed(call, repeats: int) -> list[float]:
+def timed(call: Callable[[], object], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         call()
         times.append(1000 * (time.perf_counter() - started))
     return times
+
+
+def one_query_at_a_time(searcher: ExactSearcher, queries: np.ndarray, k: int, repeats: int) -> list[float]:
+    """Milliseconds per single-query search, cycling through ``queries``."""
+    position = iter(range(10**9))
+    return timed(lambda: searcher.search(queries[next(position) % len(queries)][None], k), repeats)
 
 
 def main() -> int:
@@ -44,16 +51,13 @@ def main() -> int:
         centres = rng.standard_normal((100, dim)).astype(np.float32)
         vectors = l2_normalize(centres[rng.integers(0, 100, args.n)] + 0.5 * rng.standard_normal((args.n, dim)).astype(np.float32))
         queries = l2_normalize(vectors[rng.integers(0, args.n, args.repeats)] + 0.1 * rng.standard_normal((args.repeats, dim)).astype(np.float32))
-        searcher = ExactSearcher().fit(vectors)
+        searcher = ExactSearcher().fit(vectors)  # what the bot uses: one query takes the matrix product
+        reference = ExactSearcher(batch_threshold=0).fit(vectors)  # always NearestNeighbors.kneighbors
         searcher.search(queries[:1], args.k)
-        searcher.search_sklearn(queries[:1], args.k)
-        position = iter(range(10**9))
-        fast = timed(lambda: searcher.search(queries[next(position) % args.repeats][None], args.k), args.repeats)
-        position = iter(range(10**9))
-        slow = timed(lambda: searcher.search_sklearn(queries[next(position) % args.repeats][None], args.k), max(20, args.repeats // 10))
-        same = all(
-            np.array_equal(searcher.search(q[None], args.k)[0], searcher.search_sklearn(q[None], args.k)[0]) for q in queries[:50]
-        )
+        reference.search(queries[:1], args.k)
+        fast = one_query_at_a_time(searcher, queries, args.k, args.repeats)
+        slow = one_query_at_a_time(reference, queries, args.k, max(20, args.repeats // 10))
+        same = all(np.array_equal(searcher.search(q[None], args.k)[0], reference.search(q[None], args.k)[0]) for q in queries[:50])
         p95 = sorted(fast)[int(0.95 * (len(fast) - 1))]
         print(
             f"{args.n} x {dim}: one query, matmul+argpartition {statistics.median(fast):.1f} ms (p95 {p95:.1f}); "

@@ -1,8 +1,8 @@
-"""Image → L2-normalised feature vector, with a Keras ImageNet backbone.
+"""Pixels → L2-normalised backbone feature vectors, with a Keras ImageNet backbone (the embed stage).
 
 The extractor runs batches through one compiled ``tf.function`` (no per-image ``model.predict``)
 and identifies its exact weights by a fingerprint, so an index can refuse features computed by a
-different model.
+different model. A new backbone is one more entry in :data:`BACKBONES`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from .errors import ModelLoadError
 from .manifest import ModelIdentity
 
-#: Images per forward pass. TensorFlow holds every activation of a pass at once (tens of MB per
-#: image for ResNet50): one pass over 4,444 photos died with a segmentation fault.
+#: Images per forward pass. TensorFlow holds every activation of a pass at once, so the pass size,
+#: not the number of images asked for, bounds the memory one call takes.
 DEFAULT_BATCH_SIZE = 32
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -34,7 +34,8 @@ class Backbone:
     """How to build one Keras application and prepare its input."""
 
     name: str
-    dim: int
+    #: length of one feature vector (the pooled last convolutional layer)
+    feature_dim: int
     builder: str
     preprocess_module: str
 
@@ -92,8 +93,9 @@ class FeatureExtractor:
             ) from None
 
     @property
-    def dim(self) -> int:
-        return self.spec.dim
+    def feature_dim(self) -> int:
+        """Length of one feature vector."""
+        return self.spec.feature_dim
 
     @property
     def weights_source(self) -> str:
@@ -160,7 +162,7 @@ class FeatureExtractor:
         return self._fingerprint
 
     def extract(self, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
-        """``(N, S, S, 3)`` uint8 images → ``(N, dim)`` float32 L2-normalised vectors.
+        """``(N, S, S, 3)`` uint8 images → ``(N, feature_dim)`` float32 L2-normalised vectors.
 
         Runs at most ``batch_size`` (default: the extractor's) images per forward pass; each
         image's vector does not depend on the others in its pass, so the result equals one pass
@@ -176,7 +178,7 @@ class FeatureExtractor:
             images = images[None]
         if images.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"expected images of shape (N, {self.input_size}, {self.input_size}, 3), got {images.shape}")
-        vectors = np.empty((len(images), self.dim), dtype=np.float32)
+        vectors = np.empty((len(images), self.feature_dim), dtype=np.float32)
         for start in range(0, len(images), step):
             vectors[start : start + step] = self._forward(images[start : start + step])
         return vectors
@@ -189,5 +191,5 @@ class FeatureExtractor:
             weights_fingerprint=self.fingerprint,
             input_size=self.input_size,
             pooling=self.pooling,
-            feature_dim=self.dim,
+            feature_dim=self.feature_dim,
         )

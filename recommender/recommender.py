@@ -1,4 +1,9 @@
-"""The public face of the engine: load an index once, answer "what looks like this photo?"."""
+"""The public face of the engine: load an index once, answer "what looks like this photo?".
+
+A photo goes decode (bytes → pixels) → embed (pixels → vectors) → search (vectors → rows and
+similarities, recommender/search.py) → matches (rows → :class:`Match`); ``recommend`` does all
+four for one photo, ``iter_recommend`` a batch at a time for many.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -20,7 +25,7 @@ from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest
 from .search import ExactSearcher
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
+ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 #: Label columns shown under a product's name, in this order, when the catalogue has them.
 CAPTION_COLUMNS = ("articleType", "baseColour", "gender")
 
@@ -114,13 +119,13 @@ class Recommender:
             raise NotLoadedError("Recommender.load() must be called first")
         return self.index, self.extractor, self.searcher
 
-    def prepare(self, image: ImageSource) -> np.ndarray:
-        """Decode one image into model input; raises :class:`ImageDecodeError` for bad input."""
+    def decode(self, image: ImageSource) -> np.ndarray:
+        """One image → ``(S, S, 3)`` uint8 model input; raises :class:`ImageDecodeError` for bad input."""
         _, extractor, _ = self._loaded()
         return load_image(image, extractor.input_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """Prepared ``(N, S, S, 3)`` images → query vectors in the index's space.
+        """Decoded ``(N, S, S, 3)`` images → query vectors in the index's space.
 
         With a label-aware index the query gets the same treatment it was built for: backbone
         features plus the photo's colour histogram (recommender/refine.py).
@@ -131,7 +136,7 @@ class Recommender:
             return features
         return index.refiner.query_vectors(features, colour_histograms(pixels))
 
-    def search(self, vectors: np.ndarray, k: int = 5, offset: int = 0) -> list[list[Match]]:
+    def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0) -> list[list[Match]]:
         """Ranked matches ``offset .. offset+k-1`` for each query vector."""
         index, _, searcher = self._loaded()
         rows, scores = searcher.search(vectors, k + offset)
@@ -142,7 +147,7 @@ class Recommender:
 
     def recommend(self, image: ImageSource, k: int = 5, offset: int = 0) -> list[Match]:
         """The ``k`` most similar products (skipping the first ``offset``), best first."""
-        return self.search(self.embed(self.prepare(image)[None]), k, offset)[0]
+        return self.matches(self.embed(self.decode(image)[None]), k, offset)[0]
 
     def iter_recommend(
         self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None
@@ -158,16 +163,16 @@ class Recommender:
         size = batch_size or extractor.batch_size
         pending = iter(images)
         while batch := list(islice(pending, size)):
-            prepared: list[np.ndarray | ImageDecodeError] = []
+            decoded: list[np.ndarray | ImageDecodeError] = []
             for image in batch:
                 try:
-                    prepared.append(self.prepare(image))
+                    decoded.append(self.decode(image))
                 except ImageDecodeError as exc:
-                    prepared.append(exc)
-            good = [p for p in prepared if isinstance(p, np.ndarray)]
-            answers = iter(self.search(self.embed(np.stack(good)), k, offset) if good else [])
+                    decoded.append(exc)
+            good = [pixels for pixels in decoded if isinstance(pixels, np.ndarray)]
+            answers = iter(self.matches(self.embed(np.stack(good)), k, offset) if good else [])
             del good
-            for item in prepared:
+            for item in decoded:
                 yield item if isinstance(item, ImageDecodeError) else next(answers)
 
     def recommend_many(

@@ -1,9 +1,9 @@
-"""Exact nearest-neighbour search over L2-normalised vectors.
+"""Exact nearest-neighbour search over L2-normalised vectors: vectors → (rows, similarities).
 
-Batches go through scikit-learn's ``NearestNeighbors`` (fitted once, at load). A single query
-(what the bot sends) takes a float32 matrix-vector product plus ``argpartition`` instead: for one
-query ``kneighbors`` pays 70-170 ms of per-call overhead and float64 up-casting on 44k x 2048
-vectors, the product a few milliseconds. Both return the same neighbours (tested).
+Two paths give the same neighbours. A batch of queries goes through scikit-learn's
+``NearestNeighbors`` (fitted once, at load). Fewer queries than ``batch_threshold`` (the bot sends
+one) take a float32 matrix product plus ``argpartition`` instead, which skips ``kneighbors``'
+per-call overhead and its float64 up-casting. ``benchmarks/search_speed.py`` times both.
 """
 
 from __future__ import annotations
@@ -11,12 +11,20 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from .errors import NotLoadedError
+
 #: Below this many queries the matrix-product path is faster than ``kneighbors``.
 BATCH_THRESHOLD = 16
 
 
 class ExactSearcher:
-    """Cosine-similarity search; ``search`` returns ``(rows, similarities)``, best first."""
+    """Cosine-similarity search; ``search`` returns ``(rows, similarities)``, best first.
+
+    ``batch_threshold`` chooses the path: batches of at least that many queries go through
+    ``NearestNeighbors``, smaller ones through the matrix product. ``batch_threshold=0`` always
+    takes ``NearestNeighbors``, a threshold above any batch always the matrix product: the tests
+    and the benchmark compare the two that way.
+    """
 
     def __init__(self, batch_threshold: int = BATCH_THRESHOLD) -> None:
         self.batch_threshold = batch_threshold
@@ -24,12 +32,14 @@ class ExactSearcher:
         self._neighbors: NearestNeighbors | None = None
 
     def fit(self, vectors: np.ndarray) -> ExactSearcher:
+        """Keep the catalogue's vectors (float32) and fit ``NearestNeighbors`` on them; returns self."""
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._neighbors = NearestNeighbors(algorithm="brute", metric="euclidean").fit(self._vectors)
         return self
 
     @property
     def size(self) -> int:
+        """How many vectors were fitted (0 before :meth:`fit`)."""
         return 0 if self._vectors is None else len(self._vectors)
 
     def search(self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +49,7 @@ class ExactSearcher:
         results, e.g. the query item itself in leave-one-out evaluation.
         """
         if self._vectors is None or self._neighbors is None:
-            raise RuntimeError("ExactSearcher.search called before fit")
+            raise NotLoadedError("ExactSearcher.search called before fit")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -51,11 +61,6 @@ class ExactSearcher:
         if exclude is not None:
             rows, similarities = _drop_excluded(rows, similarities, np.asarray(exclude), k)
         return rows[:, :k], similarities[:, :k]
-
-    def search_sklearn(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Always through ``NearestNeighbors`` (the reference the fast path is tested against)."""
-        assert self._neighbors is not None
-        return self._search_sklearn(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32), min(k, self.size))
 
     def _search_sklearn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._neighbors is not None

@@ -1,4 +1,4 @@
-"""Recommender: the engine's public face, end to end over real indexes and real models."""
+"""recommender/recommender.py: the engine's public face, end to end over real indexes and real models."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import io
 import numpy as np
 import pytest
 
-from recommender import ImageDecodeError, Match, Recommender
+from recommender import ImageDecodeError, Match, NotLoadedError, Recommender, colour
 from recommender.catalogue import display_name
+from recommender.colour import colour_histograms
+from recommender.images import load_image
+from recommender.refine import LabelCentroids
+from recommender.search import BATCH_THRESHOLD
 
 
 def test_recommend_returns_ranked_matches_with_labels(demo_recommender, demo_index):
@@ -59,8 +63,6 @@ def test_recommend_many_answers_good_images_around_a_bad_one(demo_recommender, d
 
 
 def test_a_batch_large_enough_for_the_sklearn_path_gives_the_same_answers(demo_recommender, demo_index):
-    from recommender.search import BATCH_THRESHOLD
-
     images_dir = demo_index.catalogue.images_dir
     paths = [images_dir / item.image for item in demo_index.catalogue.items[: BATCH_THRESHOLD + 2]]
     batched = demo_recommender.recommend_many(paths, k=3)
@@ -90,8 +92,13 @@ def test_real_photo_neighbours_are_similar_products(fashion_recommender, fashion
 
 def test_unloaded_recommender_says_so(demo_index):
     recommender = Recommender(demo_index.path)
-    with pytest.raises(RuntimeError, match="load"):
+    with pytest.raises(NotLoadedError, match="load"):
         recommender.recommend(b"x")
+    for call in (lambda: recommender.decode(b"x"), lambda: recommender.embed(np.zeros((1, 224, 224, 3), np.uint8)),
+                 lambda: recommender.matches(np.zeros((1, 4), np.float32)), lambda: len(recommender),
+                 lambda: recommender.manifest):  # fmt: skip
+        with pytest.raises(NotLoadedError, match="load"):
+            call()
 
 
 def test_display_name_falls_back_to_the_id():
@@ -102,35 +109,49 @@ def test_display_name_falls_back_to_the_id():
     assert match.to_dict() == {"id": "42", "score": 0.5}
 
 
-# --- many photos: bounded batches, answers as they go (issue #7) -------------------------------
+# --- the stages one by one: decode, embed, matches ---------------------------------------------
 
 
-def test_extract_splits_any_input_into_bounded_forward_passes(resnet_random, demo_index):
-    """70 images: passes of at most 32 (one pass over thousands died), same vectors as one at a time."""
-    import copy
+def test_recommend_is_decode_then_embed_then_matches(demo_recommender, demo_index):
+    path = demo_index.catalogue.images_dir / demo_index.catalogue.items[30].image
+    pixels = demo_recommender.decode(path)
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels, load_image(path))  # the builder's decoding, exactly
+    vectors = demo_recommender.embed(pixels[None])
+    assert vectors.shape == (1, demo_recommender.manifest.vector_dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    pages = demo_recommender.matches(vectors, k=3, offset=2)
+    assert len(pages) == 1 and [m.rank for m in pages[0]] == [2, 3, 4]
+    assert [(m.id, m.score) for m in pages[0]] == [(m.id, m.score) for m in demo_recommender.recommend(path, k=3, offset=2)]
 
-    from recommender.extractor import DEFAULT_BATCH_SIZE
-    from recommender.images import load_image
 
-    images_dir = demo_index.catalogue.images_dir
-    pixels = np.stack([load_image(images_dir / item.image) for item in demo_index.catalogue.items[:70]])
-    extractor = copy.copy(resnet_random)  # the same loaded model; the session fixture stays untouched
-    passes: list[int] = []
-    forward = extractor._forward
+def test_matches_answers_each_query_vector_in_order(demo_recommender):
+    index = demo_recommender.index
+    pages = demo_recommender.matches(index.vectors[[5, 60, 17]], k=2)
+    assert [page[0].row for page in pages] == [5, 60, 17]  # every product is its own best match
+    assert all(page[0].score == pytest.approx(1.0, abs=1e-5) and len(page) == 2 for page in pages)
 
-    def recording_forward(batch):
-        passes.append(len(batch))
-        return forward(batch)
 
-    extractor._forward = recording_forward
-    batched = extractor.extract(pixels)
-    assert passes == [DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE, 70 - 2 * DEFAULT_BATCH_SIZE]
-    one_by_one = np.concatenate([resnet_random.extract(image[None]) for image in pixels])
-    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
-    passes.clear()
-    np.testing.assert_allclose(extractor.extract(pixels[:15], batch_size=7), one_by_one[:15], atol=1e-5, rtol=0)
-    assert passes == [7, 7, 1]
-    assert extractor.extract(pixels[:0]).shape == (0, resnet_random.dim)
+def test_embed_of_a_refined_index_adds_the_colour_histogram(demo_index_refined, demo_index, demo_recommender):
+    refined = demo_index_refined.recommender()
+    path = demo_index.catalogue.images_dir / demo_index.catalogue.items[12].image
+    pixels = refined.decode(path)[None]
+    vectors = refined.embed(pixels)
+    assert vectors.shape[1] == refined.manifest.vector_dim == refined.manifest.model.feature_dim + colour.DIM
+    # The plain index's query vector is the backbone's features; the refined one appends the colours.
+    expected = LabelCentroids.query_vectors(demo_recommender.embed(pixels), colour_histograms(pixels))
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_decode_applies_the_recommenders_byte_limit(demo_index, demo_recommender):
+    path = demo_index.catalogue.images_dir / demo_index.catalogue.items[0].image
+    strict = Recommender(demo_index.path, max_bytes=path.stat().st_size - 1).load()
+    with pytest.raises(ImageDecodeError, match="too big"):
+        strict.decode(path)
+    assert demo_recommender.decode(path).shape == (224, 224, 3)
+
+
+# --- many photos: bounded batches, answers as they go -------------------------------------------
 
 
 def assert_same_answer(answer: list[Match], single: list[Match], atol: float = 1e-5) -> None:

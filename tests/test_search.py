@@ -1,10 +1,12 @@
-"""ExactSearcher: the matrix-product fast path and scikit-learn's NearestNeighbors agree."""
+"""recommender/search.py: the matrix-product path and scikit-learn's NearestNeighbors give the same neighbours."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.neighbors import NearestNeighbors
 
+from recommender.errors import NotLoadedError
 from recommender.search import BATCH_THRESHOLD, ExactSearcher
 from recommender.vectors import l2_normalize
 from tests.recommender_helpers import assert_same_neighbours
@@ -35,7 +37,29 @@ def test_paths_agree_on_random_unit_vectors(queries):
     np.testing.assert_array_equal(fast[0], brute_force(vectors, query, 10))
     # The public default picks a path by batch size; either way the answer is the same.
     assert_same_neighbours(vectors, query, ExactSearcher().fit(vectors).search(query, 10), reference)
-    assert_same_neighbours(vectors, query, matmul.search_sklearn(query, 10), reference)
+
+
+def test_batch_threshold_chooses_the_path(monkeypatch):
+    """The seam the other tests rely on: 0 always asks NearestNeighbors, a huge threshold never does."""
+    calls: list[int] = []
+    kneighbors = NearestNeighbors.kneighbors
+
+    def counting(self, queries, *args, **kwargs):
+        calls.append(len(queries))
+        return kneighbors(self, queries, *args, **kwargs)
+
+    monkeypatch.setattr(NearestNeighbors, "kneighbors", counting)
+    vectors = unit_vectors(60, 8, seed=11)
+    matmul, sklearn = both_paths(vectors)
+    matmul.search(vectors[:50], 3)
+    assert calls == []
+    assert sklearn.search(vectors[:3], 4)[1].dtype == np.float32
+    assert calls == [3]
+    default = ExactSearcher().fit(vectors)
+    default.search(vectors[: BATCH_THRESHOLD - 1], 3)
+    assert calls == [3]
+    default.search(vectors[:BATCH_THRESHOLD], 3)
+    assert calls == [3, BATCH_THRESHOLD]
 
 
 def test_single_vector_query_is_accepted_as_1d():
@@ -104,7 +128,6 @@ def test_float32_is_preserved(path):
         rows, sims = searcher.search(queries, 4)
         assert sims.dtype == np.float32
         assert rows.dtype == np.int64
-    assert searcher.search_sklearn(vectors[:3], 4)[1].dtype == np.float32
 
 
 @pytest.mark.parametrize("path", ["matmul", "sklearn"])
@@ -116,6 +139,6 @@ def test_k_below_one_is_refused_on_both_paths(path):
 
 
 def test_search_before_fit_is_an_error():
-    with pytest.raises(RuntimeError, match="before fit"):
+    with pytest.raises(NotLoadedError, match="before fit"):
         ExactSearcher().search(np.zeros((1, 4), np.float32))
     assert ExactSearcher().size == 0
