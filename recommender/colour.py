@@ -1,8 +1,8 @@
 """A small colour descriptor of the product itself (not its white studio background).
 
-ImageNet features know shapes far better than colours (only ~30% of plain neighbours share the
-query's colour), so the label-aware refinement adds this: a 5x8x8 CIE-Lab histogram of the
-non-white pixels, Hellinger-normalised (square root, then unit length). ~1 ms per image.
+ImageNet features know shapes far better than colours, so the label-aware refinement adds this:
+a 5x8x8 CIE-Lab histogram of the non-white pixels, Hellinger-normalised (square root, then unit
+length), cheap enough to compute beside every forward pass.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ WHITE_THRESHOLD = 245
 L_BINS, AB_BINS, AB_RANGE = 5, 8, 64.0
 #: Every second pixel of the 224x224 model input is plenty for a histogram.
 STEP = 2
+#: Length of one histogram.
 DIM = L_BINS * AB_BINS * AB_BINS
 
 _RGB_TO_XYZ = np.array(
@@ -36,7 +37,7 @@ def colour_histogram(image: np.ndarray) -> np.ndarray:
     """One ``(S, S, 3)`` uint8 model input → ``(DIM,)`` float32 unit vector."""
     rgb = np.asarray(image, dtype=np.uint8)[::STEP, ::STEP]
     foreground = rgb.min(axis=-1) <= WHITE_THRESHOLD
-    if foreground.mean() < 0.02:  # a white product on white: use every pixel
+    if foreground.mean() < 0.02:  # (almost) no foreground: a white product on white, use every pixel
         foreground = np.ones(foreground.shape, dtype=bool)
     lab = srgb_to_lab(rgb[foreground])
     l_bin = np.clip((lab[:, 0] / 100.0 * L_BINS).astype(int), 0, L_BINS - 1)

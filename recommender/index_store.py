@@ -291,7 +291,7 @@ class IndexWriter:
         features, colours = self._features, self._colours
         assert features is not None and colours is not None
         refiner = LabelCentroids.fit(features, colours, labels)
-        vector_dim = refiner.dim(self.feature_dim)
+        vector_dim = refiner.vector_dim(self.feature_dim)
         vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, vector_dim))
         for start in range(0, self.count, _REFINE_BLOCK):
             stop = start + _REFINE_BLOCK

@@ -7,11 +7,9 @@ article type (in CNN space) and of its colour (in colour-histogram space)::
     index item  x → l2n([x + 1.5 * C_type[type(x)],  0.1 * h(x) + 0.2 * H_colour[colour(x)]])
     query       q → l2n([q, h(q)])
 
-Search stays a flat cosine search. Measured on held-out queries (80/20 stratified splits of
-the 4k real catalogue, MobileNetV2, centroids learned on the 80% only; scripts/evaluate.py
---compare): articleType macro P@5 +5.5 points, baseColour P@5 +13.4 points (mean of 5 splits);
-gender is flat (+0.1, worst split -0.8), every other metric gains (README, Quality).
-Queries need no labels; products whose label is unknown keep their own vector.
+Search stays a flat cosine search. Queries need no labels; products whose label is unknown keep
+their own vector. ``scripts/evaluate.py --compare`` measures what it gains on held-out queries
+(the README's Quality section has the figures).
 """
 
 from __future__ import annotations
@@ -79,16 +77,16 @@ class LabelCentroids:
         weights: Mapping[str, float] | None = None,
     ) -> LabelCentroids:
         """Learn centroids from the catalogue's features, colour histograms and labels."""
-        type_names, type_centroids = _centroids(np.asarray(features, np.float32), [l.get(TYPE_LABEL, "") for l in labels])
-        colour_names, colour_centroids = _centroids(np.asarray(colours, np.float32), [l.get(COLOUR_LABEL, "") for l in labels])
+        type_names, type_centroids = _centroids(np.asarray(features, np.float32), [item.get(TYPE_LABEL, "") for item in labels])
+        colour_names, colour_centroids = _centroids(np.asarray(colours, np.float32), [item.get(COLOUR_LABEL, "") for item in labels])
         return cls(type_names, type_centroids, colour_names, colour_centroids, dict(weights or DEFAULT_WEIGHTS))
 
     def index_vectors(self, features: np.ndarray, colours: np.ndarray, labels: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Catalogue side: each product pulled towards its type and colour centroids."""
         features = l2_normalize(features)
         colours = l2_normalize(colours)
-        type_part = _centroid_of_each(features, [l.get(self.type_label, "") for l in labels], self.type_names, self.type_centroids)
-        colour_part = _centroid_of_each(colours, [l.get(self.colour_label, "") for l in labels], self.colour_names, self.colour_centroids)
+        type_part = _centroid_of_each(features, [item.get(self.type_label, "") for item in labels], self.type_names, self.type_centroids)
+        colour_part = _centroid_of_each(colours, [item.get(self.colour_label, "") for item in labels], self.colour_names, self.colour_centroids)
         w = self.weights
         return l2_normalize(
             np.concatenate(
@@ -102,7 +100,8 @@ class LabelCentroids:
         """Query side: needs no labels, only the photo's features and colour histogram."""
         return l2_normalize(np.concatenate([l2_normalize(features), l2_normalize(colours)], axis=1))
 
-    def dim(self, feature_dim: int) -> int:
+    def vector_dim(self, feature_dim: int) -> int:
+        """Length of a refined vector: the backbone's features, then the colour histogram."""
         return feature_dim + colour.DIM
 
     def describe(self) -> dict[str, Any]:
@@ -119,6 +118,7 @@ class LabelCentroids:
         }
 
     def save(self, directory: Path) -> None:
+        """Write the centroids and their parameters into an index directory."""
         np.save(directory / TYPE_CENTROIDS, self.type_centroids.astype(np.float32), allow_pickle=False)
         np.save(directory / COLOUR_CENTROIDS, self.colour_centroids.astype(np.float32), allow_pickle=False)
         (directory / PARAMS_JSON).write_text(
@@ -129,6 +129,7 @@ class LabelCentroids:
 
     @classmethod
     def load(cls, directory: Path) -> LabelCentroids:
+        """Read what :meth:`save` wrote; ``ValueError`` when centroids and names disagree."""
         params = json.loads((directory / PARAMS_JSON).read_text(encoding="utf-8"))
         refiner = cls(
             type_names=list(params["type_names"]),

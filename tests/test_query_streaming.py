@@ -1,9 +1,8 @@
-"""query.py with many photos (issue #7): answers stream out a batch at a time.
+"""scripts/query.py with many photos: answers stream out a batch at a time.
 
-4,444 photo paths used to be decoded, stacked and embedded in ONE forward pass (a segmentation
-fault after 60 s, no output). Now the first batch is answered before later photos are even read:
-the last "photo" here is a named pipe that only gets its bytes once the first answers are out.
-The old script would wait on that pipe forever, printing nothing.
+The first batch must be answered before later photos are even read: the last "photo" here is a
+named pipe that only gets its bytes once the first answers are out. A script that decoded every
+photo before answering would wait on that pipe forever, printing nothing.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""Hostile images (issue #7): tiny files that ask the decoder for gigabytes or for seconds.
+"""recommender/images.py against hostile images: tiny files that ask the decoder for gigabytes or for seconds.
 
-The whole generated corpus (tests/hostile_corpus.py) is decoded by the real ``load_image`` in ONE
-child process whose address space is capped at what its imports use plus 200 MB
+The whole generated corpus (standin_bot_api/hostile_photos.py) is decoded by the real ``load_image``
+in ONE child process whose address space is capped at what its imports use plus ``CAP_MB``
 (``resource.setrlimit(RLIMIT_AS)``). Every file must come back as a model input or as an
 ``ImageDecodeError`` with a friendly message: never a ``MemoryError``, another exception, a killed
-or crashed process. The old decoder failed this on the 1x100000 PNG (a 40 GB canvas), the
-16000x250 banner (1.1 GB) and more. The 1 s / 200 MB budget per input is measured, not asserted
-here: ``benchmarks/decode_budget.py``.
+or crashed process. Time and memory per input are measured, not asserted, by
+``benchmarks/decode_budget.py``.
 """
 
 from __future__ import annotations
