@@ -74,6 +74,14 @@ def resnet_random():
 
 
 @pytest.fixture(scope="session")
+def mobilenet_random():
+    """MobileNetV2 with seeded random weights: what ``--backbone mobilenet_v2 --weights none`` loads."""
+    from recommender import FeatureExtractor
+
+    return FeatureExtractor("mobilenet_v2", "none").load()
+
+
+@pytest.fixture(scope="session")
 def mobilenet_real():
     """MobileNetV2 with the real ImageNet weights from ../shared, loaded once."""
     _require(MOBILENET_WEIGHTS, "MobileNetV2 ImageNet weights")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recommender import CatalogueError, build_index, load_catalogue, load_index
+from recommender.catalogue import find_catalogue
 from tests.recommender_helpers import make_broken_catalogue, write_images
 
 
@@ -89,3 +90,20 @@ def test_catalogue_mistakes_raise_catalogue_error(tmp_path, demo_photo, setup, m
     with pytest.raises(CatalogueError) as exc_info:
         load_catalogue(images, styles)
     assert message in str(exc_info.value)
+
+
+def test_a_catalogue_folder_is_found_in_either_layout(tmp_path, demo_photo):
+    kaggle = tmp_path / "kaggle"
+    write_images(kaggle / "images", ["1.jpg"], demo_photo)
+    assert find_catalogue(kaggle) == (kaggle / "images", None)
+    (kaggle / "styles.csv").write_text("id\n1\n", encoding="utf-8")
+    assert find_catalogue(kaggle) == (kaggle / "images", kaggle / "styles.csv")
+
+    plain = tmp_path / "plain"
+    write_images(plain, ["a.PNG"], demo_photo)
+    assert find_catalogue(plain) == (plain, None)
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos")
+    assert find_catalogue(tmp_path / "notes") is None
+    assert find_catalogue(tmp_path / "missing") is None
