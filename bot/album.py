@@ -12,7 +12,8 @@ the whole page:
   other refusal keeps the valid ids;
 * the album replies to the shopper's photo with ``allow_sending_without_reply``, so a deleted
   original does not fail it (and an answer saying the original is gone is sent without a reply);
-* a send that may have reached Telegram (read timeout) is never repeated: no duplicate albums.
+* a send that may have reached Telegram (read timeout) is never repeated (``bot/retry.py``): no
+  duplicate albums.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from telegram.error import BadRequest
 from recommender import Match
 
 from .file_id_cache import FileIdCache
-from .retry import send_once
 from .telegram_photos import PhotoUpload, UnusablePhoto, photo_for_upload
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ CAPTION_LIMIT = 1024
 #: slow conversions must not occupy the loop's default executor, where every chat's search runs.
 _photo_readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="photo-upload")
 #: Seconds to wait for Telegram's answer: it processes every uploaded photo before answering an
-#: album. Waiting too little turns a slow success into a timeout (and, before, into a duplicate).
+#: album. Waiting too little turns a slow success into a timeout.
 ALBUM_READ_TIMEOUT = 60.0
 #: Seconds one chunk of an upload may take to be sent (httpx's write timeout is per chunk).
 ALBUM_WRITE_TIMEOUT = 60.0
@@ -73,11 +73,17 @@ class _Item:
     file_id: str | None = None
     upload: PhotoUpload | None = None
 
-    def media(self) -> InputMediaPhoto:
+    def photo(self) -> tuple[str | bytes, str | None]:
+        """What to send: (file_id, no file name) or (the upload's bytes, its file name)."""
         if self.file_id is not None:
-            return InputMediaPhoto(self.file_id, caption=caption_for(self.match))
-        assert self.upload is not None
-        return InputMediaPhoto(self.upload.data, caption=caption_for(self.match), filename=self.upload.filename)
+            return self.file_id, None
+        if self.upload is None:  # items without either are dropped before sending
+            raise ValueError(f"product {self.match.id} has nothing to send")
+        return self.upload.data, self.upload.filename
+
+    def media(self) -> InputMediaPhoto:
+        photo, filename = self.photo()
+        return InputMediaPhoto(photo, caption=caption_for(self.match), filename=filename)
 
 
 async def _upload_for(match: Match, photo_dir: Path | None, force_copy: bool = False) -> PhotoUpload | None:
@@ -148,20 +154,18 @@ async def _send(
     read_timeout: float,
     write_timeout: float,
 ) -> list[Message]:
-    timeouts = {"read_timeout": read_timeout, "write_timeout": write_timeout}
     if len(items) == 1:
         item = items[0]
-        photo = item.file_id if item.file_id is not None else item.upload.data  # type: ignore[union-attr]
-        filename = item.upload.filename if item.file_id is None and item.upload is not None else None
-        return [
-            await send_once(
-                lambda: bot.send_photo(
-                    chat_id, photo, caption=caption_for(item.match), filename=filename, reply_parameters=reply, **timeouts
-                )
-            )
-        ]
+        photo, filename = item.photo()
+        message = await bot.send_photo(
+            chat_id, photo, caption=caption_for(item.match), filename=filename, reply_parameters=reply,
+            read_timeout=read_timeout, write_timeout=write_timeout,
+        )
+        return [message]
     media = [item.media() for item in items]
-    return list(await send_once(lambda: bot.send_media_group(chat_id, media, reply_parameters=reply, **timeouts)))
+    return list(
+        await bot.send_media_group(chat_id, media, reply_parameters=reply, read_timeout=read_timeout, write_timeout=write_timeout)
+    )
 
 
 async def _recover(
@@ -200,8 +204,8 @@ async def _recover(
             else:  # a copy (or a photo known by file_id) refused: leave it out, keep its file_id
                 log.warning("Telegram refused the photo of product %s (%s); leaving it out.", item.match.id, text)
                 item.file_id, item.upload = None, None
-    elif numbered:  # another refusal of one item: send the others
-        item = items[position]  # type: ignore[index]
+    elif numbered and position is not None:  # another refusal of one item: send the others
+        item = items[position]
         log.warning("Telegram refused product %s in the album (%s); leaving it out.", item.match.id, text)
         item.file_id, item.upload = None, None
     else:

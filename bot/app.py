@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -11,7 +13,6 @@ import time
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
-    Application,
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
@@ -26,10 +27,13 @@ from recommender import LookalikeError, Recommender
 from . import handlers
 from .chat_queue import ChatQueues
 from .config import Settings, load_settings
+from .context import CONTEXT_TYPES, BotApplication, BotRuntime
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
 from .logging_setup import setup_logging
+from .pages import MAX_BUTTONS, NextPage
 from .rate_limit import RateLimiter
+from .retry import RetryingRequest
 from .startup import ensure_index
 
 log = logging.getLogger("bot")
@@ -38,41 +42,48 @@ log = logging.getLogger("bot")
 #: the whole stop (saving the file_id cache included) stays well under 10 s.
 SHUTDOWN_GRACE_S = 3.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+COMMANDS = [("start", "What this bot does"), ("help", "How to use it")]
 
 
-async def post_init(application: Application) -> None:
-    """Heavy start-up work, once: load the index and model, warm up, restore the file_id cache."""
-    started = time.perf_counter()
-    settings: Settings = application.bot_data["settings"]
-    recommender = Recommender(
-        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-    ).load()
+async def start_runtime(application: BotApplication, settings: Settings, recommender: Recommender) -> BotRuntime:
+    """Create what handlers share around a loaded recommender, and announce the bot's commands."""
     inference = InferenceService(recommender, max_batch=settings.max_batch)
     inference.start()
     file_ids = FileIdCache(settings.file_id_cache, application.bot.id)
     await file_ids.load()
-    application.bot_data["runtime"] = handlers.BotRuntime(
+    runtime = application.bot_data.runtime = BotRuntime(
         settings=settings,
         inference=inference,
         file_ids=file_ids,
         catalogue_size=len(recommender),
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+        chatter=RateLimiter(handlers.CHATTER_PER_MINUTE),
         queues=ChatQueues(
             backlog=handlers.CHAT_BACKLOG,
             on_error=lambda update, error: application.process_error(update=update, error=error),
         ),
         analysis=asyncio.Semaphore(settings.max_concurrent_updates),
     )
-    await application.bot.set_my_commands([("start", "What this bot does"), ("help", "How to use it")])
+    await application.bot.set_my_commands(COMMANDS)
+    return runtime
+
+
+async def post_init(application: BotApplication, settings: Settings) -> None:
+    """Heavy start-up work, once: load the index and model, warm up, restore the file_id cache."""
+    started = time.perf_counter()
+    recommender = Recommender(
+        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    ).load()
+    runtime = await start_runtime(application, settings, recommender)
     manifest = recommender.manifest
     log.info(
         "Ready: @%s serving %d products (%s, %s weights, %d-d), %d cached photo file_ids; start-up took %.1fs.",
         application.bot.username, len(recommender), manifest.model.backbone, manifest.weights, manifest.model.feature_dim,
-        len(file_ids), time.perf_counter() - started,
+        len(runtime.file_ids), time.perf_counter() - started,
     )
 
 
-def handle_stop_signals(application: Application, loop: asyncio.AbstractEventLoop) -> None:
+def handle_stop_signals(application: BotApplication, loop: asyncio.AbstractEventLoop) -> None:
     """SIGTERM/SIGINT stop the bot once, gracefully and within seconds; repeats are only logged.
 
     python-telegram-bot's own handler raises ``SystemExit`` from inside the event loop for every
@@ -94,7 +105,7 @@ def handle_stop_signals(application: Application, loop: asyncio.AbstractEventLoo
         hold only while serving; ``Updater.stop()`` clears its flag first thing.
         """
         nonlocal stop_sent
-        if application.bot_data.get("stopped"):
+        if application.bot_data.stopped:
             return
         polling = application.updater is not None and application.updater.running
         if application.running and polling:
@@ -111,35 +122,36 @@ def handle_stop_signals(application: Application, loop: asyncio.AbstractEventLoo
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if "stopping_since" in application.bot_data:
+        state = application.bot_data
+        if state.stopping_since is not None:
             log.info("%s received: already stopping.", name)
             return
-        application.bot_data["stopping_since"] = time.monotonic()
+        state.stopping_since = time.monotonic()
         log.info("%s received: stopping; answers in progress get %.0f s.", name, SHUTDOWN_GRACE_S)
-        runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
-        if runtime is not None:
-            runtime.queues.stop_accepting()
+        if state.runtime is not None:
+            state.runtime.queues.stop_accepting()
         stop_when_running()
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def post_stop(application: Application) -> None:
+async def post_stop(application: BotApplication) -> None:
     """Polling has stopped: let answers in progress finish within the grace period, cancel the rest.
 
     Runs before python-telegram-bot closes its HTTP connections, so those answers can still go out.
     """
-    application.bot_data["stopped"] = True
-    runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
-    if runtime is not None:
-        since = application.bot_data.get("stopping_since", time.monotonic())
-        await runtime.queues.close(deadline=since + SHUTDOWN_GRACE_S)
+    state = application.bot_data
+    state.stopped = True
+    if state.runtime is not None:
+        since = state.stopping_since if state.stopping_since is not None else time.monotonic()
+        await state.runtime.queues.close(deadline=since + SHUTDOWN_GRACE_S)
 
 
-async def post_shutdown(application: Application) -> None:
-    application.bot_data["stopped"] = True
-    runtime: handlers.BotRuntime | None = application.bot_data.get("runtime")
+async def post_shutdown(application: BotApplication) -> None:
+    """The application has shut down: save the file_id cache and stop the model's threads."""
+    application.bot_data.stopped = True
+    runtime = application.bot_data.runtime
     if runtime is not None:
         await runtime.queues.close()  # normally done in post_stop already
         await runtime.file_ids.save()
@@ -148,19 +160,28 @@ async def post_shutdown(application: Application) -> None:
     log.info("Stopped cleanly.")
 
 
-def build_application(settings: Settings) -> Application:
-    """The Application with every handler registered (not started)."""
+def build_application(settings: Settings, *, max_buttons: int = MAX_BUTTONS) -> BotApplication:
+    """The Application with every handler registered (not started); ``max_buttons`` bounds the Next-5 cache."""
     builder = (
         ApplicationBuilder()
         .token(settings.token)
+        .context_types(CONTEXT_TYPES)
+        .job_queue(None)
         .concurrent_updates(settings.max_concurrent_updates)
-        .connection_pool_size(max(32, settings.max_concurrent_updates))
-        .read_timeout(30)
-        .write_timeout(30)
-        .media_write_timeout(60)
+        # Every call but getUpdates goes through this request object and its retry policy.
+        .request(
+            RetryingRequest(
+                connection_pool_size=max(32, settings.max_concurrent_updates),
+                read_timeout=30,
+                write_timeout=30,
+                media_write_timeout=60,
+            )
+        )
+        # "Next 5" buttons carry NextPage objects; Telegram only sees a key into this bounded cache.
+        .arbitrary_callback_data(max_buttons)
         # Answers quote the shopper's message; a message deleted meanwhile must not fail them.
         .defaults(Defaults(allow_sending_without_reply=True))
-        .post_init(post_init)
+        .post_init(functools.partial(post_init, settings=settings))
         .post_stop(post_stop)
         .post_shutdown(post_shutdown)
     )
@@ -169,14 +190,14 @@ def build_application(settings: Settings) -> Application:
     if settings.api_file_url:
         builder = builder.base_file_url(settings.api_file_url)
     application = builder.build()
-    application.bot_data["settings"] = settings
     application.add_handler(TypeHandler(Update, handlers.gate), group=-1)
     # Only new messages are requests: editing an earlier photo's caption must not answer it again.
     new = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler(["start", "help"], handlers.start, filters=new))
     application.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), handlers.on_image))
-    # Every button press, not only well-formed ones: forged or old data must still stop the spinner.
-    application.add_handler(CallbackQueryHandler(handlers.on_more))
+    application.add_handler(CallbackQueryHandler(handlers.on_next_page, pattern=NextPage))
+    # Every other press (InvalidCallbackData: forgotten or forged) is answered too, so its spinner stops.
+    application.add_handler(CallbackQueryHandler(handlers.on_expired_button))
     application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, handlers.on_text))
     application.add_handler(MessageHandler(new & filters.COMMAND, handlers.start))
     application.add_handler(MessageHandler(new, handlers.on_other))
@@ -192,6 +213,9 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.token)
+    # Opt in to python-telegram-bot's coming durations (RetryAfter.retry_after as a timedelta) rather
+    # than a deprecation warning on every flood-control answer; bot.retry reads both forms.
+    os.environ.setdefault("PTB_TIMEDELTA", "1")
     try:
         serving = ensure_index(settings)
         log.info("Serving the %s.", serving)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: A job longer than this (e.g. retrying 429s for minutes) is abandoned so its chat can move on.
 JOB_TIMEOUT_S = 180.0
 
-ErrorCallback = Callable[[object, BaseException], Awaitable[object]]
+ErrorCallback = Callable[[object, Exception], Awaitable[object]]
 
 
 @dataclass

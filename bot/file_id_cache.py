@@ -193,8 +193,8 @@ class FileIdCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(self.path) as handle:
             handle.write(f'{{"bot_id":{json.dumps(self.bot_id)},"files":{{'.encode())
-            # Encoded in slices: json's C encoder holds the GIL for a whole call, and one call
-            # over 44k entries would stall the event loop's thread for tens of milliseconds.
+            # Encoded in slices: json's C encoder holds the GIL for a whole call, and one call over
+            # a large cache would stall the event loop's thread.
             items = list(entries.items())
             for start in range(0, len(items), SNAPSHOT_SLICE):
                 files = {_key(product, stamp): file_id for product, (stamp, file_id) in items[start : start + SNAPSHOT_SLICE]}

@@ -1,11 +1,9 @@
 """Run the recommender off the event loop, batching concurrent shoppers into one forward pass.
 
-Decoding runs on a small pool of its own, one thread per core (at most 4): it is CPU-bound, so more threads
-would not finish sooner, only hold more large photos in memory at once (a hostile photo may take
-~150 MB while it decodes). The model runs on
-one dedicated thread that takes every request waiting at that moment as one batch: with 20
-shoppers at once a batch of 20 costs far less than 20 batches of one, and the event loop never
-blocks on TensorFlow.
+Decoding runs on a small pool of its own, one thread per core (at most 4): it is CPU-bound, so more
+threads would not finish sooner, only hold more large photos in memory at once. The model runs on
+one dedicated thread that takes every request waiting at that moment as one batch: a batch of many
+shoppers costs far less than as many batches of one, and the event loop never blocks on TensorFlow.
 """
 
 from __future__ import annotations
@@ -35,7 +33,7 @@ class _Request:
 
 
 class InferenceService:
-    """``await embed(bytes)`` → query vector; ``await search(vector, k, offset)`` → matches."""
+    """``await embed_photo(bytes)`` → query vector; ``await page(vector, offset, size)`` → one page of matches."""
 
     def __init__(self, recommender: Recommender, max_batch: int = 16) -> None:
         self.recommender = recommender
@@ -73,17 +71,18 @@ class InferenceService:
             self._decoders.shutdown(wait=False, cancel_futures=True)
             self._decoders = None
 
-    async def embed(self, data: bytes | bytearray) -> np.ndarray:
-        """Decode (raises ``ImageDecodeError`` for bad images) and embed one image."""
+    async def embed_photo(self, data: bytes | bytearray) -> np.ndarray:
+        """The query vector of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._decoders, self.recommender.prepare, data)
+        pixels = await loop.run_in_executor(self._decoders, self.recommender.decode, data)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.put(_Request(pixels, future, loop))
         return await future
 
-    async def search(self, vector: np.ndarray, k: int = 5, offset: int = 0) -> list[Match]:
+    async def page(self, vector: np.ndarray, offset: int = 0, size: int = 5) -> list[Match]:
+        """The ``size`` products most similar to ``vector`` after the first ``offset`` (fewer at the end)."""
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(None, self.recommender.search, vector[None], k, offset)
+        results = await loop.run_in_executor(None, self.recommender.matches, vector[None], size, offset)
         return results[0]
 
     def _run(self) -> None:

@@ -2,9 +2,9 @@
 
 glibc gives every thread that allocates its own malloc arena (up to 8 per core). The bot decodes
 photos on worker threads, and a large photo's buffers are freed into that thread's arena, where
-they mostly stay: measured in ``benchmarks/soak.py`` (50 chats, 60 s), the bot ended at ~1.3 GB
-RSS with glibc's default and ~0.97 GB with two arenas, at the same latency. So the bot caps the
-arenas before it starts any thread. Elsewhere (musl, macOS) this is a no-op.
+they mostly stay, so resident memory creeps up with the number of arenas, not with the work
+(``benchmarks/soak.py`` measures it). The bot caps the arenas before it starts any thread.
+Elsewhere (musl, macOS) this is a no-op.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ MAX_RATIO = 20
 MAX_SIDE = 2560
 #: Sources with more pixels (after JPEG's reduced-scale decoding) are not converted.
 MAX_SOURCE_PIXELS = 40_000_000
-#: Conversions running at once (each may hold a decoded source photo: up to ~120 MB at the limit).
+#: Conversions running at once (each may hold a large decoded source photo in memory).
 _CONVERSIONS = threading.BoundedSemaphore(2)
 #: Formats sent as they are; anything else is converted to JPEG.
 SENDABLE_FORMATS = ("JPEG", "PNG")

@@ -54,6 +54,12 @@ SHARED_FIXTURES = frozenset(
 )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def ptb_timedelta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the bot's code as its ``main()`` does: python-telegram-bot durations as timedeltas."""
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SHARED_FIXTURES.intersection(getattr(item, "fixturenames", ())):

@@ -113,3 +113,33 @@ async def test_damaged_or_foreign_files_are_ignored_not_fatal(tmp_path: Path) ->
     assert len(await reloaded(path, bot_id=2)) == 0  # file_ids of another bot are useless
     path.write_text("{truncated", encoding="utf-8")
     assert len(await reloaded(path)) == 0
+
+
+async def test_file_id_cache_round_trip_is_atomic_and_per_bot(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "ids.json"
+    photo = tmp_path / "1.jpg"
+    photo.write_bytes(b"jpeg")
+    cache = FileIdCache(path, bot_id=1)
+    key = await FileIdCache.key_for("1", photo)
+    cache.put(key, "FILE-A")
+    await cache.save()
+    assert json.loads(path.read_text())["files"] == {key: "FILE-A"}
+    assert [p.name for p in path.parent.iterdir()] == ["ids.json"]  # no temp files left
+
+    same_bot = FileIdCache(path, bot_id=1)
+    await same_bot.load()
+    assert same_bot.get(key) == "FILE-A"
+    other_bot = FileIdCache(path, bot_id=2)
+    await other_bot.load()
+    assert other_bot.get(key) is None  # file_ids are valid for one bot only
+
+    photo.write_bytes(b"a different photo")  # replaced photo: new key, uploaded afresh
+    assert await FileIdCache.key_for("1", photo) != key
+
+
+async def test_corrupt_file_id_cache_is_ignored_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "ids.json"
+    path.write_text("{truncated", encoding="utf-8")
+    cache = FileIdCache(path, bot_id=1)
+    await cache.load()
+    assert len(cache) == 0

@@ -1,13 +1,12 @@
-"""Telegram's refusals through the stand-in Bot API: albums survive bad catalogue photos, deleted
-originals, stale file_ids, late answers and long flood control, without duplicates or lost ids.
+"""Albums (``bot/album.py``) through Telegram's refusals: they survive bad catalogue photos, deleted
+originals, stale file_ids, error answers and late answers, without duplicates or lost ids.
 
-A real PTB ``Bot`` talks HTTP to ``FakeBotApi``; ``send_album`` gets real ``Match``es over real
-photo files made with Pillow.
+A real PTB ``Bot`` on the bot's request class (``bot/retry.py``) talks HTTP to the stand-in Bot
+API; ``send_album`` gets real ``Match``es over real photo files made with Pillow.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -17,13 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from telegram import Bot
-from telegram.error import NetworkError, RetryAfter, TimedOut
-from telegram.request import HTTPXRequest
+from telegram.error import TimedOut
 
 from bot.album import send_album
 from bot.file_id_cache import FileIdCache
-from bot.retry import send_once, telegram_may_have_acted, with_retries
-from bot.telegram_photos import MAX_PHOTO_BYTES, PhotoUpload, photo_for_upload
+from bot.retry import RetryingRequest, telegram_may_have_acted
+from bot.telegram_photos import MAX_PHOTO_BYTES
 from recommender import Match
 from standin_bot_api import BOT_USER, FakeBotApi
 
@@ -40,7 +38,7 @@ def server() -> Iterator[FakeBotApi]:
 
 @pytest.fixture
 async def bot(server: FakeBotApi) -> AsyncIterator[Bot]:
-    async with Bot(server.token, base_url=server.base_url, base_file_url=server.base_file_url) as b:
+    async with Bot(server.token, base_url=server.base_url, base_file_url=server.base_file_url, request=RetryingRequest()) as b:
         yield b
 
 
@@ -192,7 +190,7 @@ async def test_an_album_answered_after_the_read_timeout_is_not_sent_twice(
     server: FakeBotApi, cache: FileIdCache, tmp_path: Path
 ) -> None:
     matches = normal_matches(tmp_path)
-    short = HTTPXRequest(read_timeout=0.3, connection_pool_size=4)
+    short = RetryingRequest(read_timeout=0.3, connection_pool_size=4)
     async with Bot(server.token, base_url=server.base_url, base_file_url=server.base_file_url, request=short) as slow:
         # Uploads get their own, longer timeout: an album Telegram answers after 1 s arrives once.
         server.fail_next("sendMediaGroup", late=1.0)
@@ -209,50 +207,9 @@ async def test_an_album_answered_after_the_read_timeout_is_not_sent_twice(
         assert captions(server.albums(CHAT)[1]) == [f"Product {n}" for n in range(4, -1, -1)]
 
 
-async def test_sends_are_retried_only_when_telegram_did_not_act(bot: Bot, server: FakeBotApi, cache: FileIdCache, tmp_path: Path) -> None:
+async def test_an_album_refused_by_error_answers_is_sent_again(bot: Bot, server: FakeBotApi, cache: FileIdCache, tmp_path: Path) -> None:
     matches = normal_matches(tmp_path)
     server.fail_next("sendMediaGroup", status=500)  # an error answer: nothing was sent
     server.fail_next("sendMediaGroup", retry_after=1)  # flood control: nothing was sent
     assert len(await send_album(bot, CHAT, matches, cache)) == 5
     assert len(server.albums(CHAT)) == 1 and [c.status for c in server.calls_to("sendMediaGroup")] == [500, 429, 200]
-
-    # Nothing listening: the request never left, so a send may be retried; then the error surfaces.
-    gone = FakeBotApi().start()
-    async with Bot(gone.token, base_url=gone.base_url, base_file_url=gone.base_file_url) as unreachable:
-        gone.stop()
-        attempts = 0
-
-        async def call() -> object:
-            nonlocal attempts
-            attempts += 1
-            return await unreachable.send_message(CHAT, "hello")
-
-        with pytest.raises(NetworkError) as refused:
-            await send_once(call, attempts=2)
-    assert attempts == 2 and not telegram_may_have_acted(refused.value)
-
-
-async def test_long_flood_control_is_not_waited_out(bot: Bot, server: FakeBotApi) -> None:
-    server.fail_next("sendMessage", retry_after=600)
-    with pytest.raises(RetryAfter):  # the caller gets the error at once and can say so
-        await asyncio.wait_for(with_retries(lambda: bot.send_message(CHAT, "hi")), timeout=20)
-    server.fail_next("sendMessage", retry_after=1, times=2)
-    with pytest.raises(RetryAfter):  # within the budget one wait is made, not a second
-        await with_retries(lambda: bot.send_message(CHAT, "hi"), max_total_wait=1.5)
-    assert [c.status for c in server.calls_to("sendMessage")] == [429, 429, 429]
-
-
-def test_conforming_copies_of_other_formats_and_slivers(tmp_path: Path) -> None:
-    webp = tmp_path / "shoe.webp"
-    Image.new("RGBA", (300, 200), (0, 0, 0, 0)).save(webp, "WEBP")
-    sliver = tmp_path / "belt.png"
-    Image.new("L", (1, 5000), 80).save(sliver)
-    fine = jpeg_file(tmp_path / "fine.jpg")
-    assert photo_for_upload("fine", fine, tmp_path / "copies") == PhotoUpload(fine.read_bytes(), "photo.jpg", False)
-    for source, size in ((webp, (300, 200)), (sliver, (128, 2560))):
-        upload = photo_for_upload(source.stem, source, tmp_path / "copies")
-        with Image.open(io.BytesIO(upload.data)) as made:
-            assert upload.converted and (made.format, made.size) == ("JPEG", size)
-            if source is webp:  # transparency becomes white, as the shopper would see it
-                assert made.convert("RGB").getpixel((150, 100)) == (255, 255, 255)
-    assert len(list((tmp_path / "copies").iterdir())) == 2

@@ -1,0 +1,43 @@
+"""Next 5: what a "Next 5" button carries, and which pages get one.
+
+The button's callback data is a :class:`NextPage` object. python-telegram-bot's arbitrary callback
+data (``ApplicationBuilder().arbitrary_callback_data(MAX_BUTTONS)``) keeps it in a bounded cache
+and gives Telegram only an opaque key, so the next page needs no second download or embedding of
+the shopper's photo. A press whose key is no longer cached (the oldest buttons are forgotten first,
+and all of them at a restart) or was never issued (forged) reaches the bot as
+``InvalidCallbackData``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Products per album.
+PAGE = 5
+#: Products a shopper can page through for one photo.
+MAX_RESULTS = 50
+#: "Next 5" buttons remembered, each with its photo's query vector.
+MAX_BUTTONS = 5000
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: a vector has no useful equality
+class NextPage:
+    """The page a button shows: the shopper's query vector and the rank the page starts at."""
+
+    vector: np.ndarray
+    offset: int
+
+    def __post_init__(self) -> None:
+        # A row of an inference batch would keep the whole batch alive while the button is cached.
+        if self.vector.base is not None:
+            object.__setattr__(self, "vector", self.vector.copy())
+
+
+def next_page(vector: np.ndarray, offset: int, shown: int, catalogue_size: int) -> NextPage | None:
+    """The page after ``shown`` products from ``offset``, or None when there is nothing more to offer."""
+    following = offset + shown
+    if shown == PAGE and following < min(catalogue_size, MAX_RESULTS):
+        return NextPage(vector, following)
+    return None

@@ -1,0 +1,58 @@
+"""Bot settings (``bot/config.py``): every variable read, one clear message per bad value, ``.env`` read
+but the environment wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+
+TOKEN = "4242:FAKE-test-token-secret_part"
+
+
+def test_settings_read_every_variable() -> None:
+    settings = load_settings(
+        {
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "INDEX_DIR": "/srv/index",
+            "ALLOWED_USER_IDS": "1, 2;3",
+            "RATE_LIMIT_PER_MINUTE": "5",
+            "TELEGRAM_API_BASE_URL": "http://localhost:8081/bot",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.index_dir == Path("/srv/index")
+    assert settings.allowed_user_ids == frozenset({1, 2, 3})
+    assert settings.rate_limit_per_minute == 5
+    assert settings.api_base_url == "http://localhost:8081/bot"
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "TELEGRAM_BOT_TOKEN is not set"),
+        ({"TELEGRAM_BOT_TOKEN": "no-colon"}, "does not look like a bot token"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "ALLOWED_USER_IDS": "alice"}, "ALLOWED_USER_IDS"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "RATE_LIMIT_PER_MINUTE": "many"}, "RATE_LIMIT_PER_MINUTE must be a whole number"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_settings_give_one_clear_message(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_dotenv_file_is_read_but_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"TELEGRAM_BOT_TOKEN={TOKEN}\nINDEX_DIR=/from/dotenv\nLOG_LEVEL=WARNING\n", encoding="utf-8")
+    for name in ("TELEGRAM_BOT_TOKEN", "INDEX_DIR"):
+        # set, then delete: monkeypatch then restores the variable's original state, also when
+        # load_dotenv wrote it (a leaked INDEX_DIR would point later bots at a missing index)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LOG_LEVEL", "ERROR")
+    settings = load_settings(dotenv_path=dotenv)
+    assert settings.token == TOKEN and settings.index_dir == Path("/from/dotenv") and settings.log_level == "ERROR"

@@ -1,0 +1,36 @@
+"""The inference service (``bot/inference.py``): photos embedded off the event loop in shared batches."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+
+from bot.inference import InferenceService
+
+
+async def test_inference_hands_out_vectors_that_own_their_data(demo_recommender, demo_photo: Path) -> None:
+    service = InferenceService(demo_recommender)
+    service.start()
+    try:
+        data = demo_photo.read_bytes()
+        vectors = await asyncio.gather(*(service.embed_photo(data) for _ in range(4)))
+    finally:
+        service.stop()
+    assert all(v.base is None for v in vectors)
+    assert np.allclose(vectors[0], vectors[3])
+
+
+async def test_pages_follow_the_recommenders_ranking(demo_recommender, demo_photo: Path) -> None:
+    service = InferenceService(demo_recommender)
+    service.start()
+    try:
+        vector = await service.embed_photo(demo_photo.read_bytes())
+        first, second = await service.page(vector, 0, 5), await service.page(vector, 5, 5)
+        tail = await service.page(vector, len(demo_recommender) - 2, 5)
+    finally:
+        service.stop()
+    ranked = demo_recommender.matches(vector[None], 10, 0)[0]
+    assert [m.id for m in first + second] == [m.id for m in ranked]
+    assert len(tail) == 2  # fewer at the end of the catalogue
