@@ -16,6 +16,7 @@ Query photos are catalogue photos upscaled to 960x1280 and re-encoded, like a ph
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import signal
@@ -26,13 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from PIL import Image
 
 from standin_bot_api import FakeBotApi
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
+
+
+def all_answered(api: FakeBotApi, chats: list[int]) -> bool:
+    return all(api.albums(c) for c in chats)
 
 
 def ensure_index(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -131,7 +136,7 @@ def main() -> int:
                 chat += len(batch)
                 with api.simultaneously():  # all 20 updates reach the bot in one getUpdates answer
                     updates = [api.user_sends_photo(photo, chat_id=c) for c, photo in zip(chats, batch)]
-                api.wait_for(lambda s: all(s.albums(c) for c in chats), timeout=300, interval=0.001)
+                api.wait_for(functools.partial(all_answered, chats=chats), timeout=300, interval=0.001)
                 concurrent = time.perf_counter() - min(api.delivered_at[u["update_id"]] for u in updates)
                 ratios.append(sequential / concurrent)
                 print(

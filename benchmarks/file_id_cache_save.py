@@ -24,9 +24,9 @@ import time
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from bot.file_id_cache import FileIdCache
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def old_module(rev: str) -> types.ModuleType | None:

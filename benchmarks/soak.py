@@ -9,7 +9,7 @@ Starts the real bot (``python -m bot``) against the stand-in Bot API server and 
 * shoppers (60% of the chats) behave: a phone-sized photo, wait for the album, sometimes "Next 5",
   a text, a photo deleted right after sending it, a forged or stale button; think a few seconds;
 * flooders (15%) send bursts of 80-150 photos, texts and stickers as fast as a client can;
-* hostile chats (15%) send the hostile image corpus (tests/hostile_corpus.py) as files;
+* hostile chats (15%) send the hostile image corpus (standin_bot_api/hostile_photos.py) as files;
 * late pressers (10%) press "Next 5" long after the album, and forged buttons;
 * meanwhile the server injects 429s (flood control), 5xx answers, slow answers and an album
   answered only after the bot's read timeout (Telegram acted, the bot never heard).
@@ -23,6 +23,7 @@ nothing is sent after ``--duration``, and every wait has a timeout.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import random
@@ -39,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from PIL import Image
 
 from standin_bot_api import FakeBotApi
 from standin_bot_api import hostile_photos as hostile_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared"
 FASHION = SHARED / "data" / "fashion-products-4k"
@@ -117,7 +118,7 @@ def hostile_files(work: Path) -> list[tuple[str, bytes]]:
     directory = work / "hostile"
     directory.mkdir(parents=True, exist_ok=True)
     files = []
-    for case, path in hostile_corpus.write_corpus(directory):
+    for _case, path in hostile_corpus.write_corpus(directory):
         if path.stat().st_size <= HOSTILE_MAX_BYTES:
             files.append((path.name, path.read_bytes()))
     return files
@@ -131,7 +132,7 @@ class Soak:
         self.hostile = hostile
         self.stats = Stats()
         self.deadline = time.monotonic() + args.duration
-        self.flood_sent = Counter()
+        self.flood_sent: Counter[int] = Counter()
 
     # ---------------------------------------------------------------- helpers
     def running(self) -> bool:
@@ -275,14 +276,17 @@ class Soak:
                 time.sleep(rng.uniform(0.01, 0.05))
             time.sleep(rng.uniform(3, 8))
 
+    def _answered_since(self, chat: int, seen: tuple[int, int]) -> bool:
+        """Whether ``chat`` got a text or an album more than ``seen`` (texts, albums) counted."""
+        return len(self._texts(chat)) > seen[0] or len(self.api.albums(chat)) > seen[1]
+
     def hostile_chat(self, chat: int, seed: int) -> None:
         rng = random.Random(seed)
         while self.running():
             name, data = rng.choice(self.hostile)
-            before = len(self._texts(chat))
-            albums = len(self.api.albums(chat))
+            seen = (len(self._texts(chat)), len(self.api.albums(chat)))
             self.api.user_sends_document(data, file_name=name, mime_type="image/" + name.rsplit(".", 1)[-1], chat_id=chat)
-            got = self._wait(lambda: len(self._texts(chat)) > before or len(self.api.albums(chat)) > albums)
+            got = self._wait(functools.partial(self._answered_since, chat, seen))
             self.stats.record("hostile file", bool(got), what=f"chat {chat} {name}")
             time.sleep(rng.uniform(2.5, 5.0))
 
@@ -372,9 +376,9 @@ def main() -> int:
             roles: list[tuple[str, Callable[[int, int], None]]] = []
             for number in range(args.chats):
                 share = number / args.chats
-                role = ("shopper", soak.shopper) if share < 0.6 else ("flooder", soak.flooder) if share < 0.75 else (
+                assigned = ("shopper", soak.shopper) if share < 0.6 else ("flooder", soak.flooder) if share < 0.75 else (
                     ("hostile", soak.hostile_chat) if share < 0.9 else ("late presser", soak.late_presser))
-                roles.append(role)
+                roles.append(assigned)
             chats = {50_000 + number: role for number, role in enumerate(roles)}
             for chat, (role, _) in chats.items():
                 if role == "flooder":

@@ -807,6 +807,7 @@ class FakeBotApi:
     def _resolve_media(self, kind: str, media: Any, files: dict[str, _Part],
                        field_name: str) -> tuple[str, list[JSON] | JSON]:
         """Validate one media reference; returns (source, photo sizes or file object)."""
+        part: _Part | None = None
         if isinstance(media, _Part):
             part = media
         elif isinstance(media, str) and media.startswith("attach://"):
@@ -822,7 +823,7 @@ class FakeBotApi:
                     raise _bad(f"can't use file of type {stored.kind.title()} as Photo")
                 return "file_id", self._photo_groups.get(media, [_photo_size(stored)])
             return "file_id", _file_obj(stored, kind)
-        else:
+        if part is None:
             raise _bad("wrong file identifier/HTTP URL specified")
         if kind == "photo":
             if len(part.data) > MAX_PHOTO_BYTES:
