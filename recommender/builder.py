@@ -24,6 +24,7 @@ from .errors import BuildError
 from .extractor import FeatureExtractor
 from .fileio import os_error_text
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
+from .manifest import ModelIdentity
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
 from .reader import read_batches
 
@@ -108,27 +109,19 @@ def _build_locked(
 ) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
     model = extractor.identity
-    report = BuildReport(out_dir=out_dir)
-    refine = report.refinement = resolve_refine(refine, catalogue)
-
-    existing: CatalogueIndex | None = None
-    if update:
-        if not index_exists(out_dir):
-            raise BuildError(f"--update needs an existing index at {out_dir}; build one first (without --update).")
-        existing = load_index(out_dir, mmap=True)
-        existing.manifest.model.check_matches(model)
-    existing_rows = {item_id: row for row, item_id in enumerate(existing.ids())} if existing else {}
+    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue))
+    earlier = _earlier_index(out_dir, model) if update else None
+    earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
-    report.removed = sum(1 for item_id in existing_rows if item_id not in wanted_ids)
+    report.removed = sum(1 for item_id in earlier_rows if item_id not in wanted_ids)
 
     checkpoint = Checkpoint(partial_dir_for(out_dir), model, catalogue.images_dir, save_every=checkpoint_every)
     checkpoint.open()
     done = checkpoint.done_ids()
-    todo = [item for item in catalogue.items if item.id not in existing_rows and item.id not in done]
-    report.resumed = sum(1 for item in catalogue.items if item.id in done and item.id not in existing_rows)
+    todo = [item for item in catalogue.items if item.id not in earlier_rows and item.id not in done]
+    report.resumed = sum(1 for item in catalogue.items if item.id in done and item.id not in earlier_rows)
     if on_start:
         on_start(report.resumed + len(todo), report.resumed)
-
     try:
         for batch in read_batches(catalogue, todo, batch_size, extractor.input_size):
             vectors = extractor.extract(batch.pixels, batch_size=batch_size)  # --batch-size is the pass size
@@ -141,48 +134,61 @@ def _build_locked(
 
     report.skipped = checkpoint.skipped()
     try:
-        _write_index(catalogue, out_dir, extractor, existing, existing_rows, checkpoint.finished_rows(), report, refine)
+        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report)
     except OSError as exc:
-        hint = ""
-        if exc.errno in (errno.EXDEV, errno.EBUSY):
-            hint = (
-                f" ({out_dir} and its parent folder must be on one filesystem: if {out_dir} is a mount point, "
-                "mount the volume one level up, or point --out at a folder inside it)"
-            )
-        raise BuildError(
-            f"Cannot put the new index in place at {out_dir}: {os_error_text(exc)}{hint}. Every extracted photo is kept "
-            f"in {checkpoint.directory}: fix the cause and run the same command again to finish without re-extracting."
-        ) from exc
+        raise _not_in_place(exc, out_dir, checkpoint.directory) from exc
     checkpoint.remove()
     return report
+
+
+def _earlier_index(out_dir: Path, model: ModelIdentity) -> CatalogueIndex:
+    """The index an ``--update`` extends; it must exist and come from the same model."""
+    if not index_exists(out_dir):
+        raise BuildError(f"--update needs an existing index at {out_dir}; build one first (without --update).")
+    earlier = load_index(out_dir, mmap=True)
+    earlier.manifest.model.check_matches(model)
+    return earlier
 
 
 def _write_index(
     catalogue: Catalogue,
     out_dir: Path,
     extractor: FeatureExtractor,
-    existing: CatalogueIndex | None,
-    existing_rows: dict[str, int],
+    earlier: CatalogueIndex | None,
+    earlier_rows: dict[str, int],
     finished: FinishedRows,
     report: BuildReport,
-    refine: str,
 ) -> None:
     """Gather every product's row, from the earlier index or the checkpoint, in catalogue order."""
-    rows = [item for item in catalogue.items if item.id in existing_rows or item.id in finished]
+    rows = [item for item in catalogue.items if item.id in earlier_rows or item.id in finished]
     if not rows:
         raise BuildError(f"None of the {len(catalogue)} images could be read; nothing to index. See the skipped list above.")
     model = extractor.identity
-    with IndexWriter(out_dir, len(rows), model.feature_dim, refine=refine) as writer:
+    with IndexWriter(out_dir, len(rows), model.feature_dim, refine=report.refinement) as writer:
         for position, item in enumerate(rows):
-            if item.id in existing_rows:
-                assert existing is not None and existing.features is not None
-                if existing.colours is None:
+            if item.id in earlier_rows:
+                assert earlier is not None and earlier.features is not None
+                if earlier.colours is None:
                     raise BuildError("This index predates colour histograms; rebuild it without --update.")
-                row = existing_rows[item.id]
-                writer.put(position, existing.features[row], existing.colours[row])
+                row = earlier_rows[item.id]
+                writer.put(position, earlier.features[row], earlier.colours[row])
                 report.reused += 1
             else:
                 writer.put(position, *finished.row(item.id))
         finished.close()
-        writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, existing.manifest if existing else None)
+        writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None)
     report.count = len(rows)
+
+
+def _not_in_place(exc: OSError, out_dir: Path, checkpoint_dir: Path) -> BuildError:
+    """The finished index could not be swapped in: say why, and that a re-run finishes from the checkpoint."""
+    hint = ""
+    if exc.errno in (errno.EXDEV, errno.EBUSY):
+        hint = (
+            f" ({out_dir} and its parent folder must be on one filesystem: if {out_dir} is a mount point, "
+            "mount the volume one level up, or point --out at a folder inside it)"
+        )
+    return BuildError(
+        f"Cannot put the new index in place at {out_dir}: {os_error_text(exc)}{hint}. Every extracted photo is kept "
+        f"in {checkpoint_dir}: fix the cause and run the same command again to finish without re-extracting."
+    )
