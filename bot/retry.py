@@ -129,34 +129,33 @@ class RetryingRequest(HTTPXRequest):
     ) -> tuple[int, bytes]:
         """One call, repeated as its :class:`Rule` allows; the last answer or failure goes to python-telegram-bot."""
         rule = rule_for(url, method)
+        name = _call_name(url, method)
         waited = 0.0
         attempt = 1
         while True:
-            failure: NetworkError | None = None
-            code, payload = 0, b""
+            outcome: tuple[int, bytes] | NetworkError
             try:
-                code, payload = await super().do_request(
-                    url, method, request_data, read_timeout, write_timeout, connect_timeout, pool_timeout
-                )
+                outcome = await super().do_request(url, method, request_data, read_timeout, write_timeout, connect_timeout, pool_timeout)
             except NetworkError as exc:  # a transport failure (TimedOut included)
-                failure, reason = exc, f"{type(exc).__name__}: {exc}"
+                outcome, reason = exc, f"{type(exc).__name__}: {exc}"
                 delay = _delay_after_failure(rule, exc, attempt)
             else:
+                code, payload = outcome
                 if HTTPStatus.OK <= code < HTTPStatus.MULTIPLE_CHOICES:
-                    return code, payload
+                    return outcome
                 answer = _error_answer(payload)
                 reason = f"HTTP {code}: {answer.get('description', 'no description')}"
                 delay = _delay_after_answer(rule, code, answer, attempt)
-            if delay is not None and attempt < self.attempts and waited + delay > self.max_total_wait:
-                log.warning(
-                    "Telegram call %s failed (%s); giving up rather than waiting %.1fs more (%.1fs already waited)",
-                    _call_name(url, method), reason, delay, waited,
-                )
             if delay is None or attempt >= self.attempts or waited + delay > self.max_total_wait:
-                if failure is not None:
-                    raise failure
-                return code, payload  # python-telegram-bot turns it into RetryAfter, NetworkError...
-            log.warning("Telegram call %s failed (%s); retry %d in %.1fs", _call_name(url, method), reason, attempt, delay)
+                if delay is not None and attempt < self.attempts:
+                    log.warning(
+                        "Telegram call %s failed (%s); giving up rather than waiting %.1fs more (%.1fs already waited)",
+                        name, reason, delay, waited,
+                    )
+                if isinstance(outcome, NetworkError):
+                    raise outcome
+                return outcome  # python-telegram-bot turns the error answer into RetryAfter, NetworkError...
+            log.warning("Telegram call %s failed (%s); retry %d in %.1fs", name, reason, attempt, delay)
             await asyncio.sleep(delay)
             waited += delay
             attempt += 1

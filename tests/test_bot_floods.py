@@ -86,7 +86,7 @@ def test_a_flooding_chat_neither_slows_others_nor_blocks_shutdown(served) -> Non
     flooder.start()
     try:
         time.sleep(2.0)  # let the flood build up
-        busy = []
+        busy: list[float] = []
         while sent[0] < FLOOD_UPDATES - 20:
             busy.append(answer_time(api, SHOPPER, photos[len(busy) % 3]))
             time.sleep(0.5)

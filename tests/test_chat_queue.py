@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 from telegram.error import Forbidden, RetryAfter
 
@@ -93,7 +94,7 @@ async def test_chat_queue_mutes_a_chat_under_flood_control_and_spares_the_others
         return run
 
     async def refused() -> None:
-        raise RetryAfter(0.4)
+        raise RetryAfter(timedelta(seconds=0.4))
 
     queues = ChatQueues(backlog=5)
     queues.submit(1, refused)

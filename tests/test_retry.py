@@ -7,6 +7,7 @@ import asyncio
 import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from telegram import Bot
@@ -25,7 +26,7 @@ def server() -> Iterator[FakeBotApi]:
         yield srv
 
 
-def retrying_bot(server: FakeBotApi, **options: float) -> Bot:
+def retrying_bot(server: FakeBotApi, **options: Any) -> Bot:
     """A plain ``Bot`` on the bot's request class (``options``: attempts, max_total_wait, read_timeout...)."""
     return Bot(server.token, base_url=server.base_url, base_file_url=server.base_file_url, request=RetryingRequest(**options))
 

@@ -13,13 +13,18 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 from PIL import Image
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, ReplyParameters, Update
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto, Message, ReplyParameters, Update
 from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, RetryAfter, TimedOut
 from telegram.ext import Application, CommandHandler, ContextTypes
 
 from standin_bot_api import FakeBotApi
 
 CHAT = 1001
+
+
+def message_of(update: Update) -> Message:
+    assert update.message is not None
+    return update.message
 
 
 def jpeg(width: int = 640, height: int = 480, color: str = "red") -> bytes:
@@ -73,9 +78,9 @@ async def test_updates_limit_and_monotonic_ids(bot: Bot, server: FakeBotApi) -> 
     for i in range(3):
         server.user_sends_text(f"hello {i}")
     first = await bot.get_updates(limit=2)
-    assert [u.message.text for u in first] == ["hello 0", "hello 1"]
+    assert [message_of(u).text for u in first] == ["hello 0", "hello 1"]
     rest = await bot.get_updates(offset=first[-1].update_id + 1)
-    assert [u.message.text for u in rest] == ["hello 2"]
+    assert [message_of(u).text for u in rest] == ["hello 2"]
     assert rest[0].update_id == first[-1].update_id + 1
 
 
@@ -159,9 +164,7 @@ async def test_retry_after_injection(bot: Bot, server: FakeBotApi,
     with pytest.raises(RetryAfter) as info:
         await bot.send_message(CHAT, "hello")
     retry_after = info.value.retry_after  # timedelta with PTB_TIMEDELTA, else int (deprecated)
-    if isinstance(retry_after, dtm.timedelta):
-        retry_after = retry_after.total_seconds()
-    assert retry_after == 7
+    assert (retry_after.total_seconds() if isinstance(retry_after, dtm.timedelta) else retry_after) == 7
     assert server.injected_count("sendmessage") == 1
     assert (await bot.send_message(CHAT, "hello")).text == "hello"
     assert [c.status for c in server.calls_to("sendMessage")] == [429, 200]
@@ -201,14 +204,14 @@ async def test_callback_query_round_trip(bot: Bot, server: FakeBotApi) -> None:
     server.user_presses_button(sent, "more:1")
     (update,) = await bot.get_updates(offset=-1, timeout=1)
     query = update.callback_query
-    assert query is not None and query.data == "more:1"
+    assert query is not None and query.data == "more:1" and query.message is not None
     assert query.message.message_id == sent.message_id and query.from_user.id == CHAT
     assert await bot.answer_callback_query(query.id, text="Loading")
     with pytest.raises(BadRequest, match="(?i)query is too old"):
         await bot.answer_callback_query(query.id)
     edited = await bot.edit_message_text("Results (page 2)", CHAT, sent.message_id,
                                          reply_markup=markup)
-    assert edited.text == "Results (page 2)"
+    assert isinstance(edited, Message) and edited.text == "Results (page 2)"
     with pytest.raises(BadRequest, match="(?i)not modified"):
         await bot.edit_message_text("Results (page 2)", CHAT, sent.message_id, reply_markup=markup)
     await bot.edit_message_reply_markup(CHAT, sent.message_id)
@@ -225,7 +228,7 @@ async def test_simulated_message_kinds(bot: Bot, server: FakeBotApi) -> None:
     server.user_sends_video()
     server.user_sends_album([jpeg(100, 100), jpeg(200, 100)], caption="two")
     ups = await bot.get_updates()
-    cmd, sticker, voice, video, a1, a2 = (u.message for u in ups)
+    cmd, sticker, voice, video, a1, a2 = (message_of(u) for u in ups)
     assert cmd.entities[0].type == "bot_command" and cmd.entities[0].length == 23
     assert sticker.sticker and voice.voice and video.video
     assert a1.media_group_id == a2.media_group_id and a1.caption == "two" and a2.caption is None
@@ -281,13 +284,14 @@ async def test_wait_helpers(server: FakeBotApi) -> None:
 
 async def test_real_application_polls_and_replies(server: FakeBotApi) -> None:
     async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        await update.message.reply_text("Send me a photo")
+        await message_of(update).reply_text("Send me a photo")
 
     app = (Application.builder().token(server.token).base_url(server.base_url)
            .base_file_url(server.base_file_url).build())
     app.add_handler(CommandHandler("start", start))
     async with app:
         await app.start()
+        assert app.updater is not None
         await app.updater.start_polling(poll_interval=0, timeout=1)
         server.user_sends_text("/start")
         messages = await server.await_for(lambda s: s.sent_messages(CHAT), timeout=5)
@@ -325,10 +329,10 @@ async def test_replies_to_a_deleted_message(bot: Bot, server: FakeBotApi) -> Non
     asked = server.user_sends_photo(jpeg(), chat_id=CHAT)
     message_id = asked["message"]["message_id"]
     reply = await bot.send_message(CHAT, "found it", reply_to_message_id=message_id)
-    assert reply.reply_to_message.message_id == message_id
+    assert reply.reply_to_message is not None and reply.reply_to_message.message_id == message_id
     album = await bot.send_media_group(CHAT, [InputMediaPhoto(jpeg()), InputMediaPhoto(jpeg())],
                                        reply_parameters=ReplyParameters(message_id))
-    assert {m.reply_to_message.message_id for m in album} == {message_id}
+    assert {m.reply_to_message.message_id if m.reply_to_message else None for m in album} == {message_id}
 
     server.user_deletes(asked)
     with pytest.raises(ValueError):
