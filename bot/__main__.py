@@ -1,12 +1,19 @@
-"""``python -m bot`` starts the bot."""
+"""``python -m bot`` and the ``lookalike-bot`` command start the bot."""
+
+from __future__ import annotations
 
 import sys
 
 from bot.memory import limit_malloc_arenas
 
-limit_malloc_arenas()  # before TensorFlow and the bot start their threads
 
-from bot.app import main  # noqa: E402
+def run() -> int:
+    """Cap malloc's arenas before TensorFlow and the bot start their threads, then run the bot."""
+    limit_malloc_arenas()
+    from bot.app import main
+
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
