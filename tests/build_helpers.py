@@ -59,6 +59,7 @@ def assert_index_is_fresh_extraction(out: Path, extractor: FeatureExtractor, ids
     index = load_index(out)
     assert index.ids() == ids
     assert index.manifest.model.weights_fingerprint == extractor.fingerprint
+    assert index.features is not None
     for row in range(len(index)):
         expected = extractor.extract(load_image(index.image_path(row)))[0]
         np.testing.assert_allclose(index.features[row], expected, atol=1e-5, err_msg=index.ids()[row])

@@ -56,6 +56,7 @@ def test_killed_build_resumes_and_matches_an_uninterrupted_one(tmp_path, demo_ca
     assert "Refinement: label-centroids" in result.stdout  # the default for a labelled catalogue
     index, plain = load_index(out), demo_index.load()
     assert index.ids() == plain.ids()
+    assert index.features is not None and index.colours is not None
     np.testing.assert_allclose(index.features, plain.vectors, atol=1e-5)
     np.testing.assert_allclose(index.colours, plain.colours, atol=1e-5)
     np.testing.assert_allclose(index.vectors, demo_index_refined.load().vectors, atol=1e-5)
@@ -89,6 +90,7 @@ def test_interrupted_build_with_a_damaged_chunk_resumes_correctly(tmp_path, demo
     index = load_index(out)
     expected = rows_by_id(demo_index.load())
     assert index.ids() == [item.id for item in catalogue.items]
+    assert index.features is not None
     np.testing.assert_allclose(index.features, np.stack([expected[i] for i in index.ids()]), atol=1e-5)
     assert leftovers(out) == []
 
@@ -104,7 +106,9 @@ def test_checkpoint_of_another_model_is_discarded(tmp_path, demo_catalogue, demo
     report = build_index(catalogue, out, resnet_random)
     assert (report.resumed, report.extracted) == (0, 6)
     expected = rows_by_id(demo_index.load())
-    np.testing.assert_allclose(load_index(out).features[0], expected["1001"], atol=1e-5)
+    features = load_index(out).features
+    assert features is not None
+    np.testing.assert_allclose(features[0], expected["1001"], atol=1e-5)
 
 
 # --- the checkpoint on its own ------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_a_planted_lock_file_link_is_refused_and_its_target_untouched(tmp_path, 
 def test_the_lock_is_reentrant_in_one_thread_and_excludes_others(tmp_path):
     out = tmp_path / "index"
     lock = lock_path_for(out)
-    refused: list[BaseException] = []
+    refused: list[LockBusyError] = []
 
     def try_to_build() -> None:
         try:

@@ -34,6 +34,7 @@ def test_query_with_the_same_weights_from_another_file_is_accepted(tmp_path, fas
     copy = tmp_path / "copy.weights.h5"
     shutil.copy(MOBILENET_WEIGHTS, copy)
     recommender = Recommender(fashion_index.path, weights=copy).load()
+    assert recommender.extractor is not None
     assert recommender.extractor.fingerprint == fashion_index.load().manifest.model.weights_fingerprint
 
 

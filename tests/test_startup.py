@@ -70,6 +70,7 @@ def test_bot_waits_for_a_running_build_then_serves_its_index(tmp_path, demo_inde
         [sys.executable, "-c", HOLD_LOCK_AND_INSTALL, str(demo_index.path), str(out)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert other.stdin is not None and other.stdout is not None
     try:
         assert other.stdout.readline().strip() == "locked"
         served: list[str] = []
@@ -123,6 +124,7 @@ def test_settings_never_show_the_token_and_know_what_was_configured(tmp_path):
 def test_configured_but_missing_index_or_catalogue_stops_instead_of_serving_the_demo(tmp_path, setup):
     data = tmp_path / "data"
     env = {"DATA_DIR": str(data)}
+    error: type[Exception]
     if setup.startswith("index-dir"):
         env["INDEX_DIR"] = str(tmp_path / "volume" / "index")
         if setup == "index-dir-empty":
