@@ -1,7 +1,7 @@
 """The one build policy for operators: ``scripts/build_index.py`` and the bot's first start both use it.
 
 Load the catalogue, refuse an output folder that is not ours to replace before loading a model
-(seconds, and gigabytes of downloads on a first run), hold the folder's lock, load the model,
+(slow, and a download of weights on a first run), hold the folder's lock, load the model,
 build. What the caller shows along the way (a progress bar, log lines) comes through
 :class:`BuildEvents`; this module prints and logs nothing.
 """
