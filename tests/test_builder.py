@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recommender import BuildError, FeatureExtractor, build_index, load_catalogue, load_index
+from recommender import BuildError, build_index, load_catalogue, load_index
 from recommender.images import load_image
 from recommender.output_folder import partial_dir_for
 from tests.build_helpers import assert_index_is_fresh_extraction, leftovers, make_shop, rows_by_id, snapshot, subset
@@ -263,12 +263,3 @@ def test_a_failed_swap_is_a_clear_error_that_keeps_the_old_index_and_the_extract
 
 
 # --- loading the model ------------------------------------------------------------------------
-
-
-def test_extractor_rejects_unknown_backbone_and_missing_weights(tmp_path):
-    from recommender import ModelLoadError
-
-    with pytest.raises(ModelLoadError, match="Unknown backbone 'vgg'"):
-        FeatureExtractor("vgg", "none").load()
-    with pytest.raises(ModelLoadError, match="Weights file not found"):
-        FeatureExtractor("mobilenet_v2", tmp_path / "nope.h5").load()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, load_settings
+from standin_bot_api import DEFAULT_TOKEN
 
 TOKEN = "4242:FAKE-test-token-secret_part"
 
@@ -56,3 +57,14 @@ def test_dotenv_file_is_read_but_environment_wins(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("LOG_LEVEL", "ERROR")
     settings = load_settings(dotenv_path=dotenv)
     assert settings.token == TOKEN and settings.index_dir == Path("/from/dotenv") and settings.log_level == "ERROR"
+
+
+def test_settings_never_show_the_token_and_know_what_was_configured(tmp_path):
+    settings = load_settings({"TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN, "INDEX_DIR": str(tmp_path / "index")})
+    secret = DEFAULT_TOKEN.split(":")[1]
+    assert secret not in repr(settings) and secret not in str(settings) and secret not in f"{settings!r}"
+    assert settings.token == DEFAULT_TOKEN
+    assert (settings.index_dir_configured, settings.catalogue_dir_configured) == (True, False)
+    data_only = load_settings({"TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN, "DATA_DIR": str(tmp_path)})
+    assert (data_only.index_dir_configured, data_only.catalogue_dir_configured) == (False, False)
+    assert data_only.index_dir == tmp_path / "index"

@@ -156,3 +156,10 @@ def test_weights_options_have_one_canonical_form(tmp_path, monkeypatch):
     assert normalize_weights_option("ImageNet") == "imagenet" and normalize_weights_option("NONE") == "none"
     assert normalize_weights_option("w.h5") == str(tmp_path / "w.h5")
     assert normalize_weights_option(Path("~/w.h5")) == str(Path.home() / "w.h5")
+
+
+def test_extractor_rejects_unknown_backbone_and_missing_weights(tmp_path):
+    with pytest.raises(ModelLoadError, match="Unknown backbone 'vgg'"):
+        FeatureExtractor("vgg", "none").load()
+    with pytest.raises(ModelLoadError, match="Weights file not found"):
+        FeatureExtractor("mobilenet_v2", tmp_path / "nope.h5").load()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import load_settings
 from bot.startup import ensure_index
 from recommender import BuildError, CatalogueError, IndexNotFoundError, ModelLoadError, load_index
 from standin_bot_api import DEFAULT_TOKEN
@@ -107,17 +106,6 @@ def test_bot_waits_for_a_running_build_then_serves_its_index(tmp_path, demo_inde
 
 
 # --- what the operator configured must be there ------------------------------------------
-
-
-def test_settings_never_show_the_token_and_know_what_was_configured(tmp_path):
-    settings = load_settings({"TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN, "INDEX_DIR": str(tmp_path / "index")})
-    secret = DEFAULT_TOKEN.split(":")[1]
-    assert secret not in repr(settings) and secret not in str(settings) and secret not in f"{settings!r}"
-    assert settings.token == DEFAULT_TOKEN
-    assert (settings.index_dir_configured, settings.catalogue_dir_configured) == (True, False)
-    data_only = load_settings({"TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN, "DATA_DIR": str(tmp_path)})
-    assert (data_only.index_dir_configured, data_only.catalogue_dir_configured) == (False, False)
-    assert data_only.index_dir == tmp_path / "index"
 
 
 @pytest.mark.parametrize("setup", ["index-dir-missing", "index-dir-empty", "catalogue-dir-missing", "catalogue-dir-empty"])
