@@ -11,13 +11,7 @@ from pathlib import Path
 from telegram import Bot, Message
 
 from recommender.catalogue import IMAGE_SUFFIXES
-
-
-class ImageTooBig(Exception):
-    """The image is over the download limit (known before downloading it)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB.")
+from recommender.errors import ImageTooBig
 
 
 def image_file(message: Message) -> tuple[str, int | None] | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from recommender.errors import UnusablePhoto
 from recommender.fileio import atomic_file
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ SENDABLE_FORMATS = ("JPEG", "PNG")
 #: Formats the converter opens (the catalogue's image suffixes).
 READABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 JPEG_QUALITY = 87
-
-
-class UnusablePhoto(Exception):
-    """The photo cannot be sent and no conforming copy can be made from it (e.g. it is damaged)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,17 @@ class ImageDecodeError(LookalikeError, ValueError):
     """The bytes are not an image we can use; the message is safe to show to a shopper."""
 
 
+class ImageTooBig(LookalikeError):
+    """The shopper's image is over the download limit (known before downloading it)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"That image is too big ({size / 1e6:.1f} MB). Please send one under {limit // (1024 * 1024)} MB.")
+
+
+class UnusablePhoto(LookalikeError):
+    """A catalogue photo cannot be sent and no conforming copy can be made from it (e.g. it is damaged)."""
+
+
 class CatalogueError(LookalikeError):
     """The catalogue cannot be indexed as given; the message says what to fix."""
 
