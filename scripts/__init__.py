@@ -1,0 +1,1 @@
+"""Operator commands: build an index, query it, evaluate it (installed as lookalike-* commands)."""
