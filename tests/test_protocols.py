@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
-from recommender.evaluation.protocols import held_out, leave_one_out, refined_split_vectors, stratified_holdout
+from recommender.evaluation.protocols import (
+    held_out,
+    leave_one_out,
+    refined_split_vectors,
+    shopper_queries,
+    shopper_query_photo,
+    stratified_holdout,
+)
 from recommender.vectors import l2_normalize
 from tests.recommender_helpers import labelled_items as items
 
@@ -99,3 +108,62 @@ def test_refined_split_vectors_are_refined_index_and_query_vectors():
     # Query side needs no labels: the plain concatenation of its own features and colours.
     expected = l2_normalize(np.concatenate([features[[3, 7]], colours[[3, 7]]], axis=1))
     np.testing.assert_allclose(test, expected, atol=1e-6)
+
+
+def test_leave_one_out_can_ask_with_other_vectors_and_still_skips_the_query_row():
+    vectors = l2_normalize(np.random.default_rng(4).standard_normal((10, 6)))
+    # Query row 2 asks with row 5's vector: row 5 comes first; query row 5 asks with its own: row 5 is skipped.
+    result = leave_one_out("shopper", vectors, items(*["A"] * 10), [2, 5], k=3, min_items=1, query_vectors=vectors[[5, 5]])
+    assert result.result_rows[0, 0] == 5
+    assert 5 not in result.result_rows[1] and 2 not in result.result_rows[0]
+    with pytest.raises(ValueError, match="2 query rows"):
+        leave_one_out("x", vectors, items(*["A"] * 10), [2, 5], query_vectors=vectors[:3])
+
+
+def test_refined_split_vectors_take_the_queries_own_photos_when_given():
+    rng = np.random.default_rng(6)
+    features, colours = l2_normalize(rng.standard_normal((8, 5))), l2_normalize(rng.random((8, 320)))
+    shot_features, shot_colours = l2_normalize(rng.standard_normal((2, 5))), l2_normalize(rng.random((2, 320)))
+    labels = items(*["A"] * 4, *["B"] * 4)
+    train, test = refined_split_vectors(features, colours, labels, [0, 1, 2, 4, 5, 6], [3, 7],
+                                        query_features=shot_features, query_colours=shot_colours)
+    catalogue_train, catalogue_test = refined_split_vectors(features, colours, labels, [0, 1, 2, 4, 5, 6], [3, 7])
+    np.testing.assert_array_equal(train, catalogue_train)  # the index side does not change
+    np.testing.assert_allclose(test, l2_normalize(np.concatenate([shot_features, shot_colours], axis=1)), atol=1e-6)
+    assert not np.allclose(test, catalogue_test)
+
+
+def studio_photo(colour: tuple[int, int, int]) -> Image.Image:
+    image = Image.new("RGB", (60, 80), (255, 255, 255))
+    ImageDraw.Draw(image).rectangle([12, 12, 47, 67], fill=colour)
+    return image
+
+
+def mean_colour(shots):
+    """A stand-in embedding for the protocol's bookkeeping: each photo's mean colour (features) and size (colours)."""
+    pixels = [np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=np.float32) for shot in shots]
+    return np.stack([p.mean(axis=(0, 1)) for p in pixels]), np.array([[p.shape[0], p.shape[1]] for p in pixels], dtype=np.float32)
+
+
+def test_shopper_queries_embed_each_photo_once_in_batches_and_deterministically():
+    photos = [studio_photo((200, 20, 20)), studio_photo((20, 20, 200)), studio_photo((20, 160, 20))]
+    keys = ["11", "12", "13"]
+    batches = []
+
+    def embed(shots):
+        batches.append(len(shots))
+        return mean_colour(shots)
+
+    first = shopper_queries(photos, keys, embed, seed=0, batch_size=2)
+    assert batches == [2, 1]
+    assert first.features.shape == (3, 3) and first.colours.shape == (3, 2)
+    np.testing.assert_array_equal(first.colours, [[1280, 960]] * 3)  # phone-sized photos were embedded
+    assert first.transform_seconds > 0 and first.embed_seconds > 0
+    assert set(first.milliseconds_per_query()) == {"transform", "decode_and_embed"}
+    # Photo i is the shopper photo of product i with this run's seed, nothing else.
+    expected = mean_colour([shopper_query_photo(photo, key, 0) for photo, key in zip(photos, keys)])[0]
+    np.testing.assert_allclose(first.features, expected, atol=1e-4)
+    np.testing.assert_array_equal(shopper_queries(photos, keys, mean_colour, seed=0).features, first.features)
+    assert not np.array_equal(shopper_queries(photos, keys, mean_colour, seed=1).features, first.features)
+    with pytest.raises(ValueError, match="3 photos for 2 keys"):
+        shopper_queries(photos, keys[:2], mean_colour, seed=0)

@@ -4,23 +4,39 @@
 * held-out: a stratified share of the items (:func:`stratified_holdout`) queries the remaining
   ones. Anything learned from labels must then be re-learned on the remaining ones only
   (:func:`refined_split_vectors`), or the queries' own labels would leak into the index.
+
+Query photos, either protocol:
+
+* catalogue: a query is its product's stored vector (the catalogue photo, as indexed);
+* shopper: a query is its product's catalogue photo turned into a shopper-like phone photo
+  (recommender/shopper_photos.py, seeded by the run's seed and the product id), then decoded and
+  embedded as the bot would (:func:`shopper_queries`). The index rows stay catalogue photos.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..refine import LabelCentroids
 from ..search import ExactSearcher
+from ..shopper_photos import PhotoLike, rng_for, shopper_photo
 from .metrics import evaluate_rankings
 from .report import QualityReport
 
 #: Index row numbers, as a list or an integer array.
 Rows = Sequence[int] | np.ndarray
+
+CATALOGUE_QUERIES = "catalogue"
+SHOPPER_QUERIES = "shopper"
+QUERY_PHOTOS = (CATALOGUE_QUERIES, SHOPPER_QUERIES)
+
+#: Encoded photos → ``(features, colour histograms)``, one row per photo, computed as the bot does.
+EmbedPhotos = Callable[[Sequence[bytes]], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -61,11 +77,19 @@ def leave_one_out(
     query_rows: Rows,
     k: int = 5,
     min_items: int = 5,
+    query_vectors: np.ndarray | None = None,
 ) -> Evaluation:
-    """Every row in ``query_rows`` queries the whole index with its stored vector, its own row excluded."""
+    """Every row in ``query_rows`` queries the whole index, its own row excluded.
+
+    The query is the row's stored vector, or row i of ``query_vectors`` when given (e.g. the
+    vector of its shopper photo).
+    """
     queries = np.asarray(query_rows, dtype=np.int64)
     searcher = ExactSearcher().fit(vectors)
-    rows, scores = searcher.search(np.asarray(vectors)[queries], k, exclude=queries)
+    asked = np.asarray(vectors)[queries] if query_vectors is None else np.asarray(query_vectors)
+    if len(asked) != len(queries):
+        raise ValueError(f"{len(asked)} query vectors for {len(queries)} query rows")
+    rows, scores = searcher.search(asked, k, exclude=queries)
     report = evaluate_rankings(
         [labels[row] for row in queries], rows, labels, query_rows_in_searchable=queries, min_items=min_items, k=k
     )
@@ -102,16 +126,78 @@ def refined_split_vectors(
     searchable_rows: Rows,
     query_rows: Rows,
     weights: Mapping[str, float] | None = None,
+    query_features: np.ndarray | None = None,
+    query_colours: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label-centroid vectors learned on the searchable rows only (so held-out labels never leak).
 
-    Returns ``(searchable vectors, query vectors)``, row for row with the given row numbers.
+    Returns ``(searchable vectors, query vectors)``, row for row with the given row numbers. The
+    queries use the stored features and colours of their rows, or ``query_features`` and
+    ``query_colours`` when given (e.g. those of their shopper photos).
     """
     searchable = np.asarray(searchable_rows, dtype=np.int64)
     queries = np.asarray(query_rows, dtype=np.int64)
     train_labels = [labels[row] for row in searchable]
     refiner = LabelCentroids.fit(features[searchable], colours[searchable], train_labels, weights=weights)
+    asked_features = features[queries] if query_features is None else query_features
+    asked_colours = colours[queries] if query_colours is None else query_colours
     return (
         refiner.index_vectors(features[searchable], colours[searchable], train_labels),
-        LabelCentroids.query_vectors(features[queries], colours[queries]),
+        LabelCentroids.query_vectors(asked_features, asked_colours),
     )
+
+
+def shopper_query_photo(photo: PhotoLike, key: str, seed: int, background_pool: Sequence[PhotoLike] | None = None) -> bytes:
+    """The shopper photo that stands in for ``photo`` in a run with ``seed`` (JPEG bytes).
+
+    The same ``(photo, key, seed, pool)`` always gives the same bytes: the contact sheet shows
+    exactly the photos the metrics were measured on.
+    """
+    return shopper_photo(photo, rng_for(seed, key), background_pool=background_pool, avoid=photo)
+
+
+@dataclass
+class ShopperQueries:
+    """Features and colour histograms of the queries' shopper photos, and what making them cost."""
+
+    features: np.ndarray
+    colours: np.ndarray
+    transform_seconds: float
+    embed_seconds: float
+
+    def milliseconds_per_query(self) -> dict[str, float]:
+        count = max(1, len(self.features))
+        return {"transform": 1000 * self.transform_seconds / count, "decode_and_embed": 1000 * self.embed_seconds / count}
+
+
+def shopper_queries(
+    photos: Sequence[PhotoLike],
+    keys: Sequence[str],
+    embed: EmbedPhotos,
+    *,
+    seed: int,
+    background_pool: Sequence[PhotoLike] | None = None,
+    batch_size: int = 32,
+) -> ShopperQueries:
+    """Turn each query photo into its shopper photo and embed it, ``batch_size`` photos at a time.
+
+    ``keys`` (the product ids) seed each photo's transform with ``seed``; ``background_pool``
+    holds other catalogue photos that may become backgrounds (never the query's own photo).
+    """
+    if len(photos) != len(keys):
+        raise ValueError(f"{len(photos)} photos for {len(keys)} keys")
+    features: list[np.ndarray] = []
+    colours: list[np.ndarray] = []
+    transform_seconds = embed_seconds = 0.0
+    for start in range(0, len(photos), batch_size):
+        began = time.perf_counter()
+        batch = [shopper_query_photo(photo, key, seed, background_pool) for photo, key in zip(photos[start : start + batch_size], keys[start : start + batch_size])]
+        transformed = time.perf_counter()
+        batch_features, batch_colours = embed(batch)
+        embed_seconds += time.perf_counter() - transformed
+        transform_seconds += transformed - began
+        features.append(np.asarray(batch_features, dtype=np.float32))
+        colours.append(np.asarray(batch_colours, dtype=np.float32))
+    if not features:
+        return ShopperQueries(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), 0.0, 0.0)
+    return ShopperQueries(np.concatenate(features), np.concatenate(colours), transform_seconds, embed_seconds)
