@@ -2,7 +2,7 @@
 """Measure retrieval quality of an index against the catalogue's own labels.
 
     python scripts/evaluate.py --images DIR --styles CSV --index DIR [--holdout FRACTION] [--seed N]
-        [--k 5] [--json FILE] [--sheet FILE.png] [--per-type-csv FILE] [--compare]
+        [--k 5] [--json FILE] [--sheet FILE.png] [--per-type-csv FILE] [--compare] [--queries catalogue|shopper]
 
 Protocols:
   * leave-one-out (default for a plain index): every labelled product queries the index with its
@@ -11,6 +11,13 @@ Protocols:
     index learned from labels (the label-centroid refinement) is re-learned on the 80% only. A
     refined index is always evaluated this way (leave-one-out would leak its labels).
   * --compare: plain backbone features vs the label-centroid refinement on the same split.
+
+Query photos (--queries), with either protocol:
+  * catalogue (default): each query is its product's stored vector, i.e. its catalogue photo.
+  * shopper: each query's catalogue photo becomes a shopper-like phone photo first (background,
+    placement, light, blur, JPEG: recommender/shopper_photos.py, seeded by --seed and the product
+    id), then is decoded, embedded and turned into a query vector exactly as the bot does. The
+    contact sheet then shows those photos as its queries.
 
 Metrics: precision@k (share of the k results with the query's label) for articleType,
 masterCategory, baseColour and gender, micro (over queries) and macro (over article types with 5+
@@ -30,8 +37,10 @@ from typing import TYPE_CHECKING
 from scripts._cli import fail, positive_int, run_cli
 
 if TYPE_CHECKING:  # the engine is imported after argument parsing, so --help stays instant
+    import numpy as np
+
     from recommender import Catalogue, CatalogueIndex
-    from recommender.evaluation.protocols import Evaluation
+    from recommender.evaluation.protocols import Evaluation, ShopperQueries
 
 DEFAULT_HOLDOUT = 0.2
 SHEET_QUERIES = 12
@@ -49,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of 12 random queries and their results")
     parser.add_argument("--per-type-csv", type=Path, help="write per-articleType figures (default: <json stem>.per_type.csv)")
     parser.add_argument("--compare", action="store_true", help="also compare plain features with the label-centroid refinement")
+    parser.add_argument("--queries", choices=("catalogue", "shopper"), default="catalogue",
+                        help="query with the catalogue photos (default) or with shopper-like phone photos made from them")
     return parser.parse_args(argv)
 
 
@@ -99,9 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     weights = refiner.weights if refiner is not None else None
     evaluations: dict[str, Evaluation] = {}
     split: dict[str, object] = {}
+    shopper: ShopperQueries | None = None
+    shopper_pool: list[Path] | None = None
+    photos = [image_of(index, catalogue, row) for row in range(len(index))] if args.queries == protocols.SHOPPER_QUERIES else []
     if holdout is None:
         mode = "leave-one-out"
-        evaluations["index"] = protocols.leave_one_out("plain", vectors, labels, labelled_rows, k=k)
+        if args.queries == protocols.SHOPPER_QUERIES:
+            shopper_pool = photos
+            shopper = embed_shopper_queries(args.index, photos, index, labelled_rows, shopper_pool, args.seed)
+        query_vectors = None if shopper is None else shopper.features
+        evaluations["index"] = protocols.leave_one_out("plain", vectors, labels, labelled_rows, k=k, query_vectors=query_vectors)
     else:
         mode = "held-out"
         groups = [labels[row].get(report.GROUP_LABEL, "") for row in labelled_rows]
@@ -109,13 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         query_rows = labelled_rows[mask]
         searchable_rows = np.setdiff1d(np.arange(len(index)), query_rows)
         split = {"holdout": holdout, "seed": args.seed, "queries": int(len(query_rows)), "searchable": int(len(searchable_rows))}
+        if args.queries == protocols.SHOPPER_QUERIES:  # backgrounds come from the searchable side only
+            shopper_pool = [photos[row] for row in searchable_rows]
+            shopper = embed_shopper_queries(args.index, photos, index, query_rows, shopper_pool, args.seed)
+        query_features = features[query_rows] if shopper is None else shopper.features
+        query_colours = None if shopper is None else shopper.colours
 
         def plain() -> Evaluation:
-            return protocols.held_out("plain", features[searchable_rows], searchable_rows, features[query_rows], query_rows, labels, k=k)
+            return protocols.held_out("plain", features[searchable_rows], searchable_rows, query_features, query_rows, labels, k=k)
 
         def refined() -> Evaluation:
             assert colours is not None
-            train, test = protocols.refined_split_vectors(features, colours, labels, searchable_rows, query_rows, weights=weights)
+            train, test = protocols.refined_split_vectors(
+                features, colours, labels, searchable_rows, query_rows, weights=weights,
+                query_features=None if shopper is None else query_features, query_colours=query_colours,
+            )
             return protocols.held_out("refined", train, searchable_rows, test, query_rows, labels, k=k)
 
         if refiner is not None or args.compare:
@@ -126,21 +152,28 @@ def main(argv: list[str] | None = None) -> int:
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
+    if shopper is not None:
+        what += f", shopper queries (seed {args.seed})"
     print(f"\nIndex {args.index}: {len(index)} products, backbone {index.manifest.model.backbone}, "
           f"weights {index.manifest.weights}, refinement {method}; protocol {what}")
     print(report.format_table(primary))
     print()
     print(report.format_weakest(primary))
+    if shopper is not None:
+        cost = shopper.milliseconds_per_query()
+        print(f"\nShopper photos: {cost['transform']:.1f} ms per query to make, {cost['decode_and_embed']:.1f} ms to decode and embed.")
     if args.compare:
         print(f"\nPlain backbone features vs label-centroid refinement, same split ({split['queries']} queries, "
               f"{split['searchable']} searchable):")
         print(report.format_comparison(evaluations["plain"].report, evaluations["refined"].report))
 
     if args.json:
-        output: dict[str, object] = {**primary.to_json(), "mode": mode, "k": k, "refinement": method,
+        output: dict[str, object] = {**primary.to_json(), "mode": mode, "query_photos": args.queries, "k": k, "refinement": method,
                                      "backbone": index.manifest.model.backbone, "weights": index.manifest.weights}
         if split:
             output["split"] = split
+        if shopper is not None:
+            output["shopper"] = {"seed": args.seed, "ms_per_query": {name: round(value, 2) for name, value in shopper.milliseconds_per_query().items()}}
         if args.compare:
             output["compare"] = {
                 "plain": evaluations["plain"].report.to_json(),
@@ -156,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write_per_type_csv(primary, per_type_csv)
         print(f"Per-articleType figures written to {per_type_csv}")
     if args.sheet:
-        path = write_sheet(args.sheet, evaluations["index"], index, labels, catalogue, args.seed, what)
+        path = write_sheet(args.sheet, evaluations["index"], index, labels, catalogue, args.seed, what, shopper_pool=shopper_pool)
         print(f"Contact sheet written to {path}")
     print(f"({time.perf_counter() - started:.1f}s)")
     return 0
@@ -170,21 +203,32 @@ def write_sheet(
     catalogue: Catalogue,
     seed: int,
     what: str,
+    *,
+    shopper_pool: Sequence[Path] | None = None,
 ) -> Path:
-    """The contact sheet of ``SHEET_QUERIES`` random queries (fixed ``seed``) and their results."""
+    """The contact sheet of ``SHEET_QUERIES`` random queries (fixed ``seed``) and their results.
+
+    With ``shopper_pool`` (the backgrounds the run drew from) a query cell shows the shopper photo
+    that was searched, remade from the same seed, with its catalogue photo as an inset.
+    """
+    import io
+
     import numpy as np
+    from PIL import Image
 
     from recommender.catalogue import display_name
     from recommender.evaluation.contact_sheet import SheetCell, save_contact_sheet
-
-    def image_of(row: int) -> Path:
-        stored = index.image_path(row)
-        return stored if stored.is_file() else catalogue.images_dir / index.products[row]["image"]
+    from recommender.evaluation.protocols import shopper_query_photo
 
     def cell(row: int, score: float | None = None, correct: bool | None = None) -> SheetCell:
         product_labels = labels[row] or index.products[row]
-        return SheetCell(image_of(row), product_labels.get("articleType", ""), product_labels.get("baseColour", ""),
-                         display_name(dict(product_labels)), score, correct)
+        photo: Path | Image.Image = image_of(index, catalogue, row)
+        inset = None
+        if correct is None and shopper_pool is not None:
+            with Image.open(io.BytesIO(shopper_query_photo(photo, index.products[row]["id"], seed, shopper_pool))) as shot:
+                photo, inset = shot.convert("RGB"), photo
+        return SheetCell(photo, product_labels.get("articleType", ""), product_labels.get("baseColour", ""),
+                         display_name(dict(product_labels)), score, correct, inset=inset)
 
     rng = np.random.default_rng(seed)
     count = min(SHEET_QUERIES, len(evaluation.query_rows))
@@ -202,6 +246,35 @@ def write_sheet(
               f"P@{report.k} type {report.precision['articleType']['micro']:.3f} · {count} random queries")
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_contact_sheet(path, rows, header)
+
+
+def image_of(index: CatalogueIndex, catalogue: Catalogue, row: int) -> Path:
+    """The photo of an index row: as stored by the index, else in the catalogue's photo folder."""
+    stored = index.image_path(row)
+    return stored if stored.is_file() else catalogue.images_dir / index.products[row]["image"]
+
+
+def embed_shopper_queries(
+    index_dir: Path, photos: Sequence[Path], index: CatalogueIndex, query_rows: Sequence[int] | np.ndarray, pool: Sequence[Path], seed: int
+) -> ShopperQueries:
+    """Shopper photos of ``query_rows``, decoded and embedded by the index's own model, as the bot does."""
+    import numpy as np
+
+    from recommender import Recommender
+    from recommender.colour import colour_histograms
+    from recommender.evaluation import protocols
+
+    recommender = Recommender(index_dir).load()
+    extractor = recommender.extractor
+    assert extractor is not None
+
+    def embed(shots: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = np.stack([recommender.decode(shot) for shot in shots])
+        return extractor.extract(pixels), colour_histograms(pixels)
+
+    print(f"Making and embedding {len(query_rows)} shopper photos (seed {seed})...", flush=True)
+    return protocols.shopper_queries([photos[row] for row in query_rows], [index.products[row]["id"] for row in query_rows], embed,
+                                     seed=seed, background_pool=pool, batch_size=extractor.batch_size)
 
 
 def cli() -> int:

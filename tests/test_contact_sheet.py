@@ -71,3 +71,16 @@ def test_cells_beyond_the_columns_are_dropped():
     assert sheet.size == sheet_size(1)
     pixels = np.asarray(sheet)
     assert not np.any(np.all(pixels == (20, 40, 210), axis=-1))  # no blue cell was drawn
+
+
+def test_an_inset_shows_a_second_photo_small_in_the_bottom_left_corner():
+    from recommender.evaluation.contact_sheet import INSET_SIZE
+
+    red, blue = Image.new("RGB", (90, 120), (200, 30, 40)), Image.new("RGB", (90, 120), (20, 40, 210))
+    sheet = np.asarray(contact_sheet([[SheetCell(red, inset=blue), SheetCell(red, correct=True)]]))
+    x, y = cell_origin(0, 0)
+    inset_w, inset_h = INSET_SIZE
+    assert tuple(sheet[y + CELL_H - FRAME - inset_h // 2, x + FRAME + inset_w // 2]) == (20, 40, 210)  # the inset
+    assert tuple(sheet[y + FRAME + 20, x + CELL_W // 2]) == (200, 30, 40)  # the photo above it
+    rx, ry = cell_origin(0, 1)
+    assert tuple(sheet[ry + CELL_H - FRAME - inset_h // 2, rx + FRAME + inset_w // 2]) == (200, 30, 40)  # no inset

@@ -36,6 +36,7 @@ def test_evaluate_leave_one_out_on_a_plain_index(tmp_path, demo_index):
     data = json.loads(out.read_text())
     check_shape(data, 98)
     assert data["mode"] == "leave-one-out" and "compare" not in data
+    assert data["query_photos"] == "catalogue" and "shopper" not in data
     # The same figure computed by brute force, the query itself excluded.
     index = load_index(demo_index.path)
     types = np.array([product["articleType"] for product in index.products])
@@ -67,6 +68,44 @@ def test_evaluate_refined_index_holds_out_and_compares(tmp_path, demo_index_refi
     metric = compare["metrics"]["P@5 baseColour"]
     assert metric["delta_points"] == pytest.approx(100 * (metric["refined"] - metric["plain"]), abs=0.01)
     assert (tmp_path / "t.csv").is_file()
+
+
+def test_shopper_queries_on_a_refined_index_compare_on_the_same_split(tmp_path, demo_index_refined):
+    demo_index = demo_index_refined
+    catalogue_json, shopper_json = tmp_path / "catalogue.json", tmp_path / "shopper.json"
+    catalogue_run = evaluate(demo_index.catalogue, demo_index.path, "--compare", "--json", catalogue_json)
+    result = evaluate(demo_index.catalogue, demo_index.path, "--compare", "--queries", "shopper", "--json", shopper_json,
+                      "--sheet", tmp_path / "sheet.png")
+    assert catalogue_run.returncode == 0 and result.returncode == 0, result.stderr
+    assert "shopper queries (seed 0)" in result.stdout and "ms per query to make" in result.stdout
+    catalogue, shopper = json.loads(catalogue_json.read_text()), json.loads(shopper_json.read_text())
+    check_shape(shopper, shopper["split"]["queries"])
+    assert shopper["split"] == catalogue["split"]  # the same queries, only their photos differ
+    assert shopper["query_photos"] == "shopper" and catalogue["query_photos"] == "catalogue"
+    assert set(shopper["shopper"]["ms_per_query"]) == {"transform", "decode_and_embed"}
+    for name in ("plain", "refined"):
+        assert shopper["compare"][name]["precision_at_5"] != catalogue["compare"][name]["precision_at_5"]
+    assert shopper["compare"]["refined"]["precision_at_5"] == shopper["precision_at_5"]
+    with Image.open(tmp_path / "sheet.png") as image:
+        assert image.size == sheet_size(12)
+    # The same seed gives the same photos, hence the same figures.
+    again = tmp_path / "again.json"
+    assert evaluate(demo_index.catalogue, demo_index.path, "--compare", "--queries", "shopper", "--json", again).returncode == 0
+    assert json.loads(again.read_text())["compare"] == shopper["compare"]
+
+
+def test_shopper_queries_leave_one_out_on_a_plain_index(tmp_path, demo_index):
+    out = tmp_path / "shopper.json"
+    result = evaluate(demo_index.catalogue, demo_index.path, "--queries", "shopper", "--json", out)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    check_shape(data, 98)
+    assert data["mode"] == "leave-one-out" and data["query_photos"] == "shopper"
+    catalogue = evaluate(demo_index.catalogue, demo_index.path, "--json", tmp_path / "catalogue.json")
+    assert catalogue.returncode == 0
+    assert json.loads((tmp_path / "catalogue.json").read_text())["precision_at_5"] != data["precision_at_5"]
+    bad = evaluate(demo_index.catalogue, demo_index.path, "--queries", "phone")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_evaluate_refuses_styles_without_a_required_column(tmp_path, demo_index):

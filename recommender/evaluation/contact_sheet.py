@@ -2,7 +2,8 @@
 
 One row per query: the query photo, then its top results left to right. Each cell shows the photo
 (fitted into ``CELL_W`` x ``CELL_H`` on white) above three lines of text (articleType; baseColour
-and score; the display name, truncated). Frames: the query is framed dark blue, a result of the
+and score; the display name, truncated). A cell may carry an inset, a second photo drawn small in
+its bottom-left corner (a shopper-photo query shows its catalogue photo there). Frames: the query is framed dark blue, a result of the
 query's article type green with a check mark, any other result red with a cross.
 
 Size (deterministic, depends only on the number of rows and columns)::
@@ -32,6 +33,7 @@ MARGIN, GAP, QUERY_GAP, HEADER_H = 10, 6, 18, 28
 COLUMNS = 6
 FONT_SIZE, HEADER_FONT_SIZE = 10, 13
 FRAME = 3
+INSET_SIZE = (CELL_W // 3, CELL_H // 3)
 QUERY_COLOUR = (30, 60, 150)
 RIGHT_COLOUR = (20, 150, 50)
 WRONG_COLOUR = (210, 30, 30)
@@ -51,6 +53,7 @@ class SheetCell:
     name: str = ""
     score: float | None = None
     correct: bool | None = None
+    inset: ImageLike = None
 
 
 def sheet_size(rows: int, columns: int = COLUMNS) -> tuple[int, int]:
@@ -86,20 +89,21 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont
     return text.rstrip() + "…"
 
 
-def _photo(source: ImageLike) -> Image.Image:
-    """The cell's photo fitted into CELL_W x CELL_H on white; a grey placeholder if unreadable."""
-    canvas = Image.new("RGB", (CELL_W, CELL_H), (255, 255, 255))
+def _photo(source: ImageLike, size: tuple[int, int] = (CELL_W, CELL_H)) -> Image.Image:
+    """The cell's photo fitted into ``size`` on white; a grey placeholder if unreadable."""
+    cell_w, cell_h = size
+    canvas = Image.new("RGB", (cell_w, cell_h), (255, 255, 255))
     try:
         if source is None:
             raise OSError("no image")
         # decode_image: upright, RGB on white, size limits: the photo as the model saw it
-        image = ImageOps.exif_transpose(source).convert("RGB") if isinstance(source, Image.Image) else decode_image(source, min_side=CELL_H)
-        image = ImageOps.contain(image, (CELL_W - 2 * FRAME, CELL_H - 2 * FRAME), Image.Resampling.LANCZOS)
-        canvas.paste(image, ((CELL_W - image.width) // 2, (CELL_H - image.height) // 2))
+        image = ImageOps.exif_transpose(source).convert("RGB") if isinstance(source, Image.Image) else decode_image(source, min_side=cell_h)
+        image = ImageOps.contain(image, (cell_w - 2 * FRAME, cell_h - 2 * FRAME), Image.Resampling.LANCZOS)
+        canvas.paste(image, ((cell_w - image.width) // 2, (cell_h - image.height) // 2))
     except (OSError, ValueError):
         draw = ImageDraw.Draw(canvas)
-        draw.rectangle([0, 0, CELL_W - 1, CELL_H - 1], fill=(225, 225, 225))
-        draw.text((CELL_W // 2, CELL_H // 2), "no image", fill=MUTED_COLOUR, font=_font(FONT_SIZE), anchor="mm")
+        draw.rectangle([0, 0, cell_w - 1, cell_h - 1], fill=(225, 225, 225))
+        draw.text((cell_w // 2, cell_h // 2), "no image", fill=MUTED_COLOUR, font=_font(FONT_SIZE), anchor="mm")
     return canvas
 
 
@@ -118,6 +122,11 @@ def _badge(draw: ImageDraw.ImageDraw, x: int, y: int, correct: bool) -> None:
 
 def _cell(sheet: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, cell: SheetCell) -> None:
     sheet.paste(_photo(cell.image), (x, y))
+    if cell.inset is not None:
+        inset_w, inset_h = INSET_SIZE
+        left, top = x + FRAME, y + CELL_H - FRAME - inset_h
+        sheet.paste(_photo(cell.inset, INSET_SIZE), (left, top))
+        draw.rectangle([left, top, left + inset_w - 1, top + inset_h - 1], outline=MUTED_COLOUR, width=1)
     colour = QUERY_COLOUR if cell.correct is None else RIGHT_COLOUR if cell.correct else WRONG_COLOUR
     draw.rectangle([x, y, x + CELL_W - 1, y + CELL_H - 1], outline=colour, width=FRAME)
     if cell.correct is None:
