@@ -33,7 +33,10 @@ Steps and parameter ranges (all drawn from the generator, uniform unless said ot
   0.15-0.4).
 * **camera**: Gaussian blur radius 0-1.8 px, sensor noise sigma 0-6 grey levels, JPEG quality
   55-92 (4:2:0 chroma).
-* **size**: ``(width, height)``, portrait 960 x 1280 by default (a phone photo).
+* **size**: ``(width, height)``, portrait 960 x 1280 by default (a phone photo). The scene is
+  composed at half that size and scaled up at the end; the cost grows with the pixel count, so
+  training augmentation, which feeds a 224 x 224 model anyway, can ask for a small frame such as
+  240 x 320 and skip the JPEG step with :func:`shopper_image`.
 
 :func:`rng_for` derives a generator from a run's seed and a product id (stable across processes,
 unlike ``hash``), so the same product gets the same shopper photo in every run with that seed.
