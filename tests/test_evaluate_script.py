@@ -135,3 +135,15 @@ def test_evaluate_real_photos_with_imagenet_features(tmp_path, fashion_index):
     plain = data["compare"]["plain"]["precision_at_5"]
     assert data["precision_at_5"] == plain  # a plain index: its own figures are the plain ones
     assert plain["articleType"]["micro"] > 0.5 and plain["masterCategory"]["micro"] > 0.85
+
+
+def test_shopper_photos_are_harder_than_catalogue_photos_but_far_from_chance(tmp_path, fashion_index):
+    """Real MobileNetV2 on 600 real products: the shopper protocol costs points, yet still finds the category."""
+    catalogue_json, shopper_json = tmp_path / "catalogue.json", tmp_path / "shopper.json"
+    assert evaluate(fashion_index.catalogue, fashion_index.path, "--holdout", "0.2", "--json", catalogue_json).returncode == 0
+    result = evaluate(fashion_index.catalogue, fashion_index.path, "--holdout", "0.2", "--queries", "shopper", "--json", shopper_json)
+    assert result.returncode == 0, result.stderr
+    catalogue = json.loads(catalogue_json.read_text())["precision_at_5"]
+    shopper = json.loads(shopper_json.read_text())["precision_at_5"]
+    assert shopper["articleType"]["micro"] < catalogue["articleType"]["micro"] - 0.1
+    assert shopper["masterCategory"]["micro"] > 0.6
