@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import head as head_module
 from . import refine as refine_module
 from .catalogue import Catalogue
 from .checkpoint import Checkpoint, FinishedRows
@@ -42,6 +43,8 @@ class BuildReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     refinement: str = "none"
+    #: ``labels`` when a learned embedding head made the search vectors
+    head: str = "none"
 
 
 def resolve_refine(refine: str, catalogue: Catalogue) -> str:
@@ -58,6 +61,19 @@ def resolve_refine(refine: str, catalogue: Catalogue) -> str:
     return refine
 
 
+def resolve_head(head: str, refine: str, catalogue: Catalogue) -> str:
+    """The embedding head to train: ``labels`` needs labels and takes the refinement's place."""
+    if head == head_module.NONE:
+        return head
+    if head != head_module.LABELS:
+        raise BuildError(f"Unknown --head {head!r}; choose {head_module.NONE} or {head_module.LABELS}.")
+    if not head_module.can_train(catalogue.columns):
+        raise BuildError(f"--head {head} learns from the catalogue's labels: give a --styles CSV with articleType, baseColour or gender.")
+    if refine not in ("auto", refine_module.NONE):
+        raise BuildError(f"--head {head} replaces the refinement: use --refine none (or auto) with it.")
+    return head
+
+
 def build_index(
     catalogue: Catalogue,
     out_dir: str | os.PathLike[str],
@@ -71,6 +87,8 @@ def build_index(
     refine: str = "auto",
     lock_wait: float | None = 0.0,
     on_wait: Callable[[], None] | None = None,
+    head: str = head_module.NONE,
+    head_settings: head_module.HeadSettings | None = None,
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
 
@@ -82,16 +100,22 @@ def build_index(
     The whole build holds ``out_dir``'s exclusive lock: when another build has it, wait up to
     ``lock_wait`` seconds (``None``: until it is done; ``on_wait()`` is called once when waiting
     starts), then :class:`BuildLockedError`.
+    ``head``: ``none`` (default) or ``labels``, a learned embedding head (recommender/head.py,
+    trained with ``head_settings``) applied to products and queries alike, instead of a refinement.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     if batch_size < 1:
         raise BuildError("--batch-size must be at least 1")
+    head = resolve_head(head, refine, catalogue)
     check_output(out_dir, catalogue)
     with output_lock(out_dir, wait=lock_wait, on_wait=on_wait):
         check_output(out_dir, catalogue)  # again: the folder may have changed while we waited
         remove_stale_siblings(out_dir)
-        report = _build_locked(catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress, refine)
+        report = _build_locked(
+            catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress,
+            refine_module.NONE if head != head_module.NONE else refine, head, head_settings,
+        )  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
 
@@ -106,10 +130,12 @@ def _build_locked(
     on_start: Callable[[int, int], None] | None,
     on_progress: Callable[[int], None] | None,
     refine: str,
+    head: str = head_module.NONE,
+    head_settings: head_module.HeadSettings | None = None,
 ) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
     model = extractor.identity
-    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue))
+    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head)
     earlier = _earlier_index(out_dir, model) if update else None
     earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
@@ -134,7 +160,7 @@ def _build_locked(
 
     report.skipped = checkpoint.skipped()
     try:
-        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report)
+        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, head_settings, batch_size)
     except OSError as exc:
         raise _not_in_place(exc, out_dir, checkpoint.directory) from exc
     checkpoint.remove()
@@ -158,13 +184,16 @@ def _write_index(
     earlier_rows: dict[str, int],
     finished: FinishedRows,
     report: BuildReport,
+    head_settings: head_module.HeadSettings | None = None,
+    batch_size: int = 32,
 ) -> None:
     """Gather every product's row, from the earlier index or the checkpoint, in catalogue order."""
     rows = [item for item in catalogue.items if item.id in earlier_rows or item.id in finished]
     if not rows:
         raise BuildError(f"None of the {len(catalogue)} images could be read; nothing to index. See the skipped list above.")
     model = extractor.identity
-    with IndexWriter(out_dir, len(rows), model.feature_dim, refine=report.refinement) as writer:
+    headed = report.head != head_module.NONE
+    with IndexWriter(out_dir, len(rows), model.feature_dim, refine=report.refinement, keep_features=headed) as writer:
         for position, item in enumerate(rows):
             if item.id in earlier_rows:
                 assert earlier is not None and earlier.features is not None
@@ -176,7 +205,11 @@ def _write_index(
             else:
                 writer.put(position, *finished.row(item.id))
         finished.close()
-        writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None)
+        trained = None
+        if headed:
+            views = head_module.shopper_views(catalogue, rows, extractor, head_settings, batch_size)
+            trained = head_module.train_head(writer.features, [item.labels for item in rows], views, head_settings)
+        writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained)
     report.count = len(rows)
 
 

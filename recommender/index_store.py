@@ -7,6 +7,7 @@ Layout of an index directory (no pickle anywhere)::
     features.npy    float32 (N, feature_dim) backbone features (only when a refinement made vectors differ)
     colour.npy      float32 (N, 320) colour histograms of the products (recommender/colour.py)
     refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
+    head*.json/npy  or the learned embedding head, when built with --head labels (recommender/head.py)
     products.csv    id, image (relative to the manifest's images_root), then the styles.csv columns
     skipped.csv     photos that could not be read at build time, with the reason
 
@@ -28,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from . import colour
+from . import head as head_module
 from . import refine as refine_module
 from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
 from .confinement import ImageConfinement
 from .errors import IndexCorruptError, IndexNotFoundError
 from .fileio import read_json, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
+from .head import EmbeddingHead
 from .manifest import NO_REFINEMENT, CatalogueSummary, Manifest, ModelIdentity
 from .refine import LabelCentroids
 
@@ -63,6 +66,8 @@ class CatalogueIndex:
     colours: np.ndarray | None = None
     #: the label-aware refinement the vectors were built with, or None
     refiner: LabelCentroids | None = None
+    #: the learned embedding head that made the vectors (and embeds queries), or None
+    head: EmbeddingHead | None = None
 
     def __len__(self) -> int:
         return len(self.products)
@@ -126,15 +131,22 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         raise IndexCorruptError(f"{directory / PRODUCTS} lacks the id/image columns. Rebuild the index.")
     _check_images_confined(directory, manifest, products)
     refined = manifest.refinement_method == refine_module.METHOD
+    headed = manifest.refinement_method == head_module.METHOD
     try:
         refiner = LabelCentroids.load(directory) if refined else None
-        features = _load_rows(directory / FEATURES, len(vectors), manifest.model.feature_dim, mmap) if refined else vectors
+        head = EmbeddingHead.load(directory) if headed else None
+        features = _load_rows(directory / FEATURES, len(vectors), manifest.model.feature_dim, mmap) if refined or headed else vectors
         colours = _load_rows(directory / COLOURS, len(vectors), None, mmap) if (directory / COLOURS).exists() or refined else None
     except (OSError, ValueError, EOFError, KeyError) as exc:
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
+    if head is not None and (head.feature_dim != manifest.model.feature_dim or head.vector_dim != vector_dim):
+        raise IndexCorruptError(
+            f"The embedding head at {directory} maps {head.feature_dim} to {head.vector_dim} values; the manifest says "
+            f"{manifest.model.feature_dim} to {vector_dim}. Rebuild the index."
+        )
     return CatalogueIndex(
         directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns,
-        features=features, colours=colours, refiner=refiner,
+        features=features, colours=colours, refiner=refiner, head=head,
     )  # fmt: skip
 
 
@@ -189,11 +201,13 @@ class IndexWriter:
     Rows are memory-mapped, so a large catalogue needs little memory.
     """
 
-    def __init__(self, out_dir: Path, count: int, feature_dim: int, *, refine: str = NO_REFINEMENT) -> None:
+    def __init__(self, out_dir: Path, count: int, feature_dim: int, *, refine: str = NO_REFINEMENT, keep_features: bool = False) -> None:
         self.out_dir = out_dir
         self.count = count
         self.feature_dim = feature_dim
         self.refine = refine
+        #: the search vectors will differ from the features (a head), so keep features.npy too
+        self.keep_features = keep_features
         self._staging: Path | None = None
         self._features: np.memmap | None = None
         self._colours: np.memmap | None = None
@@ -202,13 +216,19 @@ class IndexWriter:
     def _refined(self) -> bool:
         return self.refine == refine_module.METHOD
 
+    @property
+    def features(self) -> np.ndarray:
+        """The backbone features put so far (row i = product i), e.g. to train a head before :meth:`commit`."""
+        assert self._features is not None, "use IndexWriter as a context manager"
+        return self._features
+
     def __enter__(self) -> IndexWriter:
         staging = temporary_sibling(self.out_dir, "tmp")
         staging.mkdir(parents=True)
         self._staging = staging
         try:
             # Refined: the backbone features are kept beside the refined search vectors.
-            features_file = staging / (FEATURES if self._refined else VECTORS)
+            features_file = staging / (FEATURES if self._refined or self.keep_features else VECTORS)
             self._features = np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float32, shape=(self.count, self.feature_dim))
             self._colours = np.lib.format.open_memmap(staging / COLOURS, mode="w+", dtype=np.float32, shape=(self.count, colour.DIM))
         except BaseException:
@@ -239,19 +259,25 @@ class IndexWriter:
         model: ModelIdentity,
         weights: str,
         previous: Manifest | None = None,
+        head: EmbeddingHead | None = None,
     ) -> Manifest:
         """Write the search vectors, products.csv, skipped.csv and the manifest, then swap the index in.
 
         ``items`` are the products of the rows put, in row order, drawn from ``catalogue``;
         ``skipped`` lists the photos left out; ``model`` and ``weights`` made the features;
-        ``previous`` is the index being updated (its creation date is kept). Returns the manifest written.
+        ``previous`` is the index being updated (its creation date is kept); ``head``, a trained embedding
+        head that makes the search vectors (the writer must keep its features). Returns the manifest written.
         """
         assert self._staging is not None and self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
         assert len(items) == self.count, f"{len(items)} products for {self.count} rows"
         staging = self._staging
         self._features.flush()
         self._colours.flush()
-        vector_dim, refinement = self._write_search_vectors(staging, [item.labels for item in items])
+        if head is not None:
+            assert self.keep_features and not self._refined, "a head needs keep_features=True and no refinement"
+            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head)
+        else:
+            vector_dim, refinement = self._write_search_vectors(staging, [item.labels for item in items])
         self._features = self._colours = None
         label_columns = [column for column in catalogue.columns if column != ID_COLUMN]
         _write_products(
@@ -300,3 +326,16 @@ class IndexWriter:
         del vectors
         refiner.save(staging)
         return vector_dim, refiner.describe()
+
+    def _write_head_vectors(self, staging: Path, labels: Sequence[Mapping[str, str]], head: EmbeddingHead) -> tuple[int, dict[str, Any]]:
+        """(vector_dim, head description): every product's vector from the trained head, and the head's files."""
+        features = self._features
+        assert features is not None
+        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, head.vector_dim))
+        for start in range(0, self.count, _REFINE_BLOCK):
+            stop = start + _REFINE_BLOCK
+            vectors[start:stop] = head.index_vectors(features[start:stop], labels[start:stop])
+        vectors.flush()
+        del vectors
+        head.save(staging)
+        return head.vector_dim, head.describe()

@@ -57,6 +57,7 @@ def build_from_folder(
     refine: str = "auto",
     lock_wait: float | None = 0.0,
     events: BuildEvents | None = None,
+    head: str = "none",
 ) -> BuildReport:
     """Index the catalogue at ``images`` (labels from ``styles``) into ``out_dir``.
 
@@ -82,6 +83,7 @@ def build_from_folder(
             on_start=events.started,
             on_progress=events.progress,
             refine=refine,
+            head=head,
         )
 
 

@@ -128,10 +128,13 @@ class Recommender:
         """Decoded ``(N, S, S, 3)`` images → query vectors in the index's space.
 
         With a label-aware index the query gets the same treatment it was built for: backbone
-        features plus the photo's colour histogram (recommender/refine.py).
+        features plus the photo's colour histogram (recommender/refine.py), or the index's learned
+        embedding head (recommender/head.py).
         """
         index, extractor, _ = self._loaded()
         features = extractor.extract(pixels)
+        if index.head is not None:
+            return index.head.query_vectors(features)
         if index.refiner is None:
             return features
         return index.refiner.query_vectors(features, colour_histograms(pixels))

@@ -3,6 +3,7 @@
 
     python scripts/build_index.py --images DIR [--styles CSV] --out DIR
         [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update] [--wait]
+        [--refine auto|label-centroids|none] [--head none|labels]
 
 Interrupted builds resume where they stopped when the same command is run again. Only an empty
 folder or an earlier index is replaced; one build at a time per output folder (``--wait`` queues).
@@ -43,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         choices=["auto", "label-centroids", "none"],
         help="label-aware refinement learned from styles.csv (articleType + baseColour); auto = on when both labels exist",
+    )
+    parser.add_argument(
+        "--head",
+        default="none",
+        choices=["none", "labels"],
+        help="labels: train an embedding head on the backbone features from styles.csv labels and shopper-like views of "
+        "the photos (slower build; replaces the refinement; give it again with --update to keep it); default none",
     )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             update=args.update,
             checkpoint_every=args.checkpoint_every,
             refine=args.refine,
+            head=args.head,
             lock_wait=None if args.wait else 0.0,
             events=events,
         )
@@ -121,6 +130,8 @@ def _print_report(report: BuildReport) -> None:
     )
     if report.refinement != "none":
         print(f"Refinement: {report.refinement} (learned from this catalogue's articleType and baseColour labels).")
+    if report.head != "none":
+        print(f"Embedding head: {report.head} (trained on this catalogue's labels and shopper-like views of its photos).")
     if report.skipped:
         print(f"Skipped {len(report.skipped)} unreadable image(s) (listed in {report.out_dir / 'skipped.csv'}):")
         for item_id, reason in report.skipped[:20]:

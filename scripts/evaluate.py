@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     colours = index.colours
     refiner = index.refiner
     method = refine.METHOD if refiner is not None else refine.NONE
+    if index.head is not None:
+        fail(f"{args.index} embeds with a head trained on every product's labels (--head labels): evaluate.py cannot "
+             "re-train it on a held-out split yet, so its figures would leak labels. Evaluate an index built without --head.")
 
     holdout = args.holdout
     if holdout is None and refiner is not None:

@@ -1,0 +1,271 @@
+"""A learned embedding head on frozen backbone features, trained at index-build time from labels.
+
+ImageNet features of a shopper's phone photo sit far from those of the same product's studio
+photo, and plain features know little of article type, colour or gender. The catalogue's labels
+are free training data, and shopper-like views of its photos (recommender/shopper_photos.py) teach
+the head that a phone photo and its studio photo are the same product::
+
+    e(x)   = l2n(W2 · relu(W1 · x + b1) + b2)                       (queries and products alike)
+    index  = l2n(e(x) + pull · sum_label P_label[label(x)])          (products with known labels)
+
+trained with cosine-softmax objectives per label (prototype rows ``P_label``, unit length) plus a
+symmetric InfoNCE term pulling each shopper view towards its own catalogue photo. Search stays a
+flat cosine search; a query needs no labels. Weights are ``.npy`` files, parameters JSON: no pickle.
+
+Opt-in (``build_index.py --head labels``): the head replaces the label-centroid refinement, and
+its training views cost one shopper-like photo and one forward pass per product and view.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalogue import Catalogue, CatalogueItem
+from .errors import ImageDecodeError
+from .extractor import FeatureExtractor
+from .images import load_image
+from .shopper_photos import rng_for, shopper_photo
+from .vectors import l2_normalize
+
+METHOD = "head-labels"
+#: ``--head`` values
+NONE = "none"
+LABELS = "labels"
+PARAMS_JSON = "head.json"
+WEIGHT_FILES = ("head_w1.npy", "head_b1.npy", "head_w2.npy", "head_b2.npy")
+PROTOTYPE_FILE = "head_prototypes_{label}.npy"
+DEFAULT_LABELS = ("articleType", "baseColour", "gender")
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """What a training run does; recorded in the manifest so a build can be reproduced."""
+
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    hidden: int = 1024
+    dim: int = 256
+    epochs: int = 40
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    dropout: float = 0.2
+    #: cosine-softmax scale: logits are scale x cosine(embedding, prototype)
+    scale: float = 16.0
+    #: weight and temperature of the shopper-view ↔ catalogue-photo contrastive term
+    contrast: float = 1.0
+    temperature: float = 0.1
+    #: how far a product is pulled towards its labels' prototypes in the index
+    pull: float = 1.0
+    seed: int = 0
+    #: shopper-like views per product, and their frame (small: the model sees 224 x 224 anyway)
+    views: int = 2
+    view_size: tuple[int, int] = (240, 320)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (lists, not tuples), as the manifest and head.json hold them."""
+        return {**asdict(self), "labels": list(self.labels), "view_size": list(self.view_size)}
+
+
+@dataclass
+class EmbeddingHead:
+    """Trained weights (two dense layers), one prototype matrix per label, and their class names."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+    prototypes: dict[str, np.ndarray] = field(default_factory=dict)
+    settings: HeadSettings = field(default_factory=HeadSettings)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.w1.shape[0])
+
+    @property
+    def vector_dim(self) -> int:
+        return int(self.w2.shape[1])
+
+    def query_vectors(self, features: np.ndarray) -> np.ndarray:
+        """Backbone features of any photo → unit-length search vectors (no labels needed)."""
+        x = l2_normalize(np.asarray(features, dtype=np.float32))
+        hidden = np.maximum(x @ self.w1 + self.b1, 0.0)
+        return l2_normalize((hidden @ self.w2 + self.b2).astype(np.float32))
+
+    def index_vectors(self, features: np.ndarray, labels: Sequence[Mapping[str, str]]) -> np.ndarray:
+        """Products: their embedding pulled towards the prototypes of the labels they carry."""
+        vectors = self.query_vectors(features)
+        if not self.settings.pull:
+            return vectors
+        for label, names in self.class_names.items():
+            position = {name: i for i, name in enumerate(names)}
+            rows = np.array([position.get(item.get(label, ""), -1) for item in labels])
+            known = rows >= 0
+            vectors[known] += self.settings.pull * self.prototypes[label][rows[known]]
+        return l2_normalize(vectors)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records."""
+        return {
+            "method": METHOD,
+            "settings": self.settings.to_json(),
+            "classes": {label: len(names) for label, names in self.class_names.items()},
+            "feature_dim": self.feature_dim,
+            "vector_dim": self.vector_dim,
+        }
+
+    def save(self, directory: Path) -> None:
+        """Write weights (``.npy``, no pickle) and parameters (JSON) into an index directory."""
+        for name, array in zip(WEIGHT_FILES, (self.w1, self.b1, self.w2, self.b2)):
+            np.save(directory / name, np.asarray(array, dtype=np.float32), allow_pickle=False)
+        for label, prototypes in self.prototypes.items():
+            np.save(directory / PROTOTYPE_FILE.format(label=label), prototypes.astype(np.float32), allow_pickle=False)
+        params = {"class_names": self.class_names, "settings": self.settings.to_json()}
+        (directory / PARAMS_JSON).write_text(json.dumps(params, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> EmbeddingHead:
+        """Read what :meth:`save` wrote; ``ValueError`` when shapes and names disagree."""
+        params = json.loads((directory / PARAMS_JSON).read_text(encoding="utf-8"))
+        settings_data = dict(params["settings"])
+        settings_data["labels"] = tuple(settings_data["labels"])
+        settings_data["view_size"] = tuple(settings_data["view_size"])
+        try:
+            settings = HeadSettings(**settings_data)
+        except TypeError as exc:
+            raise ValueError(f"{PARAMS_JSON} holds unknown head settings ({exc})") from exc
+        w1, b1, w2, b2 = (np.load(directory / name, allow_pickle=False) for name in WEIGHT_FILES)
+        class_names = {str(label): [str(n) for n in names] for label, names in params["class_names"].items()}
+        prototypes = {label: np.load(directory / PROTOTYPE_FILE.format(label=label), allow_pickle=False) for label in class_names}
+        head = cls(w1, b1, w2, b2, class_names, prototypes, settings)
+        if w1.ndim != 2 or b1.shape != (w1.shape[1],) or w2.shape[0] != w1.shape[1] or b2.shape != (w2.shape[1],):
+            raise ValueError("embedding head weights have inconsistent shapes")
+        for label, names in class_names.items():
+            if prototypes[label].shape != (len(names), w2.shape[1]):
+                raise ValueError(f"prototypes of {label} do not match their {len(names)} class names")
+        return head
+
+
+def train_head(
+    features: np.ndarray,
+    labels: Sequence[Mapping[str, str]],
+    views: Sequence[np.ndarray] = (),
+    settings: HeadSettings | None = None,
+) -> EmbeddingHead:
+    """Fit a head on catalogue ``features`` (row i has ``labels[i]``) and optional shopper ``views``.
+
+    Each view is row-aligned with ``features`` (row i: the backbone features of a shopper-like
+    photo of product i). Every step pairs a batch's catalogue features with one view: both are
+    classified, and the contrastive term pulls each view onto its own catalogue photo.
+    """
+    settings = settings or HeadSettings()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    catalogue = l2_normalize(np.asarray(features, dtype=np.float32))
+    shopper = [l2_normalize(np.asarray(view, dtype=np.float32)) for view in views]
+    if any(view.shape != catalogue.shape for view in shopper):
+        raise ValueError("every view needs one row per catalogue product")
+    class_names = {label: sorted({item.get(label, "") for item in labels} - {""}) for label in settings.labels}
+    class_names = {label: names for label, names in class_names.items() if len(names) >= 2}
+    targets = {}
+    for label, names in class_names.items():
+        position = {name: i for i, name in enumerate(names)}
+        targets[label] = np.array([position.get(item.get(label, ""), -1) for item in labels], dtype=np.int32)
+
+    tf.keras.utils.set_random_seed(settings.seed)
+    hidden_layer = tf.keras.layers.Dense(settings.hidden, activation="relu")
+    output_layer = tf.keras.layers.Dense(settings.dim)
+    hidden_layer.build((None, catalogue.shape[1]))
+    output_layer.build((None, settings.hidden))
+    prototypes = {label: tf.Variable(tf.random.normal((len(names), settings.dim), stddev=0.05)) for label, names in class_names.items()}
+    trainable = [*hidden_layer.trainable_variables, *output_layer.trainable_variables, *prototypes.values()]
+    optimizer = tf.keras.optimizers.Adam(settings.learning_rate)
+
+    def embed(x: Any) -> Any:
+        x = tf.nn.dropout(x, settings.dropout) if settings.dropout else x
+        return tf.math.l2_normalize(output_layer(hidden_layer(x)), axis=1)
+
+    def classification(embedded: Any, wanted: Any, prototype: Any) -> Any:
+        logits = settings.scale * tf.matmul(embedded, tf.math.l2_normalize(prototype, axis=1), transpose_b=True)
+        known = wanted >= 0
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(wanted, 0), logits)
+        return tf.reduce_sum(tf.where(known, losses, 0.0)) / tf.maximum(tf.reduce_sum(tf.cast(known, tf.float32)), 1.0)
+
+    @tf.function(reduce_retracing=True)
+    def step(studio: Any, phone: Any, wanted: dict[str, Any], contrast: float) -> Any:
+        with tf.GradientTape() as tape:
+            a, b = embed(studio), embed(phone)
+            loss = tf.constant(0.0)
+            for label, prototype in prototypes.items():
+                loss += (classification(a, wanted[label], prototype) + classification(b, wanted[label], prototype)) / 2
+            if contrast:
+                similarity = tf.matmul(a, b, transpose_b=True) / settings.temperature
+                same = tf.range(tf.shape(similarity)[0])
+                loss += contrast * (
+                    tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(same, similarity))
+                    + tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(same, tf.transpose(similarity)))
+                ) / 2
+        optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
+        return loss
+
+    rng = np.random.default_rng(settings.seed)
+    contrast = settings.contrast if shopper else 0.0
+    for _ in range(settings.epochs):
+        order = rng.permutation(len(catalogue))
+        for start in range(0, len(order), settings.batch_size):
+            rows = order[start : start + settings.batch_size]
+            phone = shopper[int(rng.integers(len(shopper)))][rows] if shopper else catalogue[rows]
+            step(tf.constant(catalogue[rows]), tf.constant(phone), {label: tf.constant(t[rows]) for label, t in targets.items()}, contrast)
+
+    w1, b1 = (v.numpy() for v in hidden_layer.weights)
+    w2, b2 = (v.numpy() for v in output_layer.weights)
+    return EmbeddingHead(
+        w1, b1, w2, b2, class_names,
+        {label: l2_normalize(p.numpy().astype(np.float32)) for label, p in prototypes.items()},
+        settings,
+    )  # fmt: skip
+
+
+def can_train(columns: Sequence[str], settings: HeadSettings | None = None) -> bool:
+    """The head needs at least one of its labels in the catalogue."""
+    return any(label in columns for label in (settings or HeadSettings()).labels)
+
+
+def shopper_views(
+    catalogue: Catalogue,
+    items: Sequence[CatalogueItem],
+    extractor: FeatureExtractor,
+    settings: HeadSettings | None = None,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """Backbone features of ``settings.views`` shopper-like photos of each item, row-aligned with ``items``.
+
+    Each photo goes through the query path (JPEG bytes, decode, square pad). Its generator is
+    keyed by view and product, never by the product alone as the shopper evaluation protocol's
+    queries are. A view that cannot be decoded falls back to the catalogue photo.
+    """
+    settings = settings or HeadSettings()
+    paths = [catalogue.images_dir / item.image for item in items]
+    size = extractor.input_size
+    views = []
+    for view in range(settings.views):
+        features = np.empty((len(items), extractor.feature_dim), dtype=np.float32)
+        for start in range(0, len(items), batch_size):
+            pixels = []
+            for item, path in zip(items[start : start + batch_size], paths[start : start + batch_size]):
+                rng = rng_for(settings.seed, f"head-view-{view}:{item.id}")
+                try:
+                    photo = shopper_photo(path, rng, size=settings.view_size, background_pool=paths, avoid=path)
+                    pixels.append(load_image(photo, size))
+                except (ImageDecodeError, OSError, ValueError):
+                    pixels.append(load_image(path, size))
+            features[start : start + len(pixels)] = extractor.extract(np.stack(pixels), batch_size=batch_size)
+        views.append(features)
+    return views
