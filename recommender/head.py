@@ -62,6 +62,10 @@ class HeadSettings:
     temperature: float = 0.1
     #: how far a product is pulled towards its labels' prototypes in the index
     pull: float = 1.0
+    #: each product's weight in the ``balance_label`` objective is (products of its class) ** -balance,
+    #: so rare article types are not drowned by common ones (macro precision counts types alike)
+    balance: float = 0.5
+    balance_label: str = "articleType"
     seed: int = 0
     #: shopper-like views per product, and their frame (small: the model sees 224 x 224 anyway)
     views: int = 2
@@ -174,10 +178,15 @@ def train_head(
         raise ValueError("every view needs one row per catalogue product")
     class_names = {label: sorted({item.get(label, "") for item in labels} - {""}) for label in settings.labels}
     class_names = {label: names for label, names in class_names.items() if len(names) >= 2}
-    targets = {}
+    targets, weights = {}, {}
     for label, names in class_names.items():
         position = {name: i for i, name in enumerate(names)}
-        targets[label] = np.array([position.get(item.get(label, ""), -1) for item in labels], dtype=np.int32)
+        wanted = np.array([position.get(item.get(label, ""), -1) for item in labels], dtype=np.int32)
+        counts = np.maximum(np.bincount(wanted[wanted >= 0], minlength=len(names)), 1).astype(np.float64)
+        exponent = settings.balance if label == settings.balance_label else 0.0
+        weight = np.where(wanted >= 0, counts[np.maximum(wanted, 0)] ** -exponent, 0.0)
+        targets[label] = wanted
+        weights[label] = (weight / max(weight[wanted >= 0].mean(), 1e-12) if (wanted >= 0).any() else weight).astype(np.float32)
 
     tf.keras.utils.set_random_seed(settings.seed)
     hidden_layer = tf.keras.layers.Dense(settings.hidden, activation="relu")
@@ -192,19 +201,19 @@ def train_head(
         x = tf.nn.dropout(x, settings.dropout) if settings.dropout else x
         return tf.math.l2_normalize(output_layer(hidden_layer(x)), axis=1)
 
-    def classification(embedded: Any, wanted: Any, prototype: Any) -> Any:
+    def classification(embedded: Any, wanted: Any, weight: Any, prototype: Any) -> Any:
         logits = settings.scale * tf.matmul(embedded, tf.math.l2_normalize(prototype, axis=1), transpose_b=True)
         known = wanted >= 0
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(wanted, 0), logits)
-        return tf.reduce_sum(tf.where(known, losses, 0.0)) / tf.maximum(tf.reduce_sum(tf.cast(known, tf.float32)), 1.0)
+        return tf.reduce_sum(tf.where(known, weight * losses, 0.0)) / tf.maximum(tf.reduce_sum(tf.cast(known, tf.float32)), 1.0)
 
     @tf.function(reduce_retracing=True)
-    def step(studio: Any, phone: Any, wanted: dict[str, Any], contrast: float) -> Any:
+    def step(studio: Any, phone: Any, wanted: dict[str, Any], weight: dict[str, Any], contrast: float) -> Any:
         with tf.GradientTape() as tape:
             a, b = embed(studio), embed(phone)
             loss = tf.constant(0.0)
             for label, prototype in prototypes.items():
-                loss += (classification(a, wanted[label], prototype) + classification(b, wanted[label], prototype)) / 2
+                loss += (classification(a, wanted[label], weight[label], prototype) + classification(b, wanted[label], weight[label], prototype)) / 2
             if contrast:
                 similarity = tf.matmul(a, b, transpose_b=True) / settings.temperature
                 same = tf.range(tf.shape(similarity)[0])
@@ -222,7 +231,11 @@ def train_head(
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
             phone = shopper[int(rng.integers(len(shopper)))][rows] if shopper else catalogue[rows]
-            step(tf.constant(catalogue[rows]), tf.constant(phone), {label: tf.constant(t[rows]) for label, t in targets.items()}, contrast)
+            step(
+                tf.constant(catalogue[rows]), tf.constant(phone),
+                {label: tf.constant(t[rows]) for label, t in targets.items()},
+                {label: tf.constant(w[rows]) for label, w in weights.items()}, contrast,
+            )  # fmt: skip
 
     w1, b1 = (v.numpy() for v in hidden_layer.weights)
     w2, b2 = (v.numpy() for v in output_layer.weights)
