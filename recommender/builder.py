@@ -17,13 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from . import colour
 from . import head as head_module
 from . import refine as refine_module
-from .catalogue import Catalogue
+from .catalogue import Catalogue, CatalogueItem
 from .checkpoint import Checkpoint, FinishedRows
-from .errors import BuildError
+from .errors import BuildError, ImageDecodeError
 from .extractor import FeatureExtractor
 from .fileio import os_error_text
+from .images import load_image
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
 from .manifest import ModelIdentity
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
@@ -193,6 +197,7 @@ def _write_index(
         raise BuildError(f"None of the {len(catalogue)} images could be read; nothing to index. See the skipped list above.")
     model = extractor.identity
     headed = report.head != head_module.NONE
+    recolour = earlier is not None and _colour_method(earlier) != colour.DEFAULT_METHOD
     with IndexWriter(out_dir, len(rows), model.feature_dim, refine=report.refinement, keep_features=headed) as writer:
         for position, item in enumerate(rows):
             if item.id in earlier_rows:
@@ -200,7 +205,8 @@ def _write_index(
                 if earlier.colours is None:
                     raise BuildError("This index predates colour histograms; rebuild it without --update.")
                 row = earlier_rows[item.id]
-                writer.put(position, earlier.features[row], earlier.colours[row])
+                histogram = _colour_again(catalogue, item, extractor.input_size) if recolour else earlier.colours[row]
+                writer.put(position, earlier.features[row], histogram)
                 report.reused += 1
             else:
                 writer.put(position, *finished.row(item.id))
@@ -211,6 +217,25 @@ def _write_index(
             trained = head_module.train_head(writer.features, [item.labels for item in rows], views, head_settings)
         writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained)
     report.count = len(rows)
+
+
+def _colour_method(index: CatalogueIndex) -> str | None:
+    """The colour-histogram method that made the index's stored histograms; None when unknown."""
+    refinement = index.manifest.refinement
+    if refinement.get("method") == head_module.METHOD and "colour_histogram" not in refinement:
+        return colour.DEFAULT_METHOD  # a head's index searches no colours: they stay as they are
+    try:
+        return colour.method_of(refinement)
+    except ValueError:
+        return None
+
+
+def _colour_again(catalogue: Catalogue, item: CatalogueItem, size: int) -> np.ndarray:
+    """A reused product's colour histogram made again: the earlier index used another colour method."""
+    try:
+        return colour.colour_histogram(load_image(catalogue.images_dir / item.image, size))
+    except ImageDecodeError as exc:
+        raise BuildError(f"{item.image}: {exc}; its colours must be made again for this version, rebuild without --update.") from exc
 
 
 def _not_in_place(exc: OSError, out_dir: Path, checkpoint_dir: Path) -> BuildError:

@@ -313,7 +313,7 @@ class IndexWriter:
         """(vector_dim, refinement description): plain features are already the search vectors;
         a refinement is learned from the rows' labels and writes its own vectors and files."""
         if not self._refined:
-            return self.feature_dim, {"method": NO_REFINEMENT}
+            return self.feature_dim, {"method": NO_REFINEMENT, "colour_histogram": colour.describe()}
         features, colours = self._features, self._colours
         assert features is not None and colours is not None
         refiner = LabelCentroids.fit(features, colours, labels)

@@ -137,7 +137,7 @@ class Recommender:
             return index.head.query_vectors(features)
         if index.refiner is None:
             return features
-        return index.refiner.query_vectors(features, colour_histograms(pixels))
+        return index.refiner.query_vectors(features, colour_histograms(pixels, index.refiner.colour_method))
 
     def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0) -> list[list[Match]]:
         """Ranked matches ``offset .. offset+k-1`` for each query vector."""

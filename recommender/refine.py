@@ -67,6 +67,8 @@ class LabelCentroids:
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     type_label: str = TYPE_LABEL
     colour_label: str = COLOUR_LABEL
+    #: how the colour histograms were computed (recommender/colour.py); queries must match it
+    colour_method: str = colour.DEFAULT_METHOD
 
     @classmethod
     def fit(
@@ -75,11 +77,12 @@ class LabelCentroids:
         colours: np.ndarray,
         labels: Sequence[Mapping[str, str]],
         weights: Mapping[str, float] | None = None,
+        colour_method: str = colour.DEFAULT_METHOD,
     ) -> LabelCentroids:
-        """Learn centroids from the catalogue's features, colour histograms and labels."""
+        """Learn centroids from the catalogue's features, colour histograms (made by ``colour_method``) and labels."""
         type_names, type_centroids = _centroids(np.asarray(features, np.float32), [item.get(TYPE_LABEL, "") for item in labels])
         colour_names, colour_centroids = _centroids(np.asarray(colours, np.float32), [item.get(COLOUR_LABEL, "") for item in labels])
-        return cls(type_names, type_centroids, colour_names, colour_centroids, dict(weights or DEFAULT_WEIGHTS))
+        return cls(type_names, type_centroids, colour_names, colour_centroids, dict(weights or DEFAULT_WEIGHTS), colour_method=colour_method)
 
     def index_vectors(self, features: np.ndarray, colours: np.ndarray, labels: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Catalogue side: each product pulled towards its type and colour centroids."""
@@ -113,8 +116,7 @@ class LabelCentroids:
             "weights": dict(self.weights),
             "types": len(self.type_names),
             "colours": len(self.colour_names),
-            "colour_histogram": {"space": "CIE-Lab", "bins": [colour.L_BINS, colour.AB_BINS, colour.AB_BINS],
-                                 "white_threshold": colour.WHITE_THRESHOLD, "step": colour.STEP},
+            "colour_histogram": colour.describe(self.colour_method),
         }
 
     def save(self, directory: Path) -> None:
@@ -123,7 +125,8 @@ class LabelCentroids:
         np.save(directory / COLOUR_CENTROIDS, self.colour_centroids.astype(np.float32), allow_pickle=False)
         (directory / PARAMS_JSON).write_text(
             json.dumps({"type_names": self.type_names, "colour_names": self.colour_names, "weights": self.weights,
-                        "type_label": self.type_label, "colour_label": self.colour_label}, indent=1, ensure_ascii=False),
+                        "type_label": self.type_label, "colour_label": self.colour_label, "colour_method": self.colour_method},
+                       indent=1, ensure_ascii=False),
             encoding="utf-8",
         )
 
@@ -139,6 +142,7 @@ class LabelCentroids:
             weights={k: float(v) for k, v in params["weights"].items()},
             type_label=params.get("type_label", TYPE_LABEL),
             colour_label=params.get("colour_label", COLOUR_LABEL),
+            colour_method=colour.checked_method(params.get("colour_method", colour.UNRECORDED_METHOD)),
         )
         if len(refiner.type_names) != len(refiner.type_centroids) or len(refiner.colour_names) != len(refiner.colour_centroids):
             raise ValueError("refinement centroids do not match their names")

@@ -264,16 +264,17 @@ def embed_shopper_queries(
     import numpy as np
 
     from recommender import Recommender
-    from recommender.colour import colour_histograms
+    from recommender.colour import colour_histograms, method_of
     from recommender.evaluation import protocols
 
     recommender = Recommender(index_dir).load()
     extractor = recommender.extractor
     assert extractor is not None
+    colour_method = method_of(index.manifest.refinement)  # the one the index's stored histograms used
 
     def embed(shots: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.stack([recommender.decode(shot) for shot in shots])
-        return extractor.extract(pixels), colour_histograms(pixels)
+        return extractor.extract(pixels), colour_histograms(pixels, colour_method)
 
     print(f"Making and embedding {len(query_rows)} shopper photos (seed {seed})...", flush=True)
     return protocols.shopper_queries([photos[row] for row in query_rows], [index.products[row]["id"] for row in query_rows], embed,

@@ -44,7 +44,7 @@ def test_manifest_and_files(demo_index, resnet_random):
     assert manifest["format_version"] == 1
     assert datetime.fromisoformat(manifest["created_at"]).tzinfo is not None
     assert Path(manifest["images_root"]) == demo_index.catalogue.images_dir.resolve()
-    assert manifest["refinement"] == {"method": "none"} and manifest["vector_dim"] == 2048
+    assert manifest["refinement"] == {"method": "none", "colour_histogram": colour.describe()} and manifest["vector_dim"] == 2048
 
     assert index.vectors.dtype == np.float32 and index.vectors.shape == (98, 2048)
     np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +125,85 @@ def test_describe_records_the_method_and_the_histogram():
 def test_can_refine_needs_type_and_colour_columns():
     assert can_refine(["id", "articleType", "baseColour", "gender"])
     assert not can_refine(["id", "articleType"]) and not can_refine(["id", "baseColour"])
+
+
+# --- the colour-histogram method: recorded at build time, honoured at query time -------------------------------------
+
+
+def test_the_colour_method_is_saved_loaded_and_described(tmp_path):
+    features, colours, labels = catalogue()
+    refiner = LabelCentroids.fit(features, colours, labels)
+    assert refiner.colour_method == colour.DEFAULT_METHOD == colour.BORDER_METHOD
+    assert refiner.describe()["colour_histogram"] == colour.describe(colour.BORDER_METHOD)
+    refiner.save(tmp_path)
+    assert LabelCentroids.load(tmp_path).colour_method == colour.BORDER_METHOD
+    legacy = LabelCentroids.fit(features, colours, labels, colour_method=colour.WHITE_THRESHOLD_METHOD)
+    legacy.save(tmp_path)
+    assert LabelCentroids.load(tmp_path).colour_method == colour.WHITE_THRESHOLD_METHOD
+
+
+def test_refinement_files_from_before_the_method_was_recorded_mean_the_white_threshold(tmp_path):
+    features, colours, labels = catalogue()
+    LabelCentroids.fit(features, colours, labels).save(tmp_path)
+    params = json.loads((tmp_path / PARAMS_JSON).read_text(encoding="utf-8"))
+    del params["colour_method"]
+    (tmp_path / PARAMS_JSON).write_text(json.dumps(params), encoding="utf-8")
+    loaded = LabelCentroids.load(tmp_path)
+    assert loaded.colour_method == colour.WHITE_THRESHOLD_METHOD
+    assert colour.method_of(loaded.describe()) == colour.WHITE_THRESHOLD_METHOD
+    params["colour_method"] = "saliency"
+    (tmp_path / PARAMS_JSON).write_text(json.dumps(params), encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown colour-histogram method"):
+        LabelCentroids.load(tmp_path)
+
+
+def as_built_before_the_colour_method(index_dir: Path) -> None:
+    """Rewrite a refined index's files as the builds before the recorded colour method wrote them."""
+    params = json.loads((index_dir / PARAMS_JSON).read_text(encoding="utf-8"))
+    del params["colour_method"]
+    (index_dir / PARAMS_JSON).write_text(json.dumps(params), encoding="utf-8")
+    manifest = json.loads((index_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest["refinement"]["colour_histogram"] = {"space": "CIE-Lab", "bins": [5, 8, 8], "white_threshold": 245, "step": 2}
+    (index_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_an_old_refined_index_is_queried_with_the_white_threshold_histogram(demo_index_refined, demo_recommender, tmp_path):
+    from recommender import Recommender
+    from recommender.shopper_photos import rng_for, shopper_photo
+
+    old = tmp_path / "old-index"
+    shutil.copytree(demo_index_refined.path, old)
+    as_built_before_the_colour_method(old)
+    catalogue_ = demo_index_refined.catalogue
+    photo = shopper_photo(catalogue_.images_dir / catalogue_.items[7].image, rng_for(0, "old-index"), size=(240, 320))
+    old_recommender, new_recommender = Recommender(old).load(), demo_index_refined.recommender()
+    assert old_recommender.index.refiner is not None and old_recommender.index.refiner.colour_method == colour.WHITE_THRESHOLD_METHOD
+    assert colour.method_of(old_recommender.manifest.refinement) == colour.WHITE_THRESHOLD_METHOD
+    pixels = old_recommender.decode(photo)[None]
+    features = demo_recommender.embed(pixels)
+    old_histogram, new_histogram = (colour.colour_histograms(pixels, method) for method in colour.METHODS)
+    assert float(old_histogram[0] @ new_histogram[0]) < 0.95  # the two methods disagree on this photo
+    np.testing.assert_allclose(old_recommender.embed(pixels), LabelCentroids.query_vectors(features, old_histogram), atol=1e-5)
+    np.testing.assert_allclose(new_recommender.embed(pixels), LabelCentroids.query_vectors(features, new_histogram), atol=1e-5)
+
+
+def test_updating_an_old_index_makes_the_reused_colours_again(demo_index_refined, resnet_random, tmp_path):
+    from recommender import build_index, load_index
+    from recommender.images import load_image
+
+    old = tmp_path / "old-index"
+    shutil.copytree(demo_index_refined.path, old)
+    as_built_before_the_colour_method(old)
+    catalogue_ = demo_index_refined.catalogue
+    pixels = np.stack([load_image(catalogue_.images_dir / item.image, resnet_random.input_size) for item in catalogue_.items])
+    np.save(old / "colour.npy", colour.colour_histograms(pixels, colour.WHITE_THRESHOLD_METHOD))
+    report = build_index(catalogue_, old, resnet_random, update=True, refine="label-centroids")
+    assert report.extracted == 0 and report.reused == len(catalogue_)
+    index = load_index(old)
+    assert index.colours is not None and index.refiner is not None and index.refiner.colour_method == colour.DEFAULT_METHOD
+    assert colour.method_of(index.manifest.refinement) == colour.DEFAULT_METHOD
+    np.testing.assert_allclose(index.colours, colour.colour_histograms(pixels), atol=1e-6)
+    # An index that already records the current method keeps its histograms as they are.
+    np.save(old / "colour.npy", np.asarray(index.colours)[::-1].copy())
+    build_index(catalogue_, old, resnet_random, update=True, refine="label-centroids")
+    np.testing.assert_array_equal(load_index(old).colours, np.asarray(index.colours)[::-1])
