@@ -2,7 +2,7 @@
 
 Each chunk's arrays are written before the small JSON file that marks the chunk complete, so
 after Ctrl-C, ``kill`` or a power cut the same command resumes at the last finished chunk, and a
-chunk cut short is simply redone. A checkpoint is valid only for the model and photos folder that
+chunk cut short is simply redone. A checkpoint is valid only for the model, photos folder and colour histogram that
 made it (``state.json``); any other is discarded. The folder is deleted at times, so a folder at
 that path holding anything but checkpoint files is refused rather than cleared.
 """
@@ -72,7 +72,8 @@ class Checkpoint:
 
     def __init__(self, directory: Path, model: ModelIdentity, images_root: Path, *, save_every: int) -> None:
         self.directory = directory
-        self.identity = {"model": model.to_json(), "images_root": str(images_root.resolve())}
+        # The chunks hold colour histograms too: work saved by a build that computed them another way is redone.
+        self.identity = {"model": model.to_json(), "images_root": str(images_root.resolve()), "colour_histogram": colour.describe()}
         self.feature_dim = model.feature_dim
         self.save_every = save_every
         self.chunks: list[dict[str, Any]] = []

@@ -171,6 +171,22 @@ def test_work_of_another_model_or_photos_folder_is_discarded(tmp_path, change):
     assert other.done_ids() == set() and chunk_names(directory) == []
 
 
+def test_work_with_colour_histograms_of_another_method_is_discarded(tmp_path):
+    """A build interrupted before the colour descriptor changed must not mix the two kinds of histogram."""
+    directory, images = tmp_path / ".index.partial", tmp_path / "images"
+    first = Checkpoint(directory, MODEL, images, save_every=1)
+    first.open()
+    first.add(["1"], *rows(1), [])
+    state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    assert state["colour_histogram"] == colour.describe()
+    state["colour_histogram"] = colour.describe(colour.WHITE_THRESHOLD_METHOD)  # as an older build recorded it
+    (directory / "state.json").write_text(json.dumps(state), encoding="utf-8")
+
+    resumed = Checkpoint(directory, MODEL, images, save_every=1)
+    resumed.open()
+    assert resumed.done_ids() == set() and chunk_names(directory) == []
+
+
 def test_a_damaged_chunk_is_redone_and_no_new_chunk_takes_a_kept_name(tmp_path):
     directory, images = tmp_path / ".index.partial", tmp_path / "images"
     checkpoint = Checkpoint(directory, MODEL, images, save_every=1)
