@@ -177,7 +177,8 @@ def test_an_old_refined_index_is_queried_with_the_white_threshold_histogram(demo
     catalogue_ = demo_index_refined.catalogue
     photo = shopper_photo(catalogue_.images_dir / catalogue_.items[7].image, rng_for(0, "old-index"), size=(240, 320))
     old_recommender, new_recommender = Recommender(old).load(), demo_index_refined.recommender()
-    assert old_recommender.index.refiner is not None and old_recommender.index.refiner.colour_method == colour.WHITE_THRESHOLD_METHOD
+    assert old_recommender.index is not None and old_recommender.index.refiner is not None
+    assert old_recommender.index.refiner.colour_method == colour.WHITE_THRESHOLD_METHOD
     assert colour.method_of(old_recommender.manifest.refinement) == colour.WHITE_THRESHOLD_METHOD
     pixels = old_recommender.decode(photo)[None]
     features = demo_recommender.embed(pixels)
