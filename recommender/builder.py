@@ -65,8 +65,18 @@ def resolve_refine(refine: str, catalogue: Catalogue) -> str:
     return refine
 
 
-def resolve_head(head: str, refine: str, catalogue: Catalogue) -> str:
-    """The embedding head to train: ``labels`` needs labels and takes the refinement's place."""
+def resolve_head(head: str | None, refine: str, catalogue: Catalogue, earlier: CatalogueIndex | None = None) -> str:
+    """The embedding head to train: ``labels`` needs labels and takes the refinement's place.
+
+    ``None`` keeps what the ``earlier`` index (an ``--update``) has, so an update never silently
+    drops a head; on a fresh build it means ``none``.
+    """
+    if head is None:
+        head = head_module.LABELS if earlier is not None and earlier.head is not None else head_module.NONE
+        if head == head_module.LABELS and refine not in ("auto", refine_module.NONE):
+            raise BuildError(
+                f"This index embeds with a learned head; --refine {refine} would replace it: add --head none to drop the head."
+            )
     if head == head_module.NONE:
         return head
     if head != head_module.LABELS:
@@ -91,7 +101,7 @@ def build_index(
     refine: str = "auto",
     lock_wait: float | None = 0.0,
     on_wait: Callable[[], None] | None = None,
-    head: str = head_module.NONE,
+    head: str | None = None,
     head_settings: head_module.HeadSettings | None = None,
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
@@ -104,21 +114,23 @@ def build_index(
     The whole build holds ``out_dir``'s exclusive lock: when another build has it, wait up to
     ``lock_wait`` seconds (``None``: until it is done; ``on_wait()`` is called once when waiting
     starts), then :class:`BuildLockedError`.
-    ``head``: ``none`` (default) or ``labels``, a learned embedding head (recommender/head.py,
-    trained with ``head_settings``) applied to products and queries alike, instead of a refinement.
+    ``head``: ``none`` or ``labels``, a learned embedding head (recommender/head.py, trained with
+    ``head_settings``, else the settings an updated index recorded) applied to products and
+    queries alike, instead of a refinement. ``None`` (default): what the updated index has, else none.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     if batch_size < 1:
         raise BuildError("--batch-size must be at least 1")
-    head = resolve_head(head, refine, catalogue)
+    if head is not None or not update:
+        head = resolve_head(head, refine, catalogue)  # fail fast, before the lock; None waits for the earlier index
     check_output(out_dir, catalogue)
     with output_lock(out_dir, wait=lock_wait, on_wait=on_wait):
         check_output(out_dir, catalogue)  # again: the folder may have changed while we waited
         remove_stale_siblings(out_dir)
         report = _build_locked(
             catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress,
-            refine_module.NONE if head != head_module.NONE else refine, head, head_settings,
+            refine, head, head_settings,
         )  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
@@ -134,13 +146,18 @@ def _build_locked(
     on_start: Callable[[int, int], None] | None,
     on_progress: Callable[[int], None] | None,
     refine: str,
-    head: str = head_module.NONE,
+    head: str | None = None,
     head_settings: head_module.HeadSettings | None = None,
 ) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
     model = extractor.identity
-    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head)
     earlier = _earlier_index(out_dir, model) if update else None
+    head = resolve_head(head, refine, catalogue, earlier)
+    if head != head_module.NONE:
+        refine = refine_module.NONE
+        if head_settings is None and earlier is not None and earlier.head is not None:
+            head_settings = earlier.head.settings  # an update re-trains the head as it was trained
+    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head)
     earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
     report.removed = sum(1 for item_id in earlier_rows if item_id not in wanted_ids)

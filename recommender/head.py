@@ -258,22 +258,37 @@ def shopper_views(
     settings: HeadSettings | None = None,
     batch_size: int = 32,
 ) -> list[np.ndarray]:
-    """Backbone features of ``settings.views`` shopper-like photos of each item, row-aligned with ``items``.
-
-    Each photo goes through the query path (JPEG bytes, decode, square pad). Its generator is
-    keyed by view and product, never by the product alone as the shopper evaluation protocol's
-    queries are. A view that cannot be decoded falls back to the catalogue photo.
-    """
-    settings = settings or HeadSettings()
+    """Backbone features of ``settings.views`` shopper-like photos of each item, row-aligned with ``items``."""
     paths = [catalogue.images_dir / item.image for item in items]
+    return shopper_view_features(paths, [item.id for item in items], extractor, settings, batch_size)
+
+
+def shopper_view_features(
+    paths: Sequence[Path],
+    keys: Sequence[str],
+    extractor: FeatureExtractor,
+    settings: HeadSettings | None = None,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """Backbone features of ``settings.views`` shopper-like photos of each photo in ``paths``.
+
+    ``keys`` are the products' ids. Each photo goes through the query path (JPEG bytes, decode,
+    square pad); its backgrounds come from ``paths`` only, so training on a subset of the catalogue
+    (a held-out evaluation) never shows the head the other photos. Its generator is keyed by view
+    and product, never by the product alone as the shopper evaluation protocol's queries are. A
+    view that cannot be decoded falls back to the catalogue photo.
+    """
+    if len(paths) != len(keys):
+        raise ValueError(f"{len(paths)} photos for {len(keys)} keys")
+    settings = settings or HeadSettings()
     size = extractor.input_size
     views = []
     for view in range(settings.views):
-        features = np.empty((len(items), extractor.feature_dim), dtype=np.float32)
-        for start in range(0, len(items), batch_size):
+        features = np.empty((len(paths), extractor.feature_dim), dtype=np.float32)
+        for start in range(0, len(paths), batch_size):
             pixels = []
-            for item, path in zip(items[start : start + batch_size], paths[start : start + batch_size]):
-                rng = rng_for(settings.seed, f"head-view-{view}:{item.id}")
+            for key, path in zip(keys[start : start + batch_size], paths[start : start + batch_size]):
+                rng = rng_for(settings.seed, f"head-view-{view}:{key}")
                 try:
                     photo = shopper_photo(path, rng, size=settings.view_size, background_pool=paths, avoid=path)
                     pixels.append(load_image(photo, size))

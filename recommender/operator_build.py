@@ -57,7 +57,7 @@ def build_from_folder(
     refine: str = "auto",
     lock_wait: float | None = 0.0,
     events: BuildEvents | None = None,
-    head: str = "none",
+    head: str | None = None,
 ) -> BuildReport:
     """Index the catalogue at ``images`` (labels from ``styles``) into ``out_dir``.
 

@@ -47,10 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--head",
-        default="none",
+        default=None,
         choices=["none", "labels"],
         help="labels: train an embedding head on the backbone features from styles.csv labels and shopper-like views of "
-        "the photos (slower build; replaces the refinement; give it again with --update to keep it); default none",
+        "the photos (slower build; replaces the refinement). Default: none on a new index; with --update, what the index "
+        "has (its head is re-trained with the settings it recorded); --head none with --update drops the head",
     )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")

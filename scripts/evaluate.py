@@ -8,9 +8,12 @@ Protocols:
   * leave-one-out (default for a plain index): every labelled product queries the index with its
     stored vector; its own row is excluded from its results.
   * held-out (--holdout 0.2): a stratified 20% per articleType queries the other 80%. Anything the
-    index learned from labels (the label-centroid refinement) is re-learned on the 80% only. A
-    refined index is always evaluated this way (leave-one-out would leak its labels).
-  * --compare: plain backbone features vs the label-centroid refinement on the same split.
+    index learned from labels is re-learned on the 80% only: the label-centroid refinement, or the
+    embedding head (--head labels), re-trained with the settings the index recorded and shopper-like
+    views of the 80%'s photos only; queries then go through that re-trained head. A refined or
+    head index is always evaluated this way (leave-one-out would leak its labels).
+  * --compare: plain backbone features vs the index's method (the head of a head index, else the
+    label-centroid refinement) on the same split.
 
 Query photos (--queries), with either protocol:
   * catalogue (default): each query is its product's stored vector, i.e. its catalogue photo.
@@ -27,6 +30,7 @@ items), and mAP@k; see recommender/evaluation/metrics.py for the exact definitio
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -39,7 +43,8 @@ from scripts._cli import fail, positive_int, run_cli
 if TYPE_CHECKING:  # the engine is imported after argument parsing, so --help stays instant
     import numpy as np
 
-    from recommender import Catalogue, CatalogueIndex
+    from recommender import Catalogue, CatalogueIndex, Recommender
+    from recommender import head as head_module
     from recommender.evaluation.protocols import Evaluation, ShopperQueries
 
 DEFAULT_HOLDOUT = 0.2
@@ -57,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the metrics as JSON to FILE")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of 12 random queries and their results")
     parser.add_argument("--per-type-csv", type=Path, help="write per-articleType figures (default: <json stem>.per_type.csv)")
-    parser.add_argument("--compare", action="store_true", help="also compare plain features with the label-centroid refinement")
+    parser.add_argument("--compare", action="store_true", help="also compare plain features with the index's method: its embedding head, else the label-centroid refinement")
     parser.add_argument("--queries", choices=("catalogue", "shopper"), default="catalogue",
                         help="query with the catalogue photos (default) or with shopper-like phone photos made from them")
     return parser.parse_args(argv)
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    from recommender import head as head_module
     from recommender import load_catalogue, load_index, refine
     from recommender.evaluation import protocols, report
 
@@ -89,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     features = vectors if index.features is None else np.asarray(index.features, dtype=np.float32)
     colours = index.colours
     refiner = index.refiner
-    method = refine.METHOD if refiner is not None else refine.NONE
-    if index.head is not None:
-        fail(f"{args.index} embeds with a head trained on every product's labels (--head labels): evaluate.py cannot "
-             "re-train it on a held-out split yet, so its figures would leak labels. Evaluate an index built without --head.")
+    head = index.head
+    method = head_module.METHOD if head is not None else refine.METHOD if refiner is not None else refine.NONE
+    learned = "head" if head is not None else "refined"  # the method --compare sets against plain features
+    if head is not None and index.features is None:
+        fail(f"{args.index} embeds with a head but stores no backbone features: the index is damaged, rebuild it.")
 
     holdout = args.holdout
-    if holdout is None and refiner is not None:
+    if holdout is None and head is not None:
+        holdout = DEFAULT_HOLDOUT
+        print(
+            f"note: this index embeds with a head trained on every product's labels, so leave-one-out would leak the "
+            f"query's own label; evaluating a held-out {holdout:.0%} instead (head re-trained on the rest)."
+        )
+    elif holdout is None and refiner is not None:
         holdout = DEFAULT_HOLDOUT
         print(
             f"note: this index is refined with centroids learned from every product's labels, so leave-one-out would leak the "
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     elif holdout is None and args.compare:
         holdout = DEFAULT_HOLDOUT
         print(f"note: --compare needs a held-out split (the refinement learns from labels); using --holdout {holdout}.")
-    if args.compare and colours is None:
+    if args.compare and head is None and colours is None:
         fail(f"{args.index} stores no colour histograms (built before the refinement existed): rebuild it to use --compare.")
     if refiner is not None and colours is None:
         fail(f"{args.index} is refined but stores no colour histograms: the index is damaged, rebuild it.")
@@ -147,11 +160,23 @@ def main(argv: list[str] | None = None) -> int:
             )
             return protocols.held_out("refined", train, searchable_rows, test, query_rows, labels, k=k)
 
-        if refiner is not None or args.compare:
+        def retrained_head() -> Evaluation:
+            assert head is not None
+            views = head_views(args.index, photos or [image_of(index, catalogue, row) for row in range(len(index))],
+                               index, searchable_rows, head.settings)
+            train, test = protocols.head_split_vectors(
+                features, labels, searchable_rows, query_rows, views, head.settings,
+                query_features=None if shopper is None else query_features,
+            )
+            return protocols.held_out("head", train, searchable_rows, test, query_rows, labels, k=k)
+
+        if head is not None:
+            evaluations["head"] = retrained_head()
+        elif refiner is not None or args.compare:
             evaluations["refined"] = refined()
-        if refiner is None or args.compare:
+        if (refiner is None and head is None) or args.compare:
             evaluations["plain"] = plain()
-        evaluations["index"] = evaluations["refined" if refiner is not None else "plain"]
+        evaluations["index"] = evaluations["head" if head is not None else "refined" if refiner is not None else "plain"]
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
@@ -166,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         cost = shopper.milliseconds_per_query()
         print(f"\nShopper photos: {cost['transform']:.1f} ms per query to make, {cost['decode_and_embed']:.1f} ms to decode and embed.")
     if args.compare:
-        print(f"\nPlain backbone features vs label-centroid refinement, same split ({split['queries']} queries, "
+        against = "the embedding head (re-trained on the searchable side)" if head is not None else "label-centroid refinement"
+        print(f"\nPlain backbone features vs {against}, same split ({split['queries']} queries, "
               f"{split['searchable']} searchable):")
-        print(report.format_comparison(evaluations["plain"].report, evaluations["refined"].report))
+        print(report.format_comparison(evaluations["plain"].report, evaluations[learned].report, learned))
 
     if args.json:
         output: dict[str, object] = {**primary.to_json(), "mode": mode, "query_photos": args.queries, "k": k, "refinement": method,
@@ -178,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         if shopper is not None:
             output["shopper"] = {"seed": args.seed, "ms_per_query": {name: round(value, 2) for name, value in shopper.milliseconds_per_query().items()}}
         if args.compare:
-            output["compare"] = {
+            output["compare"] = {  # plain vs the index's method, keyed "refined" or "head"
                 "plain": evaluations["plain"].report.to_json(),
-                "refined": evaluations["refined"].report.to_json(),
-                "metrics": report.compare_reports(evaluations["plain"].report, evaluations["refined"].report),
+                learned: evaluations[learned].report.to_json(),
+                "metrics": report.compare_reports(evaluations["plain"].report, evaluations[learned].report, learned),
             }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(output, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -263,11 +289,10 @@ def embed_shopper_queries(
     """Shopper photos of ``query_rows``, decoded and embedded by the index's own model, as the bot does."""
     import numpy as np
 
-    from recommender import Recommender
     from recommender.colour import colour_histograms, method_of
     from recommender.evaluation import protocols
 
-    recommender = Recommender(index_dir).load()
+    recommender = open_model(index_dir)
     extractor = recommender.extractor
     assert extractor is not None
     colour_method = method_of(index.manifest.refinement)  # the one the index's stored histograms used
@@ -279,6 +304,27 @@ def embed_shopper_queries(
     print(f"Making and embedding {len(query_rows)} shopper photos (seed {seed})...", flush=True)
     return protocols.shopper_queries([photos[row] for row in query_rows], [index.products[row]["id"] for row in query_rows], embed,
                                      seed=seed, background_pool=pool, batch_size=extractor.batch_size)
+
+
+def head_views(
+    index_dir: Path, photos: Sequence[Path], index: CatalogueIndex, train_rows: np.ndarray, settings: head_module.HeadSettings
+) -> list[np.ndarray]:
+    """Backbone features of the head's shopper-like training views of ``train_rows`` (backgrounds from them only)."""
+    from recommender import head as head_module
+
+    extractor = open_model(index_dir).extractor
+    assert extractor is not None
+    print(f"Re-training the embedding head on {len(train_rows)} products ({settings.views} shopper-like views each)...", flush=True)
+    return head_module.shopper_view_features([photos[row] for row in train_rows], [index.products[row]["id"] for row in train_rows],
+                                             extractor, settings, batch_size=extractor.batch_size)
+
+
+@functools.cache
+def open_model(index_dir: Path) -> Recommender:
+    """The index's model, loaded once per run (shopper queries and the head's training views share it)."""
+    from recommender import Recommender
+
+    return Recommender(index_dir).load()
 
 
 def cli() -> int:

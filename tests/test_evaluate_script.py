@@ -147,3 +147,33 @@ def test_shopper_photos_are_harder_than_catalogue_photos_but_far_from_chance(tmp
     shopper = json.loads(shopper_json.read_text())["precision_at_5"]
     assert shopper["articleType"]["micro"] < catalogue["articleType"]["micro"] - 0.1
     assert shopper["masterCategory"]["micro"] > 0.6
+
+
+def test_a_head_index_is_evaluated_held_out_with_its_head_retrained_on_the_searchable_side(tmp_path, demo_catalogue, mobilenet_random):
+    from recommender import build_index
+    from recommender.head import METHOD, HeadSettings
+
+    index_dir = tmp_path / "head"
+    settings = HeadSettings(hidden=32, dim=16, epochs=2, views=1, view_size=(96, 128))
+    build_index(demo_catalogue, index_dir, mobilenet_random, head="labels", head_settings=settings)
+    catalogue_json, shopper_json = tmp_path / "catalogue.json", tmp_path / "shopper.json"
+    result = evaluate(demo_catalogue, index_dir, "--compare", "--json", catalogue_json)
+    assert result.returncode == 0, result.stderr
+    assert "head re-trained on the rest" in result.stdout and "Re-training the embedding head on" in result.stdout
+    assert "delta (points)" in result.stdout and "head" in result.stdout.split("delta (points)")[0].splitlines()[-1]
+    catalogue = json.loads(catalogue_json.read_text())
+    check_shape(catalogue, catalogue["split"]["queries"])
+    assert catalogue["mode"] == "held-out" and catalogue["refinement"] == METHOD and catalogue["split"]["holdout"] == 0.2
+    assert catalogue["split"]["queries"] + catalogue["split"]["searchable"] == len(demo_catalogue.items)
+    compare = catalogue["compare"]
+    assert set(compare) == {"plain", "head", "metrics"}
+    assert compare["head"]["precision_at_5"] == catalogue["precision_at_5"]
+    metric = compare["metrics"]["P@5 articleType micro"]
+    assert metric["delta_points"] == pytest.approx(100 * (metric["head"] - metric["plain"]), abs=0.01)
+
+    shopper_run = evaluate(demo_catalogue, index_dir, "--compare", "--queries", "shopper", "--json", shopper_json)
+    assert shopper_run.returncode == 0, shopper_run.stderr
+    shopper = json.loads(shopper_json.read_text())
+    assert shopper["split"] == catalogue["split"] and shopper["query_photos"] == "shopper"
+    assert shopper["compare"]["head"]["precision_at_5"] == shopper["precision_at_5"]
+    assert shopper["compare"]["plain"]["precision_at_5"] != compare["plain"]["precision_at_5"]  # other query photos

@@ -17,7 +17,6 @@ from recommender.evaluation.metrics import evaluate_rankings
 from recommender.head import METHOD, PARAMS_JSON, PROTOTYPE_FILE, WEIGHT_FILES, EmbeddingHead, HeadSettings, train_head
 from recommender.search import ExactSearcher
 from recommender.vectors import l2_normalize
-from scripts import evaluate
 from scripts.build_index import parse_args
 
 SMALL = HeadSettings(labels=("articleType",), hidden=64, dim=16, epochs=40, batch_size=32, views=1, seed=3)
@@ -104,8 +103,10 @@ def test_products_are_pulled_to_their_prototypes_queries_need_no_labels():
 
 
 def test_the_head_is_opt_in_and_needs_labels(demo_catalogue, tmp_path):
-    assert parse_args(["--images", "i", "--out", "o"]).head == "none"
+    assert parse_args(["--images", "i", "--out", "o"]).head is None  # none on a new index, what it has on --update
     assert parse_args(["--images", "i", "--out", "o", "--head", "labels"]).head == "labels"
+    assert parse_args(["--images", "i", "--out", "o", "--update", "--head", "none"]).head == "none"
+    assert resolve_head(None, "auto", demo_catalogue) == "none"
     assert resolve_head("none", "auto", demo_catalogue) == "none"
     assert resolve_head("labels", "auto", demo_catalogue) == "labels"
     with pytest.raises(BuildError, match="--refine none"):
@@ -135,10 +136,6 @@ def test_a_built_head_embeds_products_and_queries_alike(demo_catalogue, mobilene
     np.testing.assert_allclose(recommender.embed(pixels), index.head.query_vectors(mobilenet_random.extract(pixels)), atol=1e-5)
     assert len(recommender.recommend(photo, k=3)) == 3
 
-    with pytest.raises(SystemExit) as refused:  # its labels would leak into leave-one-out figures
-        evaluate.main(["--images", str(demo_catalogue.images_dir), "--styles", str(demo_catalogue.styles_path), "--index", str(out)])
-    assert refused.value.code == 2
-
     updated = build_index(demo_catalogue, out, mobilenet_random, update=True, head="labels", head_settings=settings)
     assert updated.extracted == 0 and updated.reused == len(demo_catalogue)  # the head is re-trained, no photo re-read
     assert load_index(out).head is not None
@@ -148,3 +145,36 @@ def test_a_built_head_embeds_products_and_queries_alike(demo_catalogue, mobilene
     Path(damaged / WEIGHT_FILES[0]).unlink()
     with pytest.raises(IndexCorruptError):
         load_index(damaged)
+
+
+def test_update_keeps_the_head_unless_told_to_drop_it(demo_catalogue, mobilenet_random, tmp_path):
+    out = tmp_path / "index"
+    settings = HeadSettings(hidden=24, dim=12, epochs=1, views=1, view_size=(96, 128), seed=5)
+    build_index(demo_catalogue, out, mobilenet_random, head="labels", head_settings=settings)
+
+    kept = build_index(demo_catalogue, out, mobilenet_random, update=True)  # no head given: keep what the index has
+    assert kept.head == "labels" and kept.refinement == "none" and kept.extracted == 0
+    index = load_index(out)
+    assert index.head is not None and index.head.settings == settings  # re-trained as the index recorded
+    assert index.manifest.refinement["method"] == METHOD and index.manifest.vector_dim == 12
+
+    with pytest.raises(BuildError, match="--head none"):  # a refinement would replace the head: say how to drop it
+        build_index(demo_catalogue, out, mobilenet_random, update=True, refine="label-centroids")
+    assert load_index(out).head is not None
+
+    dropped = build_index(demo_catalogue, out, mobilenet_random, update=True, head="none")
+    assert dropped.head == "none" and dropped.refinement == "label-centroids"  # --refine auto, as a new build
+    index = load_index(out)
+    assert index.head is None and index.refiner is not None and not any(out.glob("head*"))
+
+    plain = tmp_path / "plain"
+    assert build_index(demo_catalogue, plain, mobilenet_random, refine="none").head == "none"
+    assert build_index(demo_catalogue, plain, mobilenet_random, update=True, refine="none").head == "none"
+    assert load_index(plain).head is None
+
+
+def test_update_help_says_how_to_drop_the_head(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--head none with --update drops the head" in help_text

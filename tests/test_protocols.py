@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from recommender.evaluation.protocols import (
+    head_split_vectors,
     held_out,
     leave_one_out,
     refined_split_vectors,
@@ -167,3 +168,25 @@ def test_shopper_queries_embed_each_photo_once_in_batches_and_deterministically(
     assert not np.array_equal(shopper_queries(photos, keys, mean_colour, seed=1).features, first.features)
     with pytest.raises(ValueError, match="3 photos for 2 keys"):
         shopper_queries(photos, keys[:2], mean_colour, seed=0)
+
+
+def test_the_head_is_retrained_on_the_searchable_rows_only():
+    """The queries' labels never reach the re-trained head: changing them changes no vector."""
+    from recommender.head import HeadSettings
+
+    rng = np.random.default_rng(4)
+    types = np.repeat(np.arange(4), 10)
+    features = rng.standard_normal((4, 24))[types] + 0.3 * rng.standard_normal((40, 24))
+    labels = items(*[f"T{t}" for t in types])
+    query_rows, searchable_rows = np.arange(0, 40, 5), np.setdiff1d(np.arange(40), np.arange(0, 40, 5))
+    views = [features[searchable_rows] + 0.1 * rng.standard_normal((len(searchable_rows), 24))]
+    settings = HeadSettings(labels=("articleType",), hidden=16, dim=8, epochs=3, batch_size=16, dropout=0.0, views=1)
+    train, test = head_split_vectors(features, labels, searchable_rows, query_rows, views, settings)
+    assert train.shape == (len(searchable_rows), 8) and test.shape == (len(query_rows), 8)
+    relabelled = [dict(item, articleType="never seen") if row in set(query_rows) else item for row, item in enumerate(labels)]
+    train_again, test_again = head_split_vectors(features, relabelled, searchable_rows, query_rows, views, settings)
+    np.testing.assert_allclose(train_again, train, atol=1e-5)
+    np.testing.assert_allclose(test_again, test, atol=1e-5)
+    shopper = features[query_rows] + 1.0
+    np.testing.assert_allclose(np.linalg.norm(head_split_vectors(features, labels, searchable_rows, query_rows, views, settings,
+                                                                 query_features=shopper)[1], axis=1), 1.0, atol=1e-5)

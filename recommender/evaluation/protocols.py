@@ -3,7 +3,8 @@
 * leave-one-out: every labelled item queries the rest of the index, its own row excluded.
 * held-out: a stratified share of the items (:func:`stratified_holdout`) queries the remaining
   ones. Anything learned from labels must then be re-learned on the remaining ones only
-  (:func:`refined_split_vectors`), or the queries' own labels would leak into the index.
+  (:func:`refined_split_vectors`, :func:`head_split_vectors`), or the queries' own labels would
+  leak into the index.
 
 Query photos, either protocol:
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..head import HeadSettings, train_head
 from ..refine import LabelCentroids
 from ..search import ExactSearcher
 from ..shopper_photos import PhotoLike, rng_for, shopper_photo
@@ -145,6 +147,29 @@ def refined_split_vectors(
         refiner.index_vectors(features[searchable], colours[searchable], train_labels),
         LabelCentroids.query_vectors(asked_features, asked_colours),
     )
+
+
+def head_split_vectors(
+    features: np.ndarray,
+    labels: Sequence[Mapping[str, str]],
+    searchable_rows: Rows,
+    query_rows: Rows,
+    views: Sequence[np.ndarray],
+    settings: HeadSettings,
+    query_features: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding head trained on the searchable rows only (their labels and ``views``), then applied.
+
+    ``views`` are the searchable rows' shopper-view features, row for row with ``searchable_rows``
+    (made from their photos only). Returns ``(searchable vectors, query vectors)``; the queries go
+    through the head as the bot's would (no labels), from their stored features or ``query_features``.
+    """
+    searchable = np.asarray(searchable_rows, dtype=np.int64)
+    queries = np.asarray(query_rows, dtype=np.int64)
+    train_labels = [labels[row] for row in searchable]
+    head = train_head(features[searchable], train_labels, views, settings)
+    asked = features[queries] if query_features is None else query_features
+    return head.index_vectors(features[searchable], train_labels), head.query_vectors(asked)
 
 
 def shopper_query_photo(photo: PhotoLike, key: str, seed: int, background_pool: Sequence[PhotoLike] | None = None) -> bytes:

@@ -110,13 +110,13 @@ def write_per_type_csv(report: QualityReport, path: str | Path) -> None:
             writer.writerow({key: ("" if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()})
 
 
-def compare_reports(plain: QualityReport, refined: QualityReport) -> dict[str, dict[str, float | None]]:
-    """Each compared metric: plain, refined and the difference in percentage points."""
+def compare_reports(plain: QualityReport, refined: QualityReport, name: str = "refined") -> dict[str, dict[str, float | None]]:
+    """Each compared metric: plain, the other method's (under ``name``) and the difference in percentage points."""
     out: dict[str, dict[str, float | None]] = {}
-    for name, path in COMPARE_METRICS:
+    for metric, path in COMPARE_METRICS:
         a, b = plain.metric(path), refined.metric(path)
-        out[name.format(k=plain.k)] = _json_number(
-            {"plain": a, "refined": b, "delta_points": round(100.0 * (b - a), 2) if not (math.isnan(a) or math.isnan(b)) else float("nan")}
+        out[metric.format(k=plain.k)] = _json_number(
+            {"plain": a, name: b, "delta_points": round(100.0 * (b - a), 2) if not (math.isnan(a) or math.isnan(b)) else float("nan")}
         )
     return out
 
@@ -125,12 +125,12 @@ def _cell(value: float | None, width: int, places: int) -> str:
     return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{places}f}"
 
 
-def format_comparison(plain: QualityReport, refined: QualityReport) -> str:
+def format_comparison(plain: QualityReport, refined: QualityReport, name: str = "refined") -> str:
     """The terminal table of :func:`compare_reports`."""
-    rows = compare_reports(plain, refined)
-    lines = [f"{'metric':<26}{'plain':>8}{'refined':>9}{'delta (points)':>16}"]
-    for name, values in rows.items():
-        a, b, d = values["plain"], values["refined"], values["delta_points"]
+    rows = compare_reports(plain, refined, name)
+    lines = [f"{'metric':<26}{'plain':>8}{name:>9}{'delta (points)':>16}"]
+    for metric, values in rows.items():
+        a, b, d = values["plain"], values[name], values["delta_points"]
         delta = f"{'n/a':>16}" if d is None else f"{d:>+16.1f}"
-        lines.append(f"{name:<26}{_cell(a, 8, 3)}{_cell(b, 9, 3)}{delta}")
+        lines.append(f"{metric:<26}{_cell(a, 8, 3)}{_cell(b, 9, 3)}{delta}")
     return "\n".join(lines)
