@@ -175,4 +175,4 @@ class ChatQueues:
 
 def _unanswerable(exc: BaseException) -> bool:
     """Telegram will not take an answer now, and telling the shopper would fail the same way."""
-    return isinstance(exc, (RetryAfter, Forbidden)) or (isinstance(exc, NetworkError) and not isinstance(exc, BadRequest))
+    return isinstance(exc, Forbidden) or (isinstance(exc, NetworkError) and not isinstance(exc, BadRequest))

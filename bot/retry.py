@@ -6,7 +6,7 @@ and no call site wraps its own calls. ``getUpdates`` travels on a request object
 retried by the Updater.
 
 * Flood control (an answer carrying ``retry_after``) is waited out as long as Telegram asks, unless
-  that is longer than :data:`MAX_WAIT_SECONDS`.
+  that would take the call past :data:`MAX_TOTAL_WAIT_SECONDS` of waiting.
 * Other error answers (5xx...) and network failures back off exponentially. Refusals (400
   ``BadRequest``, 401/404 ``InvalidToken``, 403 ``Forbidden``, 409 ``Conflict``) are final:
   retrying cannot fix them.
@@ -28,7 +28,6 @@ import asyncio
 import enum
 import json
 import logging
-import math
 from datetime import timedelta
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-#: Longest single wait for flood control before giving up on the call.
-MAX_WAIT_SECONDS = 60.0
 #: Longest total time one call spends waiting between attempts; past it the last error is raised.
 MAX_TOTAL_WAIT_SECONDS = 15.0
 
@@ -178,7 +175,7 @@ def _delay_after_answer(rule: Rule, code: int, answer: dict[str, Any], attempt: 
     parameters = answer.get("parameters")
     retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
     if isinstance(retry_after, int | float) and retry_after > 0:  # flood control
-        return float(retry_after) if retry_after <= MAX_WAIT_SECONDS else math.inf  # never wait minutes
+        return float(retry_after)  # a wait past MAX_TOTAL_WAIT_SECONDS gives up in do_request
     if code in _REFUSALS:
         return None
     return _backoff(attempt)

@@ -218,7 +218,7 @@ def _write_index(
     with IndexWriter(out_dir, len(rows), model.feature_dim, refine=report.refinement, keep_features=headed) as writer:
         for position, item in enumerate(rows):
             if item.id in earlier_rows:
-                assert earlier is not None and earlier.features is not None
+                assert earlier is not None
                 if earlier.colours is None:
                     raise BuildError("This index predates colour histograms; rebuild it without --update.")
                 row = earlier_rows[item.id]

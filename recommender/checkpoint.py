@@ -9,7 +9,6 @@ that path holding anything but checkpoint files is refused rather than cleared.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import colour
 from .errors import BuildError
-from .fileio import atomic_file, os_error_text, write_json_atomic
+from .fileio import atomic_file, os_error_text, read_json, write_json_atomic
 from .manifest import ModelIdentity
 
 STATE = "state.json"
@@ -87,7 +86,7 @@ class Checkpoint:
         state_path = self.directory / STATE
         if state_path.is_file():
             try:
-                same = json.loads(state_path.read_text(encoding="utf-8")) == self.identity
+                same = read_json(state_path) == self.identity
             except (OSError, ValueError):
                 same = False
             if same:
@@ -106,7 +105,7 @@ class Checkpoint:
         chunks = []
         for meta_path in sorted(self.directory.glob(f"{_CHUNK_PREFIX}*.json")):
             try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                meta = read_json(meta_path)
                 vectors = np.load(self.directory / meta["vectors"], mmap_mode="r", allow_pickle=False)
                 colours = np.load(self.directory / meta["colours"], mmap_mode="r", allow_pickle=False)
                 valid = (

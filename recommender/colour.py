@@ -111,7 +111,7 @@ def _spread_along_rows(reached: np.ndarray, candidate: np.ndarray) -> np.ndarray
     return touched[runs]
 
 
-def _border_connected(candidate: np.ndarray) -> np.ndarray:
+def border_connected(candidate: np.ndarray) -> np.ndarray:
     """The pixels of ``candidate`` (bool, H x W) reachable from the border through ``candidate`` (4-connected).
 
     Grows a whole row run, then a whole column run, at a time: a few rounds instead of one per pixel of distance.
@@ -171,7 +171,7 @@ def background_mask(image: np.ndarray, lab: np.ndarray | None = None) -> np.ndar
     colours = _border_colours(smooth, candidate)
     if len(colours):
         candidate |= _near(smooth, colours) | _near(lab, colours)
-    return _border_connected(candidate)
+    return border_connected(candidate)
 
 
 def _centre_prior(shape: tuple[int, int]) -> np.ndarray:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .catalogue import Catalogue, CatalogueItem
 from .errors import ImageDecodeError
@@ -282,18 +283,24 @@ def shopper_view_features(
         raise ValueError(f"{len(paths)} photos for {len(keys)} keys")
     settings = settings or HeadSettings()
     size = extractor.input_size
-    views = []
-    for view in range(settings.views):
-        features = np.empty((len(paths), extractor.feature_dim), dtype=np.float32)
-        for start in range(0, len(paths), batch_size):
-            pixels = []
-            for key, path in zip(keys[start : start + batch_size], paths[start : start + batch_size]):
+    views = [np.empty((len(paths), extractor.feature_dim), dtype=np.float32) for _ in range(settings.views)]
+    for start in range(0, len(paths), batch_size):
+        pixels: list[list[np.ndarray]] = [[] for _ in views]
+        for key, path in zip(keys[start : start + batch_size], paths[start : start + batch_size]):
+            try:
+                with Image.open(path) as opened:  # read and decoded once for all of its views
+                    source: Image.Image | None = opened.convert("RGB")
+            except (OSError, ValueError):
+                source = None
+            for view, view_pixels in enumerate(pixels):
                 rng = rng_for(settings.seed, f"head-view-{view}:{key}")
                 try:
-                    photo = shopper_photo(path, rng, size=settings.view_size, background_pool=paths, avoid=path)
-                    pixels.append(load_image(photo, size))
+                    if source is None:
+                        raise ValueError(f"{path} cannot be opened")
+                    photo = shopper_photo(source, rng, size=settings.view_size, background_pool=paths, avoid=path)
+                    view_pixels.append(load_image(photo, size))
                 except (ImageDecodeError, OSError, ValueError):
-                    pixels.append(load_image(path, size))
-            features[start : start + len(pixels)] = extractor.extract(np.stack(pixels), batch_size=batch_size)
-        views.append(features)
+                    view_pixels.append(load_image(path, size))
+        for features, view_pixels in zip(views, pixels):
+            features[start : start + len(view_pixels)] = extractor.extract(np.stack(view_pixels), batch_size=batch_size)
     return views

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -59,9 +59,9 @@ class CatalogueIndex:
     manifest: Manifest
     vectors: np.ndarray
     products: list[dict[str, str]]
+    #: backbone features (the same array as ``vectors`` when there is no refinement or head)
+    features: np.ndarray
     columns: list[str] = field(default_factory=list)
-    #: backbone features (the same array as ``vectors`` when there is no refinement)
-    features: np.ndarray | None = None
     #: colour histograms, or None for an index built without them
     colours: np.ndarray | None = None
     #: the label-aware refinement the vectors were built with, or None
@@ -318,12 +318,7 @@ class IndexWriter:
         assert features is not None and colours is not None
         refiner = LabelCentroids.fit(features, colours, labels)
         vector_dim = refiner.vector_dim(self.feature_dim)
-        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, vector_dim))
-        for start in range(0, self.count, _REFINE_BLOCK):
-            stop = start + _REFINE_BLOCK
-            vectors[start:stop] = refiner.index_vectors(features[start:stop], colours[start:stop], labels[start:stop])
-        vectors.flush()
-        del vectors
+        self._write_vectors(staging, vector_dim, lambda rows: refiner.index_vectors(features[rows], colours[rows], labels[rows]))
         refiner.save(staging)
         return vector_dim, refiner.describe()
 
@@ -331,11 +326,14 @@ class IndexWriter:
         """(vector_dim, head description): every product's vector from the trained head, and the head's files."""
         features = self._features
         assert features is not None
-        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, head.vector_dim))
-        for start in range(0, self.count, _REFINE_BLOCK):
-            stop = start + _REFINE_BLOCK
-            vectors[start:stop] = head.index_vectors(features[start:stop], labels[start:stop])
-        vectors.flush()
-        del vectors
+        self._write_vectors(staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows]))
         head.save(staging)
         return head.vector_dim, head.describe()
+
+    def _write_vectors(self, staging: Path, vector_dim: int, vectors_of: Callable[[slice], np.ndarray]) -> None:
+        """vectors.npy, computed block by block so memory stays bounded for huge catalogues."""
+        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, vector_dim))
+        for start in range(0, self.count, _REFINE_BLOCK):
+            vectors[start : start + _REFINE_BLOCK] = vectors_of(slice(start, start + _REFINE_BLOCK))
+        vectors.flush()
+        del vectors

@@ -53,6 +53,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .colour import border_connected
+
 #: What a catalogue photo may be given as: a decoded RGB array, a Pillow image or a file path.
 PhotoLike = Union[np.ndarray, Image.Image, str, "os.PathLike[str]"]
 
@@ -99,22 +101,6 @@ def _as_rgb(photo: PhotoLike) -> Image.Image:
         return image.convert("RGB")
 
 
-def _border_connected(candidate: np.ndarray) -> np.ndarray:
-    """The pixels of ``candidate`` (bool, H x W) reachable from the border through ``candidate``."""
-    reached = np.zeros_like(candidate)
-    reached[0, :], reached[-1, :], reached[:, 0], reached[:, -1] = candidate[0, :], candidate[-1, :], candidate[:, 0], candidate[:, -1]
-    while True:
-        grown = reached.copy()
-        grown[1:, :] |= reached[:-1, :]
-        grown[:-1, :] |= reached[1:, :]
-        grown[:, 1:] |= reached[:, :-1]
-        grown[:, :-1] |= reached[:, 1:]
-        grown &= candidate
-        if np.array_equal(grown, reached):
-            return reached
-        reached = grown
-
-
 def product_mask(photo: PhotoLike) -> Image.Image:
     """The product's mask (``L``, photo size, 255 = product): not the white studio background around it.
 
@@ -125,7 +111,7 @@ def product_mask(photo: PhotoLike) -> Image.Image:
     small = image.copy()
     small.thumbnail((MASK_SIDE, MASK_SIDE), Image.Resampling.BILINEAR)
     pixels = np.asarray(small)
-    background = _border_connected(pixels.min(axis=2) >= WHITE_LEVEL)
+    background = border_connected(pixels.min(axis=2) >= WHITE_LEVEL)
     if background.mean() < MIN_BACKGROUND_SHARE:
         return Image.new("L", image.size, 255)
     mask = Image.fromarray(np.where(background, 0, 255).astype(np.uint8), "L").filter(ImageFilter.MinFilter(3))

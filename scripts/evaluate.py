@@ -30,7 +30,6 @@ items), and mAP@k; see recommender/evaluation/metrics.py for the exact definitio
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -43,7 +42,7 @@ from scripts._cli import fail, positive_int, run_cli
 if TYPE_CHECKING:  # the engine is imported after argument parsing, so --help stays instant
     import numpy as np
 
-    from recommender import Catalogue, CatalogueIndex, Recommender
+    from recommender import Catalogue, CatalogueIndex, FeatureExtractor
     from recommender import head as head_module
     from recommender.evaluation.protocols import Evaluation, ShopperQueries
 
@@ -92,14 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {len(index) - len(labelled_rows)} indexed products have no {args.styles.name} row: searchable, not queries.")
 
     vectors = np.asarray(index.vectors, dtype=np.float32)
-    features = vectors if index.features is None else np.asarray(index.features, dtype=np.float32)
+    features = np.asarray(index.features, dtype=np.float32)
     colours = index.colours
     refiner = index.refiner
     head = index.head
     method = head_module.METHOD if head is not None else refine.METHOD if refiner is not None else refine.NONE
     learned = "head" if head is not None else "refined"  # the method --compare sets against plain features
-    if head is not None and index.features is None:
-        fail(f"{args.index} embeds with a head but stores no backbone features: the index is damaged, rebuild it.")
 
     holdout = args.holdout
     if holdout is None and head is not None:
@@ -119,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: --compare needs a held-out split (the refinement learns from labels); using --holdout {holdout}.")
     if args.compare and head is None and colours is None:
         fail(f"{args.index} stores no colour histograms (built before the refinement existed): rebuild it to use --compare.")
-    if refiner is not None and colours is None:
-        fail(f"{args.index} is refined but stores no colour histograms: the index is damaged, rebuild it.")
 
     k = args.k
     weights = refiner.weights if refiner is not None else None
@@ -129,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     shopper: ShopperQueries | None = None
     shopper_pool: list[Path] | None = None
     photos = [image_of(index, catalogue, row) for row in range(len(index))] if args.queries == protocols.SHOPPER_QUERIES else []
+    # shopper photos and the head's training views are embedded by the index's own model, loaded once
+    extractor = index_model(index) if args.queries == protocols.SHOPPER_QUERIES or head is not None else None
     if holdout is None:
         mode = "leave-one-out"
         if args.queries == protocols.SHOPPER_QUERIES:
             shopper_pool = photos
-            shopper = embed_shopper_queries(args.index, photos, index, labelled_rows, shopper_pool, args.seed)
+            shopper = embed_shopper_queries(extractor, photos, index, labelled_rows, shopper_pool, args.seed)
         query_vectors = None if shopper is None else shopper.features
         evaluations["index"] = protocols.leave_one_out("plain", vectors, labels, labelled_rows, k=k, query_vectors=query_vectors)
     else:
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         split = {"holdout": holdout, "seed": args.seed, "queries": int(len(query_rows)), "searchable": int(len(searchable_rows))}
         if args.queries == protocols.SHOPPER_QUERIES:  # backgrounds come from the searchable side only
             shopper_pool = [photos[row] for row in searchable_rows]
-            shopper = embed_shopper_queries(args.index, photos, index, query_rows, shopper_pool, args.seed)
+            shopper = embed_shopper_queries(extractor, photos, index, query_rows, shopper_pool, args.seed)
         query_features = features[query_rows] if shopper is None else shopper.features
         query_colours = None if shopper is None else shopper.colours
 
@@ -156,17 +153,17 @@ def main(argv: list[str] | None = None) -> int:
             assert colours is not None
             train, test = protocols.refined_split_vectors(
                 features, colours, labels, searchable_rows, query_rows, weights=weights,
-                query_features=None if shopper is None else query_features, query_colours=query_colours,
+                query_features=query_features, query_colours=query_colours,
             )
             return protocols.held_out("refined", train, searchable_rows, test, query_rows, labels, k=k)
 
         def retrained_head() -> Evaluation:
             assert head is not None
-            views = head_views(args.index, photos or [image_of(index, catalogue, row) for row in range(len(index))],
+            views = head_views(extractor, photos or [image_of(index, catalogue, row) for row in range(len(index))],
                                index, searchable_rows, head.settings)
             train, test = protocols.head_split_vectors(
                 features, labels, searchable_rows, query_rows, views, head.settings,
-                query_features=None if shopper is None else query_features,
+                query_features=query_features,
             )
             return protocols.held_out("head", train, searchable_rows, test, query_rows, labels, k=k)
 
@@ -284,21 +281,20 @@ def image_of(index: CatalogueIndex, catalogue: Catalogue, row: int) -> Path:
 
 
 def embed_shopper_queries(
-    index_dir: Path, photos: Sequence[Path], index: CatalogueIndex, query_rows: Sequence[int] | np.ndarray, pool: Sequence[Path], seed: int
+    extractor: FeatureExtractor | None, photos: Sequence[Path], index: CatalogueIndex, query_rows: Sequence[int] | np.ndarray, pool: Sequence[Path], seed: int
 ) -> ShopperQueries:
     """Shopper photos of ``query_rows``, decoded and embedded by the index's own model, as the bot does."""
     import numpy as np
 
     from recommender.colour import colour_histograms, method_of
     from recommender.evaluation import protocols
+    from recommender.images import load_image
 
-    recommender = open_model(index_dir)
-    extractor = recommender.extractor
     assert extractor is not None
     colour_method = method_of(index.manifest.refinement)  # the one the index's stored histograms used
 
     def embed(shots: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        pixels = np.stack([recommender.decode(shot) for shot in shots])
+        pixels = np.stack([load_image(shot, extractor.input_size) for shot in shots])  # as Recommender.decode
         return extractor.extract(pixels), colour_histograms(pixels, colour_method)
 
     print(f"Making and embedding {len(query_rows)} shopper photos (seed {seed})...", flush=True)
@@ -307,24 +303,24 @@ def embed_shopper_queries(
 
 
 def head_views(
-    index_dir: Path, photos: Sequence[Path], index: CatalogueIndex, train_rows: np.ndarray, settings: head_module.HeadSettings
+    extractor: FeatureExtractor | None, photos: Sequence[Path], index: CatalogueIndex, train_rows: np.ndarray, settings: head_module.HeadSettings
 ) -> list[np.ndarray]:
     """Backbone features of the head's shopper-like training views of ``train_rows`` (backgrounds from them only)."""
     from recommender import head as head_module
 
-    extractor = open_model(index_dir).extractor
     assert extractor is not None
     print(f"Re-training the embedding head on {len(train_rows)} products ({settings.views} shopper-like views each)...", flush=True)
     return head_module.shopper_view_features([photos[row] for row in train_rows], [index.products[row]["id"] for row in train_rows],
                                              extractor, settings, batch_size=extractor.batch_size)
 
 
-@functools.cache
-def open_model(index_dir: Path) -> Recommender:
-    """The index's model, loaded once per run (shopper queries and the head's training views share it)."""
-    from recommender import Recommender
+def index_model(index: CatalogueIndex) -> FeatureExtractor:
+    """The model the index was built with, refused if its features would not match the index's."""
+    from recommender.recommender import extractor_for_index
 
-    return Recommender(index_dir).load()
+    extractor = extractor_for_index(index.manifest).load()
+    index.manifest.model.check_matches(extractor.identity)
+    return extractor
 
 
 def cli() -> int:

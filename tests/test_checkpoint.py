@@ -121,6 +121,13 @@ def rows(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((count, MODEL.feature_dim), dtype=np.float32), rng.random((count, colour.DIM), dtype=np.float32)
 
 
+def checkpoint_with_one_chunk(directory: Path, images: Path) -> None:
+    """A checkpoint that saved one item, as a build interrupted after its first chunk leaves it."""
+    first = Checkpoint(directory, MODEL, images, save_every=1)
+    first.open()
+    first.add(["1"], *rows(1), [])
+
+
 def chunk_names(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.glob("chunk-*.json"))
 
@@ -157,9 +164,7 @@ def test_work_is_saved_every_n_items_and_a_new_checkpoint_resumes_it(tmp_path):
 @pytest.mark.parametrize("change", ["model", "photos-folder"])
 def test_work_of_another_model_or_photos_folder_is_discarded(tmp_path, change):
     directory, images = tmp_path / ".index.partial", tmp_path / "images"
-    first = Checkpoint(directory, MODEL, images, save_every=1)
-    first.open()
-    first.add(["1"], *rows(1), [])
+    checkpoint_with_one_chunk(directory, images)
     assert chunk_names(directory) == ["chunk-000000.json"]
 
     if change == "model":
@@ -174,9 +179,7 @@ def test_work_of_another_model_or_photos_folder_is_discarded(tmp_path, change):
 def test_work_with_colour_histograms_of_another_method_is_discarded(tmp_path):
     """A build interrupted before the colour descriptor changed must not mix the two kinds of histogram."""
     directory, images = tmp_path / ".index.partial", tmp_path / "images"
-    first = Checkpoint(directory, MODEL, images, save_every=1)
-    first.open()
-    first.add(["1"], *rows(1), [])
+    checkpoint_with_one_chunk(directory, images)
     state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     assert state["colour_histogram"] == colour.describe()
     state["colour_histogram"] = colour.describe(colour.WHITE_THRESHOLD_METHOD)  # as an older build recorded it

@@ -33,9 +33,7 @@ from .report import QualityReport
 #: Index row numbers, as a list or an integer array.
 Rows = Sequence[int] | np.ndarray
 
-CATALOGUE_QUERIES = "catalogue"
 SHOPPER_QUERIES = "shopper"
-QUERY_PHOTOS = (CATALOGUE_QUERIES, SHOPPER_QUERIES)
 
 #: Encoded photos → ``(features, colour histograms)``, one row per photo, computed as the bot does.
 EmbedPhotos = Callable[[Sequence[bytes]], tuple[np.ndarray, np.ndarray]]
