@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from recommender import head as head_module
 from recommender.catalogue import Catalogue, find_catalogue
 from recommender.demo import make_demo_catalogue
 from recommender.errors import BuildError, CatalogueError, IndexNotFoundError, ModelLoadError
@@ -87,8 +88,16 @@ def _log_building(catalogue: Catalogue, extractor: FeatureExtractor) -> None:
     log.info("Indexing %d catalogue photos with %s (this happens once)...", len(catalogue), extractor.backbone)
 
 
+def _log_head_training(training: int, products: int) -> None:
+    log.info("Training the embedding head on %d of the %d products (minutes for a large catalogue)...", training, products)
+
+
 def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool) -> None:
-    """Build the index (the caller holds its lock); only the demo falls back to random weights."""
+    """Build the index (the caller holds its lock); only the demo falls back to random weights.
+
+    An operator's labelled catalogue gets the build script's default, the learned head
+    (``--head auto``); the demo's drawn products do not need one and start faster without.
+    """
     report = build_from_folder(
         images,
         styles,
@@ -96,7 +105,8 @@ def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool)
         backbone=settings.index_backbone,
         weights=settings.index_weights,
         fallback_weights=WEIGHTS_NONE if demo else None,
-        events=BuildEvents(model_fallback=_log_fallback, building=_log_building),
+        head=head_module.NONE if demo else head_module.AUTO,
+        events=BuildEvents(model_fallback=_log_fallback, building=_log_building, head_training=_log_head_training),
     )
     log.info("Index ready: %d products in %.0fs (%d unreadable photos skipped).", report.count, report.seconds, len(report.skipped))
 

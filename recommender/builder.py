@@ -49,6 +49,10 @@ class BuildReport:
     refinement: str = "none"
     #: ``labels`` when a learned embedding head made the search vectors
     head: str = "none"
+    #: products that trained the head (all, or a type-balanced sample of a large catalogue)
+    head_products: int = 0
+    #: seconds spent on the head: its shopper-like views, their forward passes and the training
+    head_seconds: float = 0.0
 
 
 def resolve_refine(refine: str, catalogue: Catalogue) -> str:
@@ -69,8 +73,15 @@ def resolve_head(head: str | None, refine: str, catalogue: Catalogue, earlier: C
     """The embedding head to train: ``labels`` needs labels and takes the refinement's place.
 
     ``None`` keeps what the ``earlier`` index (an ``--update``) has, so an update never silently
-    drops a head; on a fresh build it means ``none``.
+    drops a head; on a fresh build it means ``none``. ``auto`` (the operator's default) is
+    ``labels`` on a fresh build of a labelled catalogue with ``refine`` left to ``auto``, else
+    ``none``; on an update it keeps what the index has, as ``None`` does, so an update never
+    switches an index between the head and the refinement.
     """
+    if head == head_module.AUTO:
+        if earlier is None:
+            return head_module.LABELS if refine == "auto" and head_module.can_train(catalogue.columns) else head_module.NONE
+        head = None
     if head is None:
         head = head_module.LABELS if earlier is not None and earlier.head is not None else head_module.NONE
         if head == head_module.LABELS and refine not in ("auto", refine_module.NONE):
@@ -80,7 +91,7 @@ def resolve_head(head: str | None, refine: str, catalogue: Catalogue, earlier: C
     if head == head_module.NONE:
         return head
     if head != head_module.LABELS:
-        raise BuildError(f"Unknown --head {head!r}; choose {head_module.NONE} or {head_module.LABELS}.")
+        raise BuildError(f"Unknown --head {head!r}; choose {head_module.AUTO}, {head_module.NONE} or {head_module.LABELS}.")
     if not head_module.can_train(catalogue.columns):
         raise BuildError(f"--head {head} learns from the catalogue's labels: give a --styles CSV with articleType, baseColour or gender.")
     if refine not in ("auto", refine_module.NONE):
@@ -103,6 +114,7 @@ def build_index(
     on_wait: Callable[[], None] | None = None,
     head: str | None = None,
     head_settings: head_module.HeadSettings | None = None,
+    on_head: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
 
@@ -116,21 +128,23 @@ def build_index(
     starts), then :class:`BuildLockedError`.
     ``head``: ``none`` or ``labels``, a learned embedding head (recommender/head.py, trained with
     ``head_settings``, else the settings an updated index recorded) applied to products and
-    queries alike, instead of a refinement. ``None`` (default): what the updated index has, else none.
+    queries alike, instead of a refinement. ``None`` (default): what the updated index has, else none;
+    ``auto``: see :func:`resolve_head`. ``on_head(training, products)`` is called when the head's
+    training starts (a step without a progress bar).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     if batch_size < 1:
         raise BuildError("--batch-size must be at least 1")
-    if head is not None or not update:
-        head = resolve_head(head, refine, catalogue)  # fail fast, before the lock; None waits for the earlier index
+    if head not in (None, head_module.AUTO) or not update:
+        head = resolve_head(head, refine, catalogue)  # fail fast, before the lock; an update's default waits for the earlier index
     check_output(out_dir, catalogue)
     with output_lock(out_dir, wait=lock_wait, on_wait=on_wait):
         check_output(out_dir, catalogue)  # again: the folder may have changed while we waited
         remove_stale_siblings(out_dir)
         report = _build_locked(
             catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress,
-            refine, head, head_settings,
+            refine, head, head_settings, on_head,
         )  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
@@ -148,6 +162,7 @@ def _build_locked(
     refine: str,
     head: str | None = None,
     head_settings: head_module.HeadSettings | None = None,
+    on_head: Callable[[int, int], None] | None = None,
 ) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
     model = extractor.identity
@@ -181,7 +196,7 @@ def _build_locked(
 
     report.skipped = checkpoint.skipped()
     try:
-        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, head_settings, batch_size)
+        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, head_settings, on_head, batch_size)
     except OSError as exc:
         raise _not_in_place(exc, out_dir, checkpoint.directory) from exc
     checkpoint.remove()
@@ -206,6 +221,7 @@ def _write_index(
     finished: FinishedRows,
     report: BuildReport,
     head_settings: head_module.HeadSettings | None = None,
+    on_head: Callable[[int, int], None] | None = None,
     batch_size: int = 32,
 ) -> None:
     """Gather every product's row, from the earlier index or the checkpoint, in catalogue order."""
@@ -230,10 +246,33 @@ def _write_index(
         finished.close()
         trained = None
         if headed:
-            views = head_module.shopper_views(catalogue, rows, extractor, head_settings, batch_size)
-            trained = head_module.train_head(writer.features, [item.labels for item in rows], views, head_settings)
+            trained = _train_head(catalogue, rows, writer.features, extractor, report, head_settings, on_head, batch_size)
         writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained)
     report.count = len(rows)
+
+
+def _train_head(
+    catalogue: Catalogue,
+    rows: list[CatalogueItem],
+    features: np.ndarray,
+    extractor: FeatureExtractor,
+    report: BuildReport,
+    settings: head_module.HeadSettings | None,
+    on_head: Callable[[int, int], None] | None,
+    batch_size: int,
+) -> head_module.EmbeddingHead:
+    """Train the head on (a type-balanced sample of) ``rows``, timed for the report."""
+    started = time.perf_counter()
+    settings = settings or head_module.HeadSettings()
+    labels = [item.labels for item in rows]
+    sample = head_module.training_rows(labels, settings)
+    if on_head:
+        on_head(len(sample), len(rows))
+    views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, settings, batch_size)
+    trained = head_module.train_head(features[sample], [labels[row] for row in sample], views, settings)
+    report.head_products = len(sample)
+    report.head_seconds = time.perf_counter() - started
+    return trained
 
 
 def _colour_method(index: CatalogueIndex) -> str | None:

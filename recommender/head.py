@@ -5,15 +5,20 @@ photo, and plain features know little of article type, colour or gender. The cat
 are free training data, and shopper-like views of its photos (recommender/shopper_photos.py) teach
 the head that a phone photo and its studio photo are the same product::
 
-    e(x)   = l2n(W2 · relu(W1 · x + b1) + b2)                       (queries and products alike)
-    index  = l2n(e(x) + pull · sum_label P_label[label(x)])          (products with known labels)
+    e(x)   = l2n(W2 · relu(W1 · x + b1) + b2)
+    index  = l2n(e(x) + pull · sum_label P_label[label(x)])              (products with known labels)
+    query  = l2n(e(x) + query_pull · sum_label softmax(s · e(x) · P_labelᵀ) · P_label)   (any photo)
 
 trained with cosine-softmax objectives per label (prototype rows ``P_label``, unit length) plus a
-symmetric InfoNCE term pulling each shopper view towards its own catalogue photo. Search stays a
-flat cosine search; a query needs no labels. Weights are ``.npy`` files, parameters JSON: no pickle.
+symmetric InfoNCE term pulling each shopper view towards its own catalogue photo. A query, which
+has no labels, is pulled by its *predicted* label distribution, so both sides move towards the
+same prototypes. Search stays a flat cosine search. Weights are ``.npy`` files, parameters JSON:
+no pickle.
 
-Opt-in (``build_index.py --head labels``): the head replaces the label-centroid refinement, and
-its training views cost one shopper-like photo and one forward pass per product and view.
+The default for a new labelled index (``build_index.py --head auto``): the head replaces the
+label-centroid refinement. Its training views cost one shopper-like photo and one forward pass per
+product and view, so a large catalogue trains on a capped, type-balanced sample
+(:func:`training_rows`) and applies the head to every product.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ METHOD = "head-labels"
 #: ``--head`` values
 NONE = "none"
 LABELS = "labels"
+#: labels on a new index whose catalogue has them; on ``--update``, what the index has
+AUTO = "auto"
 PARAMS_JSON = "head.json"
 WEIGHT_FILES = ("head_w1.npy", "head_b1.npy", "head_w2.npy", "head_b2.npy")
 PROTOTYPE_FILE = "head_prototypes_{label}.npy"
@@ -63,6 +70,9 @@ class HeadSettings:
     temperature: float = 0.1
     #: how far a product is pulled towards its labels' prototypes in the index
     pull: float = 1.0
+    #: how far a query is pulled towards the prototypes it is predicted to carry (0: not at all;
+    #: heads saved before this setting existed load with 0, as they were built)
+    query_pull: float = 1.0
     #: each product's weight in the ``balance_label`` objective is (products of its class) ** -balance,
     #: so rare article types are not drowned by common ones (macro precision counts types alike)
     balance: float = 0.5
@@ -71,6 +81,9 @@ class HeadSettings:
     #: shopper-like views per product, and their frame (small: the model sees 224 x 224 anyway)
     views: int = 2
     view_size: tuple[int, int] = (240, 320)
+    #: at most this many products train the head (type-balanced sample, :func:`training_rows`):
+    #: the views' forward passes bound the build time, and the head is applied to every product
+    max_products: int = 6000
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (lists, not tuples), as the manifest and head.json hold them."""
@@ -97,15 +110,32 @@ class EmbeddingHead:
     def vector_dim(self) -> int:
         return int(self.w2.shape[1])
 
-    def query_vectors(self, features: np.ndarray) -> np.ndarray:
-        """Backbone features of any photo → unit-length search vectors (no labels needed)."""
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Backbone features → the head's unit-length embedding, before any prototype pull."""
         x = l2_normalize(np.asarray(features, dtype=np.float32))
         hidden = np.maximum(x @ self.w1 + self.b1, 0.0)
         return l2_normalize((hidden @ self.w2 + self.b2).astype(np.float32))
 
+    def query_vectors(self, features: np.ndarray) -> np.ndarray:
+        """Backbone features of any photo → unit-length search vectors (no labels needed).
+
+        The embedding moves towards each label's prototypes, weighted by how likely the photo
+        carries each class (the training objective's own softmax), as products move to theirs.
+        """
+        vectors = self.embed(features)
+        if not self.settings.query_pull:
+            return vectors
+        pulled = vectors.copy()
+        for prototypes in self.prototypes.values():
+            logits = self.settings.scale * (vectors @ prototypes.T)
+            likely = np.exp(logits - logits.max(axis=1, keepdims=True))
+            likely /= likely.sum(axis=1, keepdims=True)
+            pulled += self.settings.query_pull * (likely @ prototypes)
+        return l2_normalize(pulled.astype(np.float32))
+
     def index_vectors(self, features: np.ndarray, labels: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Products: their embedding pulled towards the prototypes of the labels they carry."""
-        vectors = self.query_vectors(features)
+        vectors = self.embed(features)
         if not self.settings.pull:
             return vectors
         for label, names in self.class_names.items():
@@ -141,6 +171,7 @@ class EmbeddingHead:
         settings_data = dict(params["settings"])
         settings_data["labels"] = tuple(settings_data["labels"])
         settings_data["view_size"] = tuple(settings_data["view_size"])
+        settings_data.setdefault("query_pull", 0.0)  # saved before queries were pulled: keep them as built
         try:
             settings = HeadSettings(**settings_data)
         except TypeError as exc:
@@ -245,6 +276,27 @@ def train_head(
         {label: l2_normalize(p.numpy().astype(np.float32)) for label, p in prototypes.items()},
         settings,
     )  # fmt: skip
+
+
+def training_rows(labels: Sequence[Mapping[str, str]], settings: HeadSettings | None = None) -> np.ndarray:
+    """Rows that train the head: all of them up to ``max_products``, else a type-balanced sample.
+
+    The sample keeps every product of the rare classes of ``balance_label`` and the same number
+    (as many as fit) of each common one, so the head still learns every type; it is seeded by the
+    settings' seed, so an ``--update`` of the same catalogue trains on the same products.
+    """
+    settings = settings or HeadSettings()
+    if len(labels) <= settings.max_products:
+        return np.arange(len(labels))
+    groups = np.array([item.get(settings.balance_label, "") for item in labels])
+    names, counts = np.unique(groups, return_counts=True)
+    low, high = 0, int(counts.max())
+    while low < high:  # the largest per-class share that fits
+        share = (low + high + 1) // 2
+        low, high = (share, high) if np.minimum(counts, share).sum() <= settings.max_products else (low, share - 1)
+    rng = np.random.default_rng(settings.seed)
+    chosen = [rng.choice(np.flatnonzero(groups == name), size=min(int(count), low), replace=False) for name, count in zip(names, counts)]
+    return np.sort(np.concatenate(chosen))
 
 
 def can_train(columns: Sequence[str], settings: HeadSettings | None = None) -> bool:

@@ -41,6 +41,8 @@ class BuildEvents:
     started: Callable[[int, int], None] = _ignore
     #: this many more photos went through (embedded or skipped)
     progress: Callable[[int], None] = _ignore
+    #: (training, products): the embedding head starts training on ``training`` of the ``products``
+    head_training: Callable[[int, int], None] = _ignore
 
 
 def build_from_folder(
@@ -84,6 +86,7 @@ def build_from_folder(
             on_progress=events.progress,
             refine=refine,
             head=head,
+            on_head=events.head_training,
         )
 
 

@@ -3,7 +3,7 @@
 
     python scripts/build_index.py --images DIR [--styles CSV] --out DIR
         [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update] [--wait]
-        [--refine auto|label-centroids|none] [--head none|labels]
+        [--refine auto|label-centroids|none] [--head auto|none|labels]
 
 Interrupted builds resume where they stopped when the same command is run again. Only an empty
 folder or an earlier index is replaced; one build at a time per output folder (``--wait`` queues).
@@ -47,11 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--head",
-        default=None,
-        choices=["none", "labels"],
+        default="auto",
+        choices=["auto", "none", "labels"],
         help="labels: train an embedding head on the backbone features from styles.csv labels and shopper-like views of "
-        "the photos (slower build; replaces the refinement). Default: none on a new index; with --update, what the index "
-        "has (its head is re-trained with the settings it recorded); --head none with --update drops the head",
+        "the photos (replaces the refinement; minutes of build time, capped by training on at most 6,000 products). "
+        "auto (default): labels on a new index whose styles.csv has articleType, baseColour or gender, unless --refine "
+        "says otherwise; with --update, what the index has (its head re-trained with the settings it recorded). "
+        "--head none with --update drops the head",
     )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")
@@ -79,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Resuming an interrupted build: {done} images already done.")
         bar = tqdm(total=total, initial=done, unit="img", desc="Extracting", disable=args.quiet, smoothing=0.1)
 
+    def head_training(training: int, products: int) -> None:
+        if bar:
+            bar.close()
+        of = f" (a type-balanced sample of the {products})" if training < products else ""
+        print(f"Training the embedding head on {training} products{of}, with shopper-like views of their photos...", flush=True)
+
     events = BuildEvents(
         catalogue_loaded=lambda catalogue: _print_catalogue(args, catalogue),
         waiting=lambda: print(f"Waiting for another build on {args.out} to finish...", flush=True),
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         building=building,
         started=started,
         progress=lambda count: bar.update(count) if bar else None,
+        head_training=head_training,
     )
     try:
         report = build_from_folder(
@@ -123,7 +132,8 @@ def _print_catalogue(args: argparse.Namespace, catalogue: Catalogue) -> None:
 
 
 def _print_report(report: BuildReport) -> None:
-    rate = report.extracted / report.seconds if report.seconds else 0.0
+    extracting = report.seconds - report.head_seconds
+    rate = report.extracted / extracting if extracting > 0 else 0.0
     print(
         f"Index written to {report.out_dir}: {report.count} products "
         f"({report.extracted} extracted at {rate:.1f} img/s, {report.reused} reused, {report.resumed} from checkpoint"
@@ -132,7 +142,10 @@ def _print_report(report: BuildReport) -> None:
     if report.refinement != "none":
         print(f"Refinement: {report.refinement} (learned from this catalogue's articleType and baseColour labels).")
     if report.head != "none":
-        print(f"Embedding head: {report.head} (trained on this catalogue's labels and shopper-like views of its photos).")
+        print(
+            f"Embedding head: {report.head} (trained on {report.head_products} products' labels and shopper-like views "
+            f"of their photos in {report.head_seconds:.1f}s, included above)."
+        )
     if report.skipped:
         print(f"Skipped {len(report.skipped)} unreadable image(s) (listed in {report.out_dir / 'skipped.csv'}):")
         for item_id, reason in report.skipped[:20]:

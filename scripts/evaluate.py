@@ -159,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def retrained_head() -> Evaluation:
             assert head is not None
+            training_rows = searchable_rows[head_module.training_rows([labels[row] for row in searchable_rows], head.settings)]
             views = head_views(extractor, photos or [image_of(index, catalogue, row) for row in range(len(index))],
-                               index, searchable_rows, head.settings)
+                               index, training_rows, head.settings)
             train, test = protocols.head_split_vectors(
                 features, labels, searchable_rows, query_rows, views, head.settings,
-                query_features=query_features,
+                query_features=query_features, training_rows=training_rows,
             )
             return protocols.held_out("head", train, searchable_rows, test, query_rows, labels, k=k)
 

@@ -1,4 +1,4 @@
-"""recommender/head.py: a learned embedding head, trained from labels and shopper-like views, opt-in."""
+"""recommender/head.py: a learned embedding head, trained from labels and shopper-like views; the default for labelled catalogues."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from recommender import Recommender, build_index, load_catalogue, load_index
 from recommender.builder import resolve_head
 from recommender.errors import BuildError, IndexCorruptError
 from recommender.evaluation.metrics import evaluate_rankings
-from recommender.head import METHOD, PARAMS_JSON, PROTOTYPE_FILE, WEIGHT_FILES, EmbeddingHead, HeadSettings, train_head
+from recommender.head import METHOD, PARAMS_JSON, PROTOTYPE_FILE, WEIGHT_FILES, EmbeddingHead, HeadSettings, train_head, training_rows
 from recommender.search import ExactSearcher
 from recommender.vectors import l2_normalize
 from scripts.build_index import parse_args
+from tests.build_helpers import make_shop
+from tests.recommender_helpers import run_script
 
 SMALL = HeadSettings(labels=("articleType",), hidden=64, dim=16, epochs=40, batch_size=32, views=1, seed=3)
 
@@ -95,18 +97,60 @@ def test_products_are_pulled_to_their_prototypes_queries_need_no_labels():
     head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 5}))
     features = data["features"][:2]
     labelled, unlabelled = head.index_vectors(features, [data["labels"][0], {}])
-    own = head.query_vectors(features)
+    own = head.embed(features)
     prototype = head.prototypes["articleType"][head.class_names["articleType"].index(data["labels"][0]["articleType"])]
     assert labelled @ prototype > own[0] @ prototype
     np.testing.assert_allclose(unlabelled, own[1], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(own, axis=1), 1.0, atol=1e-5)
 
 
-def test_the_head_is_opt_in_and_needs_labels(demo_catalogue, tmp_path):
-    assert parse_args(["--images", "i", "--out", "o"]).head is None  # none on a new index, what it has on --update
+def test_a_query_is_pulled_towards_the_prototypes_it_is_predicted_to_carry():
+    data = domain_shifted(per_class=10)
+    head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 20}))
+    embedded, queries = head.embed(data["features"]), head.query_vectors(data["features"])
+    prototypes = head.prototypes["articleType"]
+    predicted = np.argmax(embedded @ prototypes.T, axis=1)
+    rows = np.arange(len(predicted))
+    assert (queries @ prototypes.T)[rows, predicted].mean() > (embedded @ prototypes.T)[rows, predicted].mean() + 0.05
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    unpulled = EmbeddingHead(head.w1, head.b1, head.w2, head.b2, head.class_names, head.prototypes, HeadSettings(**{**head.settings.__dict__, "query_pull": 0.0}))
+    np.testing.assert_allclose(unpulled.query_vectors(data["features"]), embedded, atol=1e-6)
+
+
+def test_a_head_saved_before_query_pull_existed_loads_as_it_was_built(tmp_path):
+    data = domain_shifted(per_class=8)
+    head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 2}))
+    head.save(tmp_path)
+    params = json.loads((tmp_path / PARAMS_JSON).read_text())
+    del params["settings"]["query_pull"]
+    (tmp_path / PARAMS_JSON).write_text(json.dumps(params))
+    loaded = EmbeddingHead.load(tmp_path)
+    assert loaded.settings.query_pull == 0.0
+    np.testing.assert_allclose(loaded.query_vectors(data["features"]), head.embed(data["features"]), atol=1e-6)
+
+
+def test_a_large_catalogue_trains_on_a_type_balanced_sample():
+    counts = {"Tshirts": 500, "Shirts": 300, "Watches": 40, "Heels": 8, "Ties": 2}
+    labels = [{"articleType": name} for name, count in counts.items() for _ in range(count)]
+    settings = HeadSettings(max_products=200, seed=1)
+    rows = training_rows(labels, settings)
+    assert len(rows) <= 200 and len(set(rows.tolist())) == len(rows)
+    taken = {name: sum(1 for row in rows if labels[row]["articleType"] == name) for name in counts}
+    assert taken["Ties"] == 2 and taken["Heels"] == 8 and taken["Watches"] == 40  # rare types whole
+    assert taken["Tshirts"] == taken["Shirts"] >= 70  # common types share the rest equally
+    np.testing.assert_array_equal(rows, training_rows(labels, settings))  # the same sample every build
+    assert not np.array_equal(rows, training_rows(labels, HeadSettings(max_products=200, seed=2)))
+    np.testing.assert_array_equal(training_rows(labels[:150], settings), np.arange(150))  # small: everything
+
+
+def test_the_head_is_the_default_for_a_new_labelled_index_and_needs_labels(demo_catalogue, tmp_path):
+    assert parse_args(["--images", "i", "--out", "o"]).head == "auto"
     assert parse_args(["--images", "i", "--out", "o", "--head", "labels"]).head == "labels"
     assert parse_args(["--images", "i", "--out", "o", "--update", "--head", "none"]).head == "none"
-    assert resolve_head(None, "auto", demo_catalogue) == "none"
+    assert resolve_head("auto", "auto", demo_catalogue) == "labels"
+    assert resolve_head("auto", "none", demo_catalogue) == "none"  # plain features asked for
+    assert resolve_head("auto", "label-centroids", demo_catalogue) == "none"  # the refinement asked for
+    assert resolve_head(None, "auto", demo_catalogue) == "none"  # the library's default on a new index
     assert resolve_head("none", "auto", demo_catalogue) == "none"
     assert resolve_head("labels", "auto", demo_catalogue) == "labels"
     with pytest.raises(BuildError, match="--refine none"):
@@ -114,8 +158,20 @@ def test_the_head_is_opt_in_and_needs_labels(demo_catalogue, tmp_path):
     with pytest.raises(BuildError, match="Unknown --head"):
         resolve_head("magic", "auto", demo_catalogue)
     unlabelled = load_catalogue(demo_catalogue.images_dir)
+    assert resolve_head("auto", "auto", unlabelled) == "none"
     with pytest.raises(BuildError, match="--styles"):
         resolve_head("labels", "auto", unlabelled)
+
+
+def test_the_build_script_trains_a_head_by_default_and_says_so(tmp_path):
+    images, styles = make_shop(tmp_path / "shop", count=6)
+    out = tmp_path / "index"
+    result = run_script("build_index.py", "--images", images, "--styles", styles, "--out", out, "--backbone", "mobilenet_v2", "--weights", "none", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Training the embedding head on 6 products, with shopper-like views" in result.stdout
+    assert "Embedding head: labels (trained on 6 products' labels" in result.stdout
+    index = load_index(out)
+    assert index.head is not None and index.refiner is None and index.head.settings == HeadSettings()
 
 
 def test_a_built_head_embeds_products_and_queries_alike(demo_catalogue, mobilenet_random, tmp_path):
@@ -147,6 +203,21 @@ def test_a_built_head_embeds_products_and_queries_alike(demo_catalogue, mobilene
         load_index(damaged)
 
 
+def test_a_capped_build_trains_on_its_sample_and_embeds_every_product(demo_catalogue, mobilenet_random, tmp_path):
+    out = tmp_path / "index"
+    settings = HeadSettings(hidden=16, dim=8, epochs=1, views=1, view_size=(96, 128), max_products=12)
+    started: list[tuple[int, int]] = []
+    report = build_index(demo_catalogue, out, mobilenet_random, head="labels", head_settings=settings, on_head=lambda *a: started.append(a))
+    sample = training_rows([item.labels for item in demo_catalogue.items], settings)
+    assert 0 < len(sample) <= 12 < len(demo_catalogue)
+    assert started == [(len(sample), len(demo_catalogue))]
+    assert report.head_products == len(sample) and 0 < report.head_seconds < report.seconds
+    index = load_index(out)
+    assert index.head is not None and len(index.vectors) == len(demo_catalogue)
+    labels = [{k: v for k, v in product.items() if k not in ("id", "image")} for product in index.products]
+    np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels), atol=1e-6)
+
+
 def test_update_keeps_the_head_unless_told_to_drop_it(demo_catalogue, mobilenet_random, tmp_path):
     out = tmp_path / "index"
     settings = HeadSettings(hidden=24, dim=12, epochs=1, views=1, view_size=(96, 128), seed=5)
@@ -158,6 +229,8 @@ def test_update_keeps_the_head_unless_told_to_drop_it(demo_catalogue, mobilenet_
     assert index.head is not None and index.head.settings == settings  # re-trained as the index recorded
     assert index.manifest.refinement["method"] == METHOD and index.manifest.vector_dim == 12
 
+    assert build_index(demo_catalogue, out, mobilenet_random, update=True, head="auto").head == "labels"  # auto keeps it too
+
     with pytest.raises(BuildError, match="--head none"):  # a refinement would replace the head: say how to drop it
         build_index(demo_catalogue, out, mobilenet_random, update=True, refine="label-centroids")
     assert load_index(out).head is not None
@@ -166,6 +239,8 @@ def test_update_keeps_the_head_unless_told_to_drop_it(demo_catalogue, mobilenet_
     assert dropped.head == "none" and dropped.refinement == "label-centroids"  # --refine auto, as a new build
     index = load_index(out)
     assert index.head is None and index.refiner is not None and not any(out.glob("head*"))
+
+    assert build_index(demo_catalogue, out, mobilenet_random, update=True, head="auto").head == "none"  # nor adds one
 
     plain = tmp_path / "plain"
     assert build_index(demo_catalogue, plain, mobilenet_random, refine="none").head == "none"

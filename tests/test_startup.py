@@ -180,7 +180,8 @@ def test_first_start_builds_from_the_operator_catalogue(tmp_path, caplog):
         served = ensure_index(settings)
 
     assert served == f"operator catalogue {tmp_path / 'shop'} (index {tmp_path / 'index'})"
-    assert load_index(tmp_path / "index").ids() == ["1", "2", "3"]
+    index = load_index(tmp_path / "index")
+    assert index.ids() == ["1", "2", "3"] and index.head is not None  # a labelled catalogue: the build script's default head
     messages = [record.getMessage() for record in caplog.records]
     assert "Indexing 3 catalogue photos with mobilenet_v2 (this happens once)..." in messages
     assert any(message.startswith("Index ready: 3 products in ") for message in messages)
@@ -203,4 +204,5 @@ def test_weights_that_fail_to_load_fail_an_operator_catalogue_but_not_the_demo(t
     assert served.startswith("DEMO catalogue ")
     warnings = [record.getMessage() for record in caplog.records if record.name == "bot.startup" and record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Building the DEMO index with random weights instead" in warnings[0]
-    assert load_index(data / "index").manifest.weights == "none"
+    demo = load_index(data / "index")
+    assert demo.manifest.weights == "none" and demo.head is None  # the demo needs no head and starts faster without

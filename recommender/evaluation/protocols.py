@@ -155,19 +155,24 @@ def head_split_vectors(
     views: Sequence[np.ndarray],
     settings: HeadSettings,
     query_features: np.ndarray | None = None,
+    training_rows: Rows | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An embedding head trained on the searchable rows only (their labels and ``views``), then applied.
 
-    ``views`` are the searchable rows' shopper-view features, row for row with ``searchable_rows``
-    (made from their photos only). Returns ``(searchable vectors, query vectors)``; the queries go
-    through the head as the bot's would (no labels), from their stored features or ``query_features``.
+    ``training_rows`` (default: all searchable rows) are the searchable rows that train it, as a
+    build samples them (:func:`recommender.head.training_rows`); ``views`` are their shopper-view
+    features, row for row (made from searchable photos only). Returns ``(searchable vectors, query
+    vectors)``; the queries go through the head as the bot's would (no labels), from their stored
+    features or ``query_features``.
     """
     searchable = np.asarray(searchable_rows, dtype=np.int64)
     queries = np.asarray(query_rows, dtype=np.int64)
-    train_labels = [labels[row] for row in searchable]
-    head = train_head(features[searchable], train_labels, views, settings)
+    training = searchable if training_rows is None else np.asarray(training_rows, dtype=np.int64)
+    if np.setdiff1d(training, searchable).size:
+        raise ValueError("the head must train on searchable rows only")
+    head = train_head(features[training], [labels[row] for row in training], views, settings)
     asked = features[queries] if query_features is None else query_features
-    return head.index_vectors(features[searchable], train_labels), head.query_vectors(asked)
+    return head.index_vectors(features[searchable], [labels[row] for row in searchable]), head.query_vectors(asked)
 
 
 def shopper_query_photo(photo: PhotoLike, key: str, seed: int, background_pool: Sequence[PhotoLike] | None = None) -> bytes:
