@@ -14,7 +14,7 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,9 @@ from .extractor import FeatureExtractor
 from .fileio import os_error_text
 from .images import load_image
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
-from .manifest import ModelIdentity
+from .manifest import TENSORFLOW_RUNTIME
+from .onnx_export import RuntimeReport, prepare_onnx
+from .onnx_model import FP32, INT8, ONNX, TENSORFLOW, OnnxExtractor
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
 from .reader import read_batches
 
@@ -53,6 +55,9 @@ class BuildReport:
     head_products: int = 0
     #: seconds spent on the head: its shopper-like views, their forward passes and the training
     head_seconds: float = 0.0
+    #: what ran the model (``tensorflow`` or ``onnx``) and, for ONNX, what preparing it did
+    runtime: str = TENSORFLOW
+    runtime_report: RuntimeReport | None = None
 
 
 def resolve_refine(refine: str, catalogue: Catalogue) -> str:
@@ -67,6 +72,28 @@ def resolve_refine(refine: str, catalogue: Catalogue) -> str:
     if refine not in (refine_module.METHOD, refine_module.NONE):
         raise BuildError(f"Unknown --refine {refine!r}; choose auto, {refine_module.METHOD} or none.")
     return refine
+
+
+#: defaults of a new index (an update keeps its index's)
+DEFAULT_RUNTIME = TENSORFLOW
+DEFAULT_PRECISION = INT8
+
+
+def resolve_runtime(runtime: str | None, precision: str | None, earlier: CatalogueIndex | None = None) -> tuple[str, str]:
+    """``(runtime, precision)`` of this build: as asked, else what the updated index has, else the defaults."""
+    had = dict(earlier.manifest.runtime) if earlier is not None else {}
+    runtime = runtime or str(had.get("name", DEFAULT_RUNTIME) if earlier is not None else DEFAULT_RUNTIME)
+    if runtime not in (TENSORFLOW, ONNX):
+        raise BuildError(f"Unknown --runtime {runtime!r}; choose {TENSORFLOW} or {ONNX}.")
+    if precision is not None and precision not in (FP32, INT8):
+        raise BuildError(f"Unknown --precision {precision!r}; choose {FP32} or {INT8}.")
+    if runtime == TENSORFLOW:
+        if precision == INT8:
+            raise BuildError("--precision int8 needs --runtime onnx (TensorFlow runs fp32).")
+        return runtime, FP32
+    if had.get("name") == ONNX:
+        return runtime, precision or str(had.get("precision", FP32))
+    return runtime, precision or DEFAULT_PRECISION
 
 
 def resolve_head(head: str | None, refine: str, catalogue: Catalogue, earlier: CatalogueIndex | None = None) -> str:
@@ -115,6 +142,9 @@ def build_index(
     head: str | None = None,
     head_settings: head_module.HeadSettings | None = None,
     on_head: Callable[[int, int], None] | None = None,
+    runtime: str | None = None,
+    precision: str | None = None,
+    on_runtime: Callable[[RuntimeReport], None] | None = None,
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
 
@@ -131,6 +161,11 @@ def build_index(
     queries alike, instead of a refinement. ``None`` (default): what the updated index has, else none;
     ``auto``: see :func:`resolve_head`. ``on_head(training, products)`` is called when the head's
     training starts (a step without a progress bar).
+    ``runtime``: ``tensorflow`` or ``onnx`` (the Keras model exported to ONNX once, cached, and run by
+    ONNX Runtime for the build and every query; stored in the index), ``precision`` ``fp32`` or
+    ``int8`` (kept only if it passes :mod:`recommender.onnx_export`'s fidelity guard). ``None``: what
+    the updated index has, else :data:`DEFAULT_RUNTIME` / :data:`DEFAULT_PRECISION`. An update runs the
+    earlier index's own model file. ``on_runtime(report)`` says what preparing ONNX did.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
@@ -144,7 +179,7 @@ def build_index(
         remove_stale_siblings(out_dir)
         report = _build_locked(
             catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress,
-            refine, head, head_settings, on_head,
+            refine, head, head_settings, on_head, runtime, precision, on_runtime,
         )  # fmt: skip
     report.seconds = time.perf_counter() - started
     return report
@@ -163,16 +198,27 @@ def _build_locked(
     head: str | None = None,
     head_settings: head_module.HeadSettings | None = None,
     on_head: Callable[[int, int], None] | None = None,
+    runtime: str | None = None,
+    precision: str | None = None,
+    on_runtime: Callable[[RuntimeReport], None] | None = None,
 ) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
+    earlier = _earlier_index(out_dir) if update else None
+    runtime, precision = resolve_runtime(runtime, precision, earlier)
+    runtime_report, runtime_model = None, None
+    if runtime == ONNX:
+        extractor, runtime_model, runtime_report = _onnx_extractor(catalogue, extractor, precision, earlier, batch_size)
+        if on_runtime:
+            on_runtime(runtime_report)
     model = extractor.identity
-    earlier = _earlier_index(out_dir, model) if update else None
+    if earlier is not None:
+        earlier.manifest.model.check_matches(model)
     head = resolve_head(head, refine, catalogue, earlier)
     if head != head_module.NONE:
         refine = refine_module.NONE
         if head_settings is None and earlier is not None and earlier.head is not None:
             head_settings = earlier.head.settings  # an update re-trains the head as it was trained
-    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head)
+    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head, runtime=runtime, runtime_report=runtime_report)
     earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
     report.removed = sum(1 for item_id in earlier_rows if item_id not in wanted_ids)
@@ -196,20 +242,54 @@ def _build_locked(
 
     report.skipped = checkpoint.skipped()
     try:
-        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, head_settings, on_head, batch_size)
+        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, head_settings, on_head, batch_size, runtime_model)
     except OSError as exc:
         raise _not_in_place(exc, out_dir, checkpoint.directory) from exc
     checkpoint.remove()
     return report
 
 
-def _earlier_index(out_dir: Path, model: ModelIdentity) -> CatalogueIndex:
-    """The index an ``--update`` extends; it must exist and come from the same model."""
+def _earlier_index(out_dir: Path) -> CatalogueIndex:
+    """The index an ``--update`` extends (the caller checks that it comes from the same model)."""
     if not index_exists(out_dir):
         raise BuildError(f"--update needs an existing index at {out_dir}; build one first (without --update).")
-    earlier = load_index(out_dir, mmap=True)
-    earlier.manifest.model.check_matches(model)
-    return earlier
+    return load_index(out_dir, mmap=True)
+
+
+def _onnx_extractor(
+    catalogue: Catalogue, extractor: FeatureExtractor, precision: str, earlier: CatalogueIndex | None, batch_size: int
+) -> tuple[OnnxExtractor, Path, RuntimeReport]:
+    """The ONNX model this build embeds with: the updated index's own file, else exported (and quantised) now."""
+    had = earlier.manifest.runtime if earlier is not None else {}
+    if earlier is not None and had.get("name") == ONNX:
+        if precision != had.get("precision"):
+            raise BuildError(f"This index runs {had.get('precision')} ONNX; --precision {precision} needs a rebuild without --update.")
+        path = earlier.directory / str(had.get("file"))
+        exported = earlier.manifest.model
+        onnx = OnnxExtractor(path, replace(exported, runtime=TENSORFLOW_RUNTIME), precision, weights=extractor.weights_source,
+                             sha256=had.get("sha256"), batch_size=batch_size).load()  # fmt: skip
+        kept = {key: value for key, value in had.items() if key not in ("file", "sha256")}
+        report = RuntimeReport(ONNX, precision, str(kept.get("requested_precision", precision)), cached=True)
+        report.fidelity = dict(kept.get("fidelity") or {})
+        return onnx, path, report
+    return prepare_onnx(extractor, precision, _sample_pixels(catalogue, extractor.input_size), batch_size=batch_size)
+
+
+def _sample_pixels(catalogue: Catalogue, size: int) -> Callable[[int, int], np.ndarray]:
+    """Evenly spread catalogue photos: ``sample(count, 0)`` and ``sample(count, 1)`` never share one."""
+
+    def sample(count: int, offset: int) -> np.ndarray:
+        items = catalogue.items
+        spread = np.unique(np.linspace(0, len(items) - 1, num=min(len(items), 2 * count)).astype(int))
+        pixels = []
+        for row in spread[offset::2][:count]:
+            try:
+                pixels.append(load_image(catalogue.images_dir / items[int(row)].image, size))
+            except ImageDecodeError:
+                continue
+        return np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+
+    return sample
 
 
 def _write_index(
@@ -223,6 +303,7 @@ def _write_index(
     head_settings: head_module.HeadSettings | None = None,
     on_head: Callable[[int, int], None] | None = None,
     batch_size: int = 32,
+    runtime_model: Path | None = None,
 ) -> None:
     """Gather every product's row, from the earlier index or the checkpoint, in catalogue order."""
     rows = [item for item in catalogue.items if item.id in earlier_rows or item.id in finished]
@@ -247,7 +328,10 @@ def _write_index(
         trained = None
         if headed:
             trained = _train_head(catalogue, rows, writer.features, extractor, report, head_settings, on_head, batch_size)
-        writer.commit(catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained)
+        writer.commit(
+            catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained,
+            runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
+        )  # fmt: skip
     report.count = len(rows)
 
 

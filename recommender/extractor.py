@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ModelLoadError
 from .manifest import ModelIdentity
+from .vectors import l2_normalize
 
 #: Images per forward pass. TensorFlow holds every activation of a pass at once, so the pass size,
 #: not the number of images asked for, bounds the memory one call takes.
@@ -150,6 +151,12 @@ class FeatureExtractor:
         forward(tf.zeros([1, self.input_size, self.input_size, 3], tf.uint8))
         return self
 
+    def forward_function(self) -> Callable[[Any], Any]:
+        """The compiled ``tf.function`` (uint8 pixels → normalised features), e.g. for an ONNX export."""
+        self.load()
+        assert self._forward is not None
+        return self._forward
+
     @property
     def fingerprint(self) -> str:
         """SHA-256 over the backbone name and every weight tensor: identical iff features are."""
@@ -181,7 +188,8 @@ class FeatureExtractor:
         vectors = np.empty((len(images), self.feature_dim), dtype=np.float32)
         for start in range(0, len(images), step):
             vectors[start : start + step] = self._forward(images[start : start + step])
-        return vectors
+        # again in numpy: tf.math.l2_normalize's epsilon leaves tiny activations (random MobileNetV2) short of unit length
+        return l2_normalize(vectors)
 
     @property
     def identity(self) -> ModelIdentity:

@@ -36,7 +36,9 @@ from .confinement import ImageConfinement
 from .errors import IndexCorruptError, IndexNotFoundError
 from .fileio import read_json, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
 from .head import EmbeddingHead
-from .manifest import NO_REFINEMENT, CatalogueSummary, Manifest, ModelIdentity
+from .manifest import NO_REFINEMENT, TENSORFLOW_RUNTIME, CatalogueSummary, Manifest, ModelIdentity
+from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
+from .onnx_model import file_sha256
 from .refine import LabelCentroids
 
 MANIFEST = "manifest.json"
@@ -260,13 +262,17 @@ class IndexWriter:
         weights: str,
         previous: Manifest | None = None,
         head: EmbeddingHead | None = None,
+        runtime: Mapping[str, Any] | None = None,
+        runtime_model: Path | None = None,
     ) -> Manifest:
         """Write the search vectors, products.csv, skipped.csv and the manifest, then swap the index in.
 
         ``items`` are the products of the rows put, in row order, drawn from ``catalogue``;
         ``skipped`` lists the photos left out; ``model`` and ``weights`` made the features;
         ``previous`` is the index being updated (its creation date is kept); ``head``, a trained embedding
-        head that makes the search vectors (the writer must keep its features). Returns the manifest written.
+        head that makes the search vectors (the writer must keep its features). ``runtime`` describes
+        how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
+        its SHA-256 recorded). Returns the manifest written.
         """
         assert self._staging is not None and self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
         assert len(items) == self.count, f"{len(items)} products for {self.count} rows"
@@ -286,6 +292,10 @@ class IndexWriter:
             [ID_COLUMN, IMAGE_COLUMN, *label_columns],
         )
         _write_skipped(staging / SKIPPED, skipped)
+        runtime_details = dict(runtime or {"name": TENSORFLOW_RUNTIME})
+        if runtime_model is not None:
+            shutil.copyfile(runtime_model, staging / ONNX_MODEL_FILE)
+            runtime_details.update(file=ONNX_MODEL_FILE, sha256=file_sha256(staging / ONNX_MODEL_FILE))
         now = utc_timestamp()
         manifest = Manifest(
             model=model,
@@ -303,6 +313,7 @@ class IndexWriter:
                 missing_images=len(catalogue.missing_images),
                 unlabelled=len(catalogue.unlabelled),
             ),
+            runtime=runtime_details,
         )
         write_json_atomic(staging / MANIFEST, manifest.to_json())
         swap_into_place(staging, self.out_dir)

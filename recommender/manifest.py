@@ -18,6 +18,8 @@ from .errors import IndexCorruptError, ModelMismatchError
 FORMAT_VERSION = 1
 #: ``refinement.method`` of an index whose vectors are the plain backbone features.
 NO_REFINEMENT = "none"
+#: :attr:`ModelIdentity.runtime` of Keras/TensorFlow vectors (every index built before runtimes existed)
+TENSORFLOW_RUNTIME = "tensorflow"
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,20 @@ class ModelIdentity:
     pooling: str
     #: length of one backbone feature vector (``dim`` in manifest.json)
     feature_dim: int
+    #: what ran the model: ``tensorflow``, ``onnx-fp32`` or ``onnx-int8`` (int8 vectors differ from fp32 ones)
+    runtime: str = TENSORFLOW_RUNTIME
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "backbone": self.backbone,
             "weights_fingerprint": self.weights_fingerprint,
             "input_size": self.input_size,
             "pooling": self.pooling,
             "dim": self.feature_dim,
         }
+        if self.runtime != TENSORFLOW_RUNTIME:  # manifests and checkpoints from before runtimes stay byte-identical
+            data["runtime"] = self.runtime
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelIdentity:
@@ -48,11 +55,12 @@ class ModelIdentity:
             input_size=int(data["input_size"]),
             pooling=str(data["pooling"]),
             feature_dim=int(data["dim"]),
+            runtime=str(data.get("runtime", TENSORFLOW_RUNTIME)),
         )
 
     def check_matches(self, requested: ModelIdentity) -> None:
         """Refuse a ``requested`` model whose vectors would not be comparable with this index's."""
-        ours, theirs = self.to_json(), requested.to_json()
+        ours, theirs = {**self.to_json(), "runtime": self.runtime}, {**requested.to_json(), "runtime": requested.runtime}
         different = [key for key in ours if ours[key] != theirs[key]]
         if different:
             details = "; ".join(f"{key}: index={ours[key]!r}, requested={theirs[key]!r}" for key in different)
@@ -109,6 +117,9 @@ class Manifest:
     #: the refinement's own description; ``{"method": "none"}`` for plain backbone vectors
     refinement: Mapping[str, Any] = field(default_factory=lambda: {"method": NO_REFINEMENT})
     catalogue: CatalogueSummary = field(default_factory=CatalogueSummary)
+    #: how the model runs: ``{"name": "tensorflow"}``, or the ONNX model file, its SHA-256, precision
+    #: and (int8) the fidelity check against fp32 that let it in
+    runtime: Mapping[str, Any] = field(default_factory=lambda: {"name": TENSORFLOW_RUNTIME})
     format_version: int = FORMAT_VERSION
 
     @property
@@ -134,6 +145,8 @@ class Manifest:
             "refinement": dict(self.refinement),
             "vector_dim": self.vector_dim,
         }
+        if self.runtime.get("name", TENSORFLOW_RUNTIME) != TENSORFLOW_RUNTIME:
+            data["runtime_details"] = dict(self.runtime)
         if self.updated_at is not None:
             data["updated_at"] = self.updated_at
         return data
@@ -163,6 +176,7 @@ class Manifest:
                 updated_at=data.get("updated_at"),
                 refinement=dict(data.get("refinement") or {"method": NO_REFINEMENT}),
                 catalogue=CatalogueSummary.from_json(data.get("catalogue") or {}),
+                runtime=dict(data.get("runtime_details") or {"name": TENSORFLOW_RUNTIME}),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise IndexCorruptError(f"{source} holds a malformed value ({exc}). Rebuild the index.") from exc

@@ -16,6 +16,7 @@ from .builder import BuildReport, build_index
 from .catalogue import Catalogue, load_catalogue
 from .errors import ModelLoadError
 from .extractor import FeatureExtractor
+from .onnx_export import RuntimeReport
 from .output_folder import check_output, output_lock
 
 
@@ -43,6 +44,8 @@ class BuildEvents:
     progress: Callable[[int], None] = _ignore
     #: (training, products): the embedding head starts training on ``training`` of the ``products``
     head_training: Callable[[int, int], None] = _ignore
+    #: the ONNX model is ready (exported or from the cache; int8 kept or refused by the fidelity guard)
+    runtime_ready: Callable[[RuntimeReport], None] = _ignore
 
 
 def build_from_folder(
@@ -60,6 +63,8 @@ def build_from_folder(
     lock_wait: float | None = 0.0,
     events: BuildEvents | None = None,
     head: str | None = None,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> BuildReport:
     """Index the catalogue at ``images`` (labels from ``styles``) into ``out_dir``.
 
@@ -87,6 +92,9 @@ def build_from_folder(
             refine=refine,
             head=head,
             on_head=events.head_training,
+            runtime=runtime,
+            precision=precision,
+            on_runtime=events.runtime_ready,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,7 +22,9 @@ from .errors import ModelMismatchError, NotLoadedError
 from .extractor import FeatureExtractor, normalize_weights_option
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from .index_store import CatalogueIndex, load_index
-from .manifest import Manifest
+from .manifest import TENSORFLOW_RUNTIME, Manifest
+from .onnx_model import FP32, ONNX, OnnxExtractor
+from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
 from .search import ExactSearcher
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
@@ -55,8 +57,21 @@ def extractor_for_index(
     manifest: Manifest,
     backbone: str | None = None,
     weights: str | os.PathLike[str] | None = None,
+    directory: Path | None = None,
 ) -> FeatureExtractor:
-    """The extractor recorded in the manifest, or an explicit override (checked later against it)."""
+    """The extractor recorded in the manifest, or an explicit override (checked later against it).
+
+    An index built for ONNX Runtime runs the model file in its ``directory`` (no TensorFlow).
+    """
+    runtime = manifest.runtime
+    if runtime.get("name") == ONNX and backbone is None and weights is None:
+        if directory is None:
+            raise ValueError("an ONNX Runtime index needs its directory to find its model")
+        exported = replace(manifest.model, runtime=TENSORFLOW_RUNTIME)
+        return OnnxExtractor(
+            directory / str(runtime.get("file", ONNX_MODEL_FILE)), exported, str(runtime.get("precision", FP32)),
+            weights=manifest.weights, sha256=runtime.get("sha256"),
+        )  # fmt: skip
     chosen_backbone = backbone or manifest.model.backbone
     chosen_weights = normalize_weights_option(weights) if weights is not None else manifest.weights
     return FeatureExtractor(
@@ -95,7 +110,7 @@ class Recommender:
 
     def load(self) -> Recommender:
         index = load_index(self.index_dir)
-        extractor = extractor_for_index(index.manifest, self.backbone, self.weights)
+        extractor = extractor_for_index(index.manifest, self.backbone, self.weights, index.directory)
         if extractor.backbone != index.manifest.model.backbone:
             raise ModelMismatchError(
                 f"The index at {self.index_dir} was built with backbone {index.manifest.model.backbone!r},"

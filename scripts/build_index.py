@@ -3,7 +3,7 @@
 
     python scripts/build_index.py --images DIR [--styles CSV] --out DIR
         [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update] [--wait]
-        [--refine auto|label-centroids|none] [--head auto|none|labels]
+        [--refine auto|label-centroids|none] [--head auto|none|labels] [--runtime tensorflow|onnx] [--precision fp32|int8]
 
 Interrupted builds resume where they stopped when the same command is run again. Only an empty
 folder or an earlier index is replaced; one build at a time per output folder (``--wait`` queues).
@@ -20,6 +20,7 @@ from scripts._cli import fail, positive_int, run_cli
 
 if TYPE_CHECKING:
     from recommender import BuildReport, Catalogue, FeatureExtractor
+    from recommender.onnx_export import RuntimeReport
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +55,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "auto (default): labels on a new index whose styles.csv has articleType, baseColour or gender, unless --refine "
         "says otherwise; with --update, what the index has (its head re-trained with the settings it recorded). "
         "--head none with --update drops the head",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["tensorflow", "onnx"],
+        default=None,
+        help="what runs the model for this build and every query: tensorflow, or onnx (the model exported once to ONNX, "
+        "cached, stored in the index and run by ONNX Runtime: faster, and the bot never imports TensorFlow). "
+        "Default: tensorflow on a new index; with --update, what the index has",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default=None,
+        help="with --runtime onnx: int8 (default; quantised on a sample of this catalogue and kept only if its features "
+        "agree with fp32 on other photos) or fp32 (exact)",
     )
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")
@@ -95,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         started=started,
         progress=lambda count: bar.update(count) if bar else None,
         head_training=head_training,
+        runtime_ready=_print_runtime,
     )
     try:
         report = build_from_folder(
@@ -108,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             refine=args.refine,
             head=args.head,
+            runtime=args.runtime,
+            precision=args.precision,
             lock_wait=None if args.wait else 0.0,
             events=events,
         )
@@ -129,6 +148,21 @@ def _print_catalogue(args: argparse.Namespace, catalogue: Catalogue) -> None:
         print(f"  note: {len(catalogue.missing_images)} styles.csv rows have no image (e.g. {', '.join(catalogue.missing_images[:5])})")
     if catalogue.unlabelled:
         print(f"  note: {len(catalogue.unlabelled)} images have no styles.csv row (indexed without labels)")
+
+
+def _print_runtime(report: RuntimeReport) -> None:
+    how = "from the cache" if report.cached else f"exported in {report.export_seconds:.1f}s"
+    if report.calibration_seconds and not report.cached:
+        how += f", calibrated in {report.calibration_seconds:.1f}s"
+    print(f"ONNX Runtime model: {report.precision} ({how}).")
+    if report.fidelity:
+        figures = report.fidelity
+        print(
+            f"  int8 against fp32 on {figures['photos']:.0f} photos: cosine median {figures['cosine_median']:.3f}, "
+            f"1st percentile {figures['cosine_p1']:.3f}, top-5 overlap {figures['top5_overlap']:.2f}."
+        )
+    if report.refused:
+        print(f"  int8 refused ({report.refused}): keeping fp32.")
 
 
 def _print_report(report: BuildReport) -> None:

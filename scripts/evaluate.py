@@ -319,7 +319,7 @@ def index_model(index: CatalogueIndex) -> FeatureExtractor:
     """The model the index was built with, refused if its features would not match the index's."""
     from recommender.recommender import extractor_for_index
 
-    extractor = extractor_for_index(index.manifest).load()
+    extractor = extractor_for_index(index.manifest, directory=index.directory).load()
     index.manifest.model.check_matches(extractor.identity)
     return extractor
 

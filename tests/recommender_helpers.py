@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,9 @@ def labelled_items(*types: str, colour: str = "Red") -> list[dict[str, str]]:
     return [{"articleType": t, "masterCategory": "M", "baseColour": colour, "gender": "Men"} for t in types]
 
 
+#: ONNX exports of this test session (also of its script processes) go here, never to the user's ~/.cache
+os.environ["LOOKALIKE_CACHE_DIR"] = _CACHE = tempfile.mkdtemp(prefix="lookalike-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, True)
 SCRIPT_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 

@@ -443,3 +443,22 @@ def test_corrupt_index_is_one_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "manifest" in output and "unreadable" in output
     assert "Traceback" not in output
+
+
+def test_a_bot_on_an_onnx_index_answers_without_tensorflow(demo_catalogue, mobilenet_random, tmp_path: Path) -> None:
+    """An index built with ``--runtime onnx``: the bot serves it through ONNX Runtime and never imports TensorFlow."""
+    from recommender import build_index
+
+    index = tmp_path / "index"
+    build_index(demo_catalogue, index, mobilenet_random, runtime="onnx", precision="fp32")
+    with FakeBotApi() as own_api:  # its own server: no other bot polls these updates
+        process = BotProcess(own_api, tmp_path / "data", tmp_path / "onnx.log", INDEX_DIR=str(index))
+        try:
+            process.wait_ready()
+            own_api.user_sends_photo((demo_catalogue.images_dir / demo_catalogue.items[3].image).read_bytes(), chat_id=2901)
+            album = wait_albums(own_api, 2901)[0]
+            assert len(album.items) == 5 and all(item.caption for item in album.items)
+        finally:
+            assert process.stop() == 0
+    output = process.output()
+    assert "runtime onnx-fp32, TensorFlow not loaded" in output, output[-3000:]
