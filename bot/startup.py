@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recommender import head as head_module
+from recommender.builder import AUTO as AUTO_RUNTIME_OPTION
 from recommender.catalogue import Catalogue, find_catalogue
 from recommender.demo import make_demo_catalogue
 from recommender.errors import BuildError, CatalogueError, IndexNotFoundError, ModelLoadError
@@ -95,8 +96,9 @@ def _log_head_training(training: int, products: int) -> None:
 def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool) -> None:
     """Build the index (the caller holds its lock); only the demo falls back to random weights.
 
-    An operator's labelled catalogue gets the build script's default, the learned head
-    (``--head auto``); the demo's drawn products do not need one and start faster without.
+    An operator's catalogue gets the build script's defaults (``--head auto``, ``--runtime auto``:
+    the learned head when labelled, ONNX Runtime int8); the demo's drawn products need neither and
+    start faster without (no export, no calibration, no head training).
     """
     report = build_from_folder(
         images,
@@ -106,6 +108,7 @@ def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool)
         weights=settings.index_weights,
         fallback_weights=WEIGHTS_NONE if demo else None,
         head=head_module.NONE if demo else head_module.AUTO,
+        runtime=None if demo else AUTO_RUNTIME_OPTION,
         events=BuildEvents(model_fallback=_log_fallback, building=_log_building, head_training=_log_head_training),
     )
     log.info("Index ready: %d products in %.0fs (%d unreadable photos skipped).", report.count, report.seconds, len(report.skipped))

@@ -74,15 +74,23 @@ def resolve_refine(refine: str, catalogue: Catalogue) -> str:
     return refine
 
 
-#: defaults of a new index (an update keeps its index's)
+#: defaults of a new index (an update keeps its index's): the library's, and ``--runtime auto``'s
 DEFAULT_RUNTIME = TENSORFLOW
+AUTO_RUNTIME = ONNX
+AUTO = "auto"
 DEFAULT_PRECISION = INT8
 
 
 def resolve_runtime(runtime: str | None, precision: str | None, earlier: CatalogueIndex | None = None) -> tuple[str, str]:
-    """``(runtime, precision)`` of this build: as asked, else what the updated index has, else the defaults."""
+    """``(runtime, precision)`` of this build: as asked, else what the updated index has, else the defaults.
+
+    ``None`` means :data:`DEFAULT_RUNTIME` on a new index, ``auto`` (the build script's default)
+    :data:`AUTO_RUNTIME`; both keep what an updated index has.
+    """
     had = dict(earlier.manifest.runtime) if earlier is not None else {}
-    runtime = runtime or str(had.get("name", DEFAULT_RUNTIME) if earlier is not None else DEFAULT_RUNTIME)
+    if earlier is not None and runtime in (None, AUTO):
+        runtime = str(had.get("name", TENSORFLOW))
+    runtime = AUTO_RUNTIME if runtime == AUTO else runtime or DEFAULT_RUNTIME
     if runtime not in (TENSORFLOW, ONNX):
         raise BuildError(f"Unknown --runtime {runtime!r}; choose {TENSORFLOW} or {ONNX}.")
     if precision is not None and precision not in (FP32, INT8):

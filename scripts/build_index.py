@@ -3,7 +3,7 @@
 
     python scripts/build_index.py --images DIR [--styles CSV] --out DIR
         [--backbone resnet50|mobilenet_v2] [--weights imagenet|none|PATH] [--batch-size N] [--update] [--wait]
-        [--refine auto|label-centroids|none] [--head auto|none|labels] [--runtime tensorflow|onnx] [--precision fp32|int8]
+        [--refine auto|label-centroids|none] [--head auto|none|labels] [--runtime auto|tensorflow|onnx] [--precision fp32|int8]
 
 Interrupted builds resume where they stopped when the same command is run again. Only an empty
 folder or an earlier index is replaced; one build at a time per output folder (``--wait`` queues).
@@ -58,11 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--runtime",
-        choices=["tensorflow", "onnx"],
-        default=None,
-        help="what runs the model for this build and every query: tensorflow, or onnx (the model exported once to ONNX, "
-        "cached, stored in the index and run by ONNX Runtime: faster, and the bot never imports TensorFlow). "
-        "Default: tensorflow on a new index; with --update, what the index has",
+        choices=["auto", "tensorflow", "onnx"],
+        default="auto",
+        help="what runs the model for this build and every query: onnx (the model exported once to ONNX, cached, stored "
+        "in the index and run by ONNX Runtime: faster, and the bot never imports TensorFlow) or tensorflow. "
+        "auto (default): onnx on a new index; with --update, what the index has",
     )
     parser.add_argument(
         "--precision",

@@ -50,10 +50,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def build_args(images: Path, styles: Path, out: Path, *extra: object) -> list[object]:
-    """``build_index.py`` arguments for a quick MobileNetV2 build with random weights (no head: these test the build's plumbing)."""
+    """``build_index.py`` arguments for a quick MobileNetV2 build with random weights (TensorFlow, no head: these test the build's plumbing)."""
     return [
         "--images", images, "--styles", styles, "--out", out,
-        "--backbone", "mobilenet_v2", "--weights", "none", "--head", "none", "--quiet", *extra,
+        "--backbone", "mobilenet_v2", "--weights", "none", "--head", "none", "--runtime", "tensorflow", "--quiet", *extra,
     ]  # fmt: skip
 
 

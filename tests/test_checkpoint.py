@@ -25,7 +25,7 @@ def test_killed_build_resumes_and_matches_an_uninterrupted_one(tmp_path, demo_ca
     partial = partial_dir_for(out)
     arguments = [
         "--images", demo_catalogue.images_dir, "--styles", demo_catalogue.styles_path, "--out", out,
-        "--backbone", "resnet50", "--weights", "none", "--head", "none", "--checkpoint-every", 16, "--batch-size", 16, "--quiet",
+        "--backbone", "resnet50", "--weights", "none", "--head", "none", "--runtime", "tensorflow", "--checkpoint-every", 16, "--batch-size", 16, "--quiet",
     ]  # fmt: skip
     log = tmp_path / "first-run.log"
     with open(log, "wb") as stderr:

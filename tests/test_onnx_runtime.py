@@ -104,9 +104,11 @@ def test_a_swapped_or_missing_model_file_is_refused(onnx_index, tmp_path):
 
 
 def test_runtime_options_and_their_defaults(demo_index):
-    assert parse_args(["--images", "i", "--out", "o"]).runtime is None
+    assert parse_args(["--images", "i", "--out", "o"]).runtime == "auto"
     assert parse_args(["--images", "i", "--out", "o", "--runtime", "onnx", "--precision", "fp32"]).precision == "fp32"
-    assert resolve_runtime(None, None) == ("tensorflow", "fp32")
+    assert resolve_runtime(None, None) == ("tensorflow", "fp32")  # the library's default
+    assert resolve_runtime("auto", None) == ("onnx", "int8")  # the build script's
+    assert resolve_runtime("auto", None, demo_index.load()) == ("tensorflow", "fp32")
     assert resolve_runtime("onnx", None) == ("onnx", "int8")
     assert resolve_runtime("onnx", "fp32") == ("onnx", "fp32")
     assert resolve_runtime(None, None, demo_index.load()) == ("tensorflow", "fp32")  # an update keeps a TensorFlow index's
