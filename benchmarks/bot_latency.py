@@ -7,9 +7,10 @@ Builds (once, cached in --work) an index over ../shared/data/fashion-products-4k
 catalogue when ../shared is absent), starts the real bot (``python -m bot``) against the stand-in
 server, and prints:
   * latency from the update being delivered to the bot (getUpdates answer) until the album arrives
-    (p50/p95, one shopper at a time), target p50 < 250 ms with ResNet50;
+    (p50/p95, one shopper at a time), target p50 < 60 ms with ResNet50 on ONNX Runtime int8 and 44k products
+    (a 4k index tiled 11 times is fine: speed does not depend on which products they are);
   * 20 shoppers one after another versus 20 at the same moment (wall time and ratio),
-    target >= 1.3x.
+    target >= 2x.
 Query photos are catalogue photos upscaled to 960x1280 and re-encoded, like a phone photo.
 """
 
@@ -34,6 +35,8 @@ from standin_bot_api import FakeBotApi
 ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data" / "fashion-products-4k"
+P50_TARGET_MS = 60
+CONCURRENCY_TARGET = 2.0
 
 
 def all_answered(api: FakeBotApi, chats: list[int]) -> bool:
@@ -59,7 +62,7 @@ def ensure_index(args: argparse.Namespace) -> tuple[Path, Path]:
         print(f"Building the index once into {index} ...", flush=True)
         subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "build_index.py"), "--images", str(images), "--styles", str(styles),
-             "--out", str(index), "--backbone", args.backbone, "--weights", args.weights, "--quiet"],
+             "--out", str(index), "--backbone", args.backbone, "--weights", args.weights, "--head", "none", "--quiet"],
             check=True,
         )
     return index, images
@@ -120,7 +123,7 @@ def main() -> int:
             p50 = statistics.median(single_ms)
             p95 = single_ms[min(len(single_ms) - 1, int(round(0.95 * (len(single_ms) - 1))))]
             print(f"\nOne shopper at a time ({len(single)} photos, 960x1280 JPEG, {args.backbone}):")
-            print(f"  latency update → album: p50 {p50:.0f} ms, p95 {p95:.0f} ms, min {single_ms[0]:.0f} ms   (target p50 < 250 ms)")
+            print(f"  latency update → album: p50 {p50:.0f} ms, p95 {p95:.0f} ms, min {single_ms[0]:.0f} ms   (target p50 < {P50_TARGET_MS} ms)")
 
             ratios = []
             for round_number in range(args.rounds):
@@ -145,8 +148,11 @@ def main() -> int:
                     f"({args.users / concurrent:.1f} photos/s): {sequential / concurrent:.2f}x"
                 )
             ratio = statistics.median(ratios)
-            print(f"\n{args.users} concurrent shoppers vs one at a time: median {ratio:.2f}x faster   (target >= 1.3x)")
-            print(f"Targets: p50 < 250 ms {'MET' if p50 < 250 else 'MISSED'}; concurrency >= 1.3x {'MET' if ratio >= 1.3 else 'MISSED'}")
+            print(f"\n{args.users} concurrent shoppers vs one at a time: median {ratio:.2f}x faster   (target >= {CONCURRENCY_TARGET}x)")
+            print(
+                f"Targets: p50 < {P50_TARGET_MS} ms {'MET' if p50 < P50_TARGET_MS else 'MISSED'}; "
+                f"concurrency >= {CONCURRENCY_TARGET}x {'MET' if ratio >= CONCURRENCY_TARGET else 'MISSED'}"
+            )
         finally:
             bot.send_signal(signal.SIGTERM)
             bot.wait(timeout=60)

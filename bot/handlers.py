@@ -256,9 +256,9 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
         # not silence.
         async with asyncio.timeout(ANALYSIS_TIMEOUT_S), runtime.analysis:
             data = await download_image(context.bot, file_id, size, limit)
-            vector = await runtime.inference.embed_photo(data)
+            answer = await runtime.inference.embed_and_page(data, PAGE)
             del data
-            return vector, await runtime.inference.page(vector, 0, PAGE)
+            return answer
     except ImageTooBig as exc:
         return str(exc)
     except ImageDecodeError as exc:

@@ -3,7 +3,9 @@
 Decoding runs on a small pool of its own, one thread per core (at most 4): it is CPU-bound, so more
 threads would not finish sooner, only hold more large photos in memory at once. The model runs on
 one dedicated thread that takes every request waiting at that moment as one batch: a batch of many
-shoppers costs far less than as many batches of one, and the event loop never blocks on TensorFlow.
+shoppers costs far less than as many batches of one, and the event loop never blocks on the model.
+The batch's first pages are searched there too, in one call: one pass over the catalogue's vectors
+(memory-bound) serves every shopper of the batch.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ from recommender import Match, Recommender
 log = logging.getLogger(__name__)
 
 
+#: What a request gets back: its query vector and, when it asked for one, its first page.
+_Answer = tuple[np.ndarray, list[Match]]
+
+
 @dataclass
 class _Request:
     pixels: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[_Answer]
     loop: asyncio.AbstractEventLoop
+    #: matches wanted on the first page (0: the vector only)
+    page_size: int = 0
 
 
 class InferenceService:
@@ -73,10 +81,15 @@ class InferenceService:
 
     async def embed_photo(self, data: bytes | bytearray) -> np.ndarray:
         """The query vector of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
+        vector, _ = await self.embed_and_page(data, 0)
+        return vector
+
+    async def embed_and_page(self, data: bytes | bytearray, size: int = 5) -> tuple[np.ndarray, list[Match]]:
+        """The query vector of one photo and its ``size`` best matches, searched with its batch."""
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self._decoders, self.recommender.decode, data)
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.put(_Request(pixels, future, loop))
+        future: asyncio.Future[_Answer] = loop.create_future()
+        self._queue.put(_Request(pixels, future, loop, size))
         return await future
 
     async def page(self, vector: np.ndarray, offset: int = 0, size: int = 5) -> list[Match]:
@@ -102,6 +115,7 @@ class InferenceService:
                 batch.append(item)
             try:
                 vectors = self.recommender.embed(np.stack([request.pixels for request in batch]))
+                pages = self._first_pages(batch, vectors)
             except Exception as exc:
                 log.exception("inference failed for a batch of %d", len(batch))
                 for request in batch:
@@ -109,23 +123,33 @@ class InferenceService:
                 continue
             self.batches += 1
             self.images += len(batch)
-            for request, vector in zip(batch, vectors):
+            for request, vector, page in zip(batch, vectors, pages):
                 # A copy, not a row view: a kept vector must not keep its whole batch alive.
-                _deliver(request, _set_result, vector.copy())
+                _deliver(request, _set_result, (vector.copy(), page))
+
+    def _first_pages(self, batch: list[_Request], vectors: np.ndarray) -> list[list[Match]]:
+        """Every request's first page from one search over the batch's vectors."""
+        wanted = [position for position, request in enumerate(batch) if request.page_size > 0]
+        pages: list[list[Match]] = [[] for _ in batch]
+        if wanted:
+            size = max(batch[position].page_size for position in wanted)
+            for position, matches in zip(wanted, self.recommender.matches(vectors[wanted], size, 0)):
+                pages[position] = matches[: batch[position].page_size]
+        return pages
 
 
-def _deliver(request: _Request, setter: Callable[[asyncio.Future[np.ndarray], Any], None], value: Any) -> None:
+def _deliver(request: _Request, setter: Callable[[asyncio.Future[_Answer], Any], None], value: Any) -> None:
     try:
         request.loop.call_soon_threadsafe(setter, request.future, value)
     except RuntimeError:  # the loop closed (shutdown) while this batch ran: nobody is waiting
         pass
 
 
-def _set_result(future: asyncio.Future[np.ndarray], value: np.ndarray) -> None:
+def _set_result(future: asyncio.Future[_Answer], value: _Answer) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future[np.ndarray], exc: BaseException) -> None:
+def _set_exception(future: asyncio.Future[_Answer], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

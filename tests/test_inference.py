@@ -34,3 +34,17 @@ async def test_pages_follow_the_recommenders_ranking(demo_recommender, demo_phot
     ranked = demo_recommender.matches(vector[None], 10, 0)[0]
     assert [m.id for m in first + second] == [m.id for m in ranked]
     assert len(tail) == 2  # fewer at the end of the catalogue
+
+
+async def test_a_batch_gets_its_first_pages_from_one_search(demo_recommender, demo_catalogue) -> None:
+    """Photos waiting together are embedded and searched together; each page is the recommender's own."""
+    photos = [(demo_catalogue.images_dir / item.image).read_bytes() for item in demo_catalogue.items[:6]]
+    service = InferenceService(demo_recommender)
+    service.start()
+    try:
+        answers = await asyncio.gather(*(service.embed_and_page(photo, size) for photo, size in zip(photos, (5, 3, 5, 0, 5, 1))))
+    finally:
+        service.stop()
+    assert service.images == len(photos)
+    for (vector, page), size in zip(answers, (5, 3, 5, 0, 5, 1)):
+        assert [m.id for m in page] == [m.id for m in demo_recommender.matches(vector[None], size, 0)[0]] if size else page == []
