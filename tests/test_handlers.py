@@ -331,10 +331,10 @@ async def test_an_unexpected_failure_is_logged_and_the_shopper_told(
 ) -> None:
     async with serve() as served:
 
-        async def broken_page(*args: object) -> list[object]:
+        async def broken_search(*args: object) -> tuple[object, list[object]]:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(served.runtime.inference, "page", broken_page)
+        monkeypatch.setattr(served.runtime.inference, "embed_and_page", broken_search)
         with caplog.at_level(logging.ERROR, logger="bot.handlers"):
             served.api.user_sends_photo(served.photo(6), chat_id=27)
             (answer,) = await served.answers(27)
