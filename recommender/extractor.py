@@ -179,7 +179,6 @@ class FeatureExtractor:
         if step < 1:
             raise ValueError(f"batch_size must be at least 1, got {step}")
         self.load()
-        assert self._forward is not None
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim == 3:
             images = images[None]
@@ -187,9 +186,15 @@ class FeatureExtractor:
             raise ValueError(f"expected images of shape (N, {self.input_size}, {self.input_size}, 3), got {images.shape}")
         vectors = np.empty((len(images), self.feature_dim), dtype=np.float32)
         for start in range(0, len(images), step):
-            vectors[start : start + step] = self._forward(images[start : start + step])
-        # again in numpy: tf.math.l2_normalize's epsilon leaves tiny activations (random MobileNetV2) short of unit length
+            vectors[start : start + step] = self._run(images[start : start + step])
+        # again in numpy: tf.math.l2_normalize's epsilon leaves tiny activations (random MobileNetV2) short of
+        # unit length, and int8 outputs (recommender/onnx_model.py) are only close to it
         return l2_normalize(vectors)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One forward pass over a checked ``(n, S, S, 3)`` uint8 batch (the model is loaded)."""
+        assert self._forward is not None
+        return np.asarray(self._forward(batch))
 
     @property
     def identity(self) -> ModelIdentity:

@@ -19,7 +19,6 @@ import numpy as np
 from .errors import ModelLoadError
 from .extractor import DEFAULT_BATCH_SIZE, FeatureExtractor
 from .manifest import ModelIdentity
-from .vectors import l2_normalize
 
 #: ``--runtime`` values
 TENSORFLOW = "tensorflow"
@@ -132,19 +131,7 @@ class OnnxExtractor(FeatureExtractor):
         self._session.run(None, {self._input_name: np.zeros((1, self.input_size, self.input_size, 3), np.uint8)})  # warm up
         return self
 
-    def extract(self, images: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
-        """As :meth:`FeatureExtractor.extract`, through ONNX Runtime."""
-        step = batch_size or self.batch_size
-        if step < 1:
-            raise ValueError(f"batch_size must be at least 1, got {step}")
-        self.load()
-        images = np.asarray(images, dtype=np.uint8)
-        if images.ndim == 3:
-            images = images[None]
-        if images.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ValueError(f"expected images of shape (N, {self.input_size}, {self.input_size}, 3), got {images.shape}")
-        vectors = np.empty((len(images), self.feature_dim), dtype=np.float32)
-        for start in range(0, len(images), step):
-            (batch,) = self._session.run(None, {self._input_name: np.ascontiguousarray(images[start : start + step])})
-            vectors[start : start + step] = batch
-        return l2_normalize(vectors)  # int8 output is only close to unit length
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One pass through ONNX Runtime (:meth:`FeatureExtractor.extract` checks, batches and normalises)."""
+        (features,) = self._session.run(None, {self._input_name: np.ascontiguousarray(batch)})
+        return np.asarray(features)
