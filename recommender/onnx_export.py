@@ -156,23 +156,23 @@ def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
 
 
 def fidelity(fp32: np.ndarray, int8: np.ndarray, k: int = 5) -> dict[str, float]:
-    """How far int8 features stray from fp32 ones, on the same photos (rows)."""
+    """How far int8 features stray from fp32 ones, on the same photos (rows).
+
+    ``top5_overlap`` (each photo's ``k`` nearest among the others, fp32 vs int8) needs more than
+    ``k + 1`` photos; a catalogue smaller than that is judged on the cosines alone.
+    """
     cosine = np.sum(fp32 * int8, axis=1)
-    overlap = 0.0
-    if len(fp32) > k:
+    figures = {"cosine_median": float(np.median(cosine)), "cosine_p1": float(np.percentile(cosine, 1)), "photos": float(len(fp32))}
+    if len(fp32) > k + 1:
+
         def neighbours(vectors: np.ndarray) -> np.ndarray:
             similarity = vectors @ vectors.T
             np.fill_diagonal(similarity, -np.inf)
             return np.argsort(-similarity, axis=1)[:, :k]
 
         ours, theirs = neighbours(fp32), neighbours(int8)
-        overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours, theirs)]))
-    return {
-        "cosine_median": float(np.median(cosine)),
-        "cosine_p1": float(np.percentile(cosine, 1)),
-        "top5_overlap": overlap,
-        "photos": float(len(fp32)),
-    }
+        figures["top5_overlap"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours, theirs)]))
+    return figures
 
 
 def refusal(figures: dict[str, float]) -> str:
@@ -182,7 +182,7 @@ def refusal(figures: dict[str, float]) -> str:
         reasons.append(f"median cosine {figures['cosine_median']:.3f} < {MIN_MEDIAN_COSINE}")
     if figures["cosine_p1"] < MIN_LOW_COSINE:
         reasons.append(f"1st-percentile cosine {figures['cosine_p1']:.3f} < {MIN_LOW_COSINE}")
-    if figures["top5_overlap"] < MIN_TOP5_OVERLAP:
+    if figures.get("top5_overlap", 1.0) < MIN_TOP5_OVERLAP:
         reasons.append(f"top-5 overlap {figures['top5_overlap']:.2f} < {MIN_TOP5_OVERLAP}")
     return "; ".join(reasons)
 

@@ -157,9 +157,10 @@ def _print_runtime(report: RuntimeReport) -> None:
     print(f"ONNX Runtime model: {report.precision} ({how}).")
     if report.fidelity:
         figures = report.fidelity
+        overlap = f", top-5 overlap {figures['top5_overlap']:.2f}" if "top5_overlap" in figures else ""
         print(
             f"  int8 against fp32 on {figures['photos']:.0f} photos: cosine median {figures['cosine_median']:.3f}, "
-            f"1st percentile {figures['cosine_p1']:.3f}, top-5 overlap {figures['top5_overlap']:.2f}."
+            f"1st percentile {figures['cosine_p1']:.3f}{overlap}."
         )
     if report.refused:
         print(f"  int8 refused ({report.refused}): keeping fp32.")

@@ -130,3 +130,5 @@ def test_fidelity_figures_and_the_guard():
     figures = onnx_export.fidelity(fp32, noisy)
     assert figures["cosine_median"] < 0.9 and figures["top5_overlap"] < 0.6
     assert "median cosine" in onnx_export.refusal(figures) and "top-5 overlap" in onnx_export.refusal(figures)
+    few = onnx_export.fidelity(fp32[:4], fp32[:4])  # too few photos for neighbours: judged on the cosines
+    assert "top5_overlap" not in few and onnx_export.refusal(few) == ""
