@@ -54,7 +54,7 @@ def session_options(threads: int | None = None) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no per-session warnings in the operator's terminal
     # Idle pool threads sleep instead of spinning: a spinning pool takes the cores decoding needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("LOOKALIKE_ORT_SPIN", "0"))
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
