@@ -29,11 +29,11 @@ from .extractor import FeatureExtractor
 from .fileio import os_error_text
 from .images import load_image
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
-from .manifest import TENSORFLOW_RUNTIME
 from .onnx_export import RuntimeReport, prepare_onnx
 from .onnx_model import FP32, INT8, ONNX, TENSORFLOW, OnnxExtractor
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
 from .reader import read_batches
+from .recommender import extractor_for_index
 
 
 @dataclass
@@ -134,6 +134,24 @@ def resolve_head(head: str | None, refine: str, catalogue: Catalogue, earlier: C
     return head
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the caller asked of this build, handed from :func:`build_index` to its stages as one value."""
+
+    batch_size: int
+    update: bool
+    checkpoint_every: int
+    refine: str
+    head: str | None
+    head_settings: head_module.HeadSettings | None
+    runtime: str | None
+    precision: str | None
+    on_start: Callable[[int, int], None] | None
+    on_progress: Callable[[int], None] | None
+    on_head: Callable[[int, int], None] | None
+    on_runtime: Callable[[RuntimeReport], None] | None
+
+
 def build_index(
     catalogue: Catalogue,
     out_dir: str | os.PathLike[str],
@@ -185,72 +203,58 @@ def build_index(
     with output_lock(out_dir, wait=lock_wait, on_wait=on_wait):
         check_output(out_dir, catalogue)  # again: the folder may have changed while we waited
         remove_stale_siblings(out_dir)
-        report = _build_locked(
-            catalogue, out_dir, extractor, batch_size, update, checkpoint_every, on_start, on_progress,
-            refine, head, head_settings, on_head, runtime, precision, on_runtime,
+        plan = _Plan(
+            batch_size, update, checkpoint_every, refine, head, head_settings, runtime, precision,
+            on_start, on_progress, on_head, on_runtime,
         )  # fmt: skip
+        report = _build_locked(catalogue, out_dir, extractor, plan)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _build_locked(
-    catalogue: Catalogue,
-    out_dir: Path,
-    extractor: FeatureExtractor,
-    batch_size: int,
-    update: bool,
-    checkpoint_every: int,
-    on_start: Callable[[int, int], None] | None,
-    on_progress: Callable[[int], None] | None,
-    refine: str,
-    head: str | None = None,
-    head_settings: head_module.HeadSettings | None = None,
-    on_head: Callable[[int, int], None] | None = None,
-    runtime: str | None = None,
-    precision: str | None = None,
-    on_runtime: Callable[[RuntimeReport], None] | None = None,
-) -> BuildReport:
+def _build_locked(catalogue: Catalogue, out_dir: Path, extractor: FeatureExtractor, plan: _Plan) -> BuildReport:
     """The build proper, run while holding ``out_dir``'s lock."""
-    earlier = _earlier_index(out_dir) if update else None
-    runtime, precision = resolve_runtime(runtime, precision, earlier)
+    earlier = _earlier_index(out_dir) if plan.update else None
+    runtime, precision = resolve_runtime(plan.runtime, plan.precision, earlier)
     runtime_report, runtime_model = None, None
     if runtime == ONNX:
-        extractor, runtime_model, runtime_report = _onnx_extractor(catalogue, extractor, precision, earlier, batch_size)
-        if on_runtime:
-            on_runtime(runtime_report)
+        extractor, runtime_model, runtime_report = _onnx_extractor(catalogue, extractor, precision, earlier, plan.batch_size)
+        if plan.on_runtime:
+            plan.on_runtime(runtime_report)
     model = extractor.identity
     if earlier is not None:
         earlier.manifest.model.check_matches(model)
-    head = resolve_head(head, refine, catalogue, earlier)
+    head = resolve_head(plan.head, plan.refine, catalogue, earlier)
+    refine = plan.refine
     if head != head_module.NONE:
         refine = refine_module.NONE
-        if head_settings is None and earlier is not None and earlier.head is not None:
-            head_settings = earlier.head.settings  # an update re-trains the head as it was trained
+        if plan.head_settings is None and earlier is not None and earlier.head is not None:
+            plan = replace(plan, head_settings=earlier.head.settings)  # an update re-trains the head as it was trained
     report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head, runtime=runtime, runtime_report=runtime_report)
     earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
     report.removed = sum(1 for item_id in earlier_rows if item_id not in wanted_ids)
 
-    checkpoint = Checkpoint(partial_dir_for(out_dir), model, catalogue.images_dir, save_every=checkpoint_every)
+    checkpoint = Checkpoint(partial_dir_for(out_dir), model, catalogue.images_dir, save_every=plan.checkpoint_every)
     checkpoint.open()
     done = checkpoint.done_ids()
     todo = [item for item in catalogue.items if item.id not in earlier_rows and item.id not in done]
     report.resumed = sum(1 for item in catalogue.items if item.id in done and item.id not in earlier_rows)
-    if on_start:
-        on_start(report.resumed + len(todo), report.resumed)
+    if plan.on_start:
+        plan.on_start(report.resumed + len(todo), report.resumed)
     try:
-        for batch in read_batches(catalogue, todo, batch_size, extractor.input_size):
-            vectors = extractor.extract(batch.pixels, batch_size=batch_size)  # --batch-size is the pass size
+        for batch in read_batches(catalogue, todo, plan.batch_size, extractor.input_size):
+            vectors = extractor.extract(batch.pixels, batch_size=plan.batch_size)  # --batch-size is the pass size
             checkpoint.add([item.id for item in batch.items], vectors, batch.colours, batch.skipped)
             report.extracted += len(batch.items)
-            if on_progress:
-                on_progress(len(batch.items) + len(batch.skipped))
+            if plan.on_progress:
+                plan.on_progress(len(batch.items) + len(batch.skipped))
     finally:
         checkpoint.flush()  # keep finished work on Ctrl-C too
 
     report.skipped = checkpoint.skipped()
     try:
-        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, head_settings, on_head, batch_size, runtime_model)
+        _write_index(catalogue, out_dir, extractor, earlier, earlier_rows, checkpoint.finished_rows(), report, plan, runtime_model)
     except OSError as exc:
         raise _not_in_place(exc, out_dir, checkpoint.directory) from exc
     checkpoint.remove()
@@ -272,14 +276,11 @@ def _onnx_extractor(
     if earlier is not None and had.get("name") == ONNX:
         if precision != had.get("precision"):
             raise BuildError(f"This index runs {had.get('precision')} ONNX; --precision {precision} needs a rebuild without --update.")
-        path = earlier.directory / str(had.get("file"))
-        exported = earlier.manifest.model
-        onnx = OnnxExtractor(path, replace(exported, runtime=TENSORFLOW_RUNTIME), precision, weights=extractor.weights_source,
-                             sha256=had.get("sha256"), batch_size=batch_size).load()  # fmt: skip
-        kept = {key: value for key, value in had.items() if key not in ("file", "sha256")}
-        report = RuntimeReport(ONNX, precision, str(kept.get("requested_precision", precision)), cached=True)
-        report.fidelity = dict(kept.get("fidelity") or {})
-        return onnx, path, report
+        onnx = extractor_for_index(earlier.manifest, directory=earlier.directory)  # as the bot and query.py load it
+        assert isinstance(onnx, OnnxExtractor)
+        report = RuntimeReport(ONNX, precision, str(had.get("requested_precision", precision)), cached=True)
+        report.fidelity = dict(had.get("fidelity") or {})
+        return onnx.load(), onnx.model_path, report
     return prepare_onnx(extractor, precision, _sample_pixels(catalogue, extractor.input_size), batch_size=batch_size)
 
 
@@ -308,10 +309,8 @@ def _write_index(
     earlier_rows: dict[str, int],
     finished: FinishedRows,
     report: BuildReport,
-    head_settings: head_module.HeadSettings | None = None,
-    on_head: Callable[[int, int], None] | None = None,
-    batch_size: int = 32,
-    runtime_model: Path | None = None,
+    plan: _Plan,
+    runtime_model: Path | None,
 ) -> None:
     """Gather every product's row, from the earlier index or the checkpoint, in catalogue order."""
     rows = [item for item in catalogue.items if item.id in earlier_rows or item.id in finished]
@@ -335,7 +334,7 @@ def _write_index(
         finished.close()
         trained = None
         if headed:
-            trained = _train_head(catalogue, rows, writer.features, extractor, report, head_settings, on_head, batch_size)
+            trained = _train_head(catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size)
         writer.commit(
             catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,19 +115,6 @@ def export_fp32(extractor: FeatureExtractor, target: Path) -> None:
         raise BuildError(f"Could not export {extractor.backbone} to ONNX ({type(exc).__name__}: {exc}); build with --runtime tensorflow.") from exc
 
 
-class _Calibration:
-    """Feeds ONNX Runtime's calibrator one batch of catalogue pixels at a time."""
-
-    def __init__(self, name: str, pixels: np.ndarray, batch: int = 32) -> None:
-        self._batches = iter([{name: pixels[start : start + batch]} for start in range(0, len(pixels), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-    def rewind(self) -> None:  # part of CalibrationDataReader's interface; one pass is all we need
-        pass
-
-
 def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
     """Static int8 quantisation (per-channel, QDQ) of ``fp32_path``, calibrated on ``pixels``."""
     import onnxruntime as ort
@@ -137,15 +123,21 @@ def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
 
     (model_input,) = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()
 
-    class Reader(_Calibration, CalibrationDataReader):
-        pass
+    class Reader(CalibrationDataReader):
+        """Feeds the calibrator one batch of catalogue pixels at a time."""
+
+        def __init__(self, name: str, batch: int = 32) -> None:
+            self._batches = iter([{name: pixels[start : start + batch]} for start in range(0, len(pixels), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
 
     def produce(path: Path) -> None:
         prepared = temporary_sibling(path, "prepared")
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(
-                str(prepared), str(path), Reader(model_input.name, pixels), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(prepared), str(path), Reader(model_input.name), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8 x s8: what VNNI and AVX2 multiply fastest
             )  # fmt: skip
         finally:
@@ -210,17 +202,17 @@ def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: SamplePixe
         export_fp32(extractor, fp32_path)
     report.export_seconds = time.perf_counter() - started
 
-    def onnx_extractor(path: Path, kind: str) -> OnnxExtractor:
-        return OnnxExtractor(path, identity, kind, weights=extractor.weights_source, batch_size=batch_size).load()
+    def onnx_extractor(path: Path, kind: str) -> OnnxExtractor:  # opens its session on first use
+        return OnnxExtractor(path, identity, kind, weights=extractor.weights_source, batch_size=batch_size)
 
     fp32 = onnx_extractor(fp32_path, FP32)
     if precision == FP32:
-        return fp32, fp32_path, report
+        return fp32.load(), fp32_path, report
 
     calibration = sample(CALIBRATION_PHOTOS, 0)
     if len(calibration) == 0:
         report.precision, report.refused = FP32, "no catalogue photo could be read for calibration"
-        return fp32, fp32_path, report
+        return fp32.load(), fp32_path, report
     int8_path = fp32_path.with_name(f"{stem}-int8-{_digest(calibration)}.onnx")
     started = time.perf_counter()
     if not int8_path.is_file():
@@ -229,7 +221,7 @@ def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: SamplePixe
             quantize_int8(fp32_path, calibration, int8_path)
         except Exception as exc:  # onnxruntime's quantiser raises many types
             report.precision, report.refused = FP32, f"quantisation failed ({type(exc).__name__}: {exc})"
-            return fp32, fp32_path, report
+            return fp32.load(), fp32_path, report
     report.calibration_seconds = time.perf_counter() - started
     int8 = onnx_extractor(int8_path, INT8)
     check = sample(CALIBRATION_PHOTOS, 1)
@@ -244,10 +236,5 @@ def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: SamplePixe
     report.refused = refusal(report.fidelity)
     if report.refused:
         report.precision = FP32
-        return fp32, fp32_path, report
-    return int8, int8_path, report
-
-
-def copy_model(source: Path, target: Path) -> None:
-    """Copy a cached model file into the index being written."""
-    shutil.copyfile(source, target)
+        return fp32.load(), fp32_path, report
+    return int8.load(), int8_path, report

@@ -18,21 +18,16 @@ import numpy as np
 
 from .errors import ModelLoadError
 from .extractor import DEFAULT_BATCH_SIZE, FeatureExtractor
-from .manifest import ModelIdentity
+from .manifest import TENSORFLOW_RUNTIME, ModelIdentity
 
 #: ``--runtime`` values
-TENSORFLOW = "tensorflow"
+TENSORFLOW = TENSORFLOW_RUNTIME
 ONNX = "onnx"
 #: ``--precision`` values
 FP32 = "fp32"
 INT8 = "int8"
 #: the model file inside an index directory
 MODEL_FILE = "model.onnx"
-
-
-def runtime_key(runtime: str, precision: str) -> str:
-    """The :attr:`ModelIdentity.runtime` of vectors made this way (``tensorflow``, ``onnx-fp32``, ``onnx-int8``)."""
-    return TENSORFLOW if runtime == TENSORFLOW else f"{ONNX}-{precision}"
 
 
 def file_sha256(path: Path) -> str:
@@ -106,7 +101,7 @@ class OnnxExtractor(FeatureExtractor):
             input_size=self.exported.input_size,
             pooling=self.exported.pooling,
             feature_dim=self.exported.feature_dim,
-            runtime=runtime_key(ONNX, self.precision),
+            runtime=f"{ONNX}-{self.precision}",  # onnx-fp32, onnx-int8: int8 vectors differ from fp32 ones
         )
 
     def load(self) -> OnnxExtractor:
