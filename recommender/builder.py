@@ -29,7 +29,7 @@ from .extractor import FeatureExtractor
 from .fileio import os_error_text
 from .images import load_image
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
-from .onnx_export import RuntimeReport, prepare_onnx
+from .onnx_export import PhotoSample, RuntimeReport, prepare_onnx
 from .onnx_model import FP32, INT8, ONNX, TENSORFLOW, OnnxExtractor
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
 from .reader import read_batches
@@ -281,24 +281,8 @@ def _onnx_extractor(
         report = RuntimeReport(ONNX, precision, str(had.get("requested_precision", precision)), cached=True)
         report.fidelity = dict(had.get("fidelity") or {})
         return onnx.load(), onnx.model_path, report
-    return prepare_onnx(extractor, precision, _sample_pixels(catalogue, extractor.input_size), batch_size=batch_size)
-
-
-def _sample_pixels(catalogue: Catalogue, size: int) -> Callable[[int, int], np.ndarray]:
-    """Evenly spread catalogue photos: ``sample(count, 0)`` and ``sample(count, 1)`` never share one."""
-
-    def sample(count: int, offset: int) -> np.ndarray:
-        items = catalogue.items
-        spread = np.unique(np.linspace(0, len(items) - 1, num=min(len(items), 2 * count)).astype(int))
-        pixels = []
-        for row in spread[offset::2][:count]:
-            try:
-                pixels.append(load_image(catalogue.images_dir / items[int(row)].image, size))
-            except ImageDecodeError:
-                continue
-        return np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-
-    return sample
+    photos = PhotoSample([catalogue.images_dir / item.image for item in catalogue.items], extractor.input_size)
+    return prepare_onnx(extractor, precision, photos, batch_size=batch_size)
 
 
 def _write_index(

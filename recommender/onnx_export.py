@@ -22,16 +22,18 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import BuildError
+from .errors import BuildError, ImageDecodeError
 from .extractor import FeatureExtractor
 from .fileio import read_json, temporary_sibling, write_json_atomic
+from .images import load_image
+from .onnx_graph import fold_channel_flip, fold_zero_pads, preprocessing_nodes
 from .onnx_model import FP32, INT8, OnnxExtractor
 
 #: int8 is kept only if fp32 and int8 features of the fidelity photos agree this well (cosine:
@@ -42,9 +44,45 @@ MIN_TOP5_OVERLAP = 0.60
 #: catalogue photos that calibrate int8, and as many others that check it
 CALIBRATION_PHOTOS = 256
 OPSET = 17
+#: part of every cached file's name: bumped when the export or quantisation changes what they hold
+#: (2: zero pads and the channel flip folded into convolutions and poolings, preprocessing left in fp32)
+GRAPH_REVISION = 2
 
-#: ``count`` evenly spread catalogue photos → ``(count, S, S, 3)`` uint8 pixels (fewer if unreadable)
-SamplePixels = Callable[[int, int], np.ndarray]
+
+@dataclass(frozen=True)
+class PhotoSample:
+    """Evenly spread catalogue photos: ``offset`` 0 calibrates int8, ``offset`` 1 (other photos) checks it.
+
+    The caches are keyed by the photos' bytes (:meth:`digest`, milliseconds), so a build whose
+    int8 model and fidelity figures are cached decodes none of them (:meth:`pixels`, seconds).
+    """
+
+    paths: Sequence[Path]
+    size: int
+
+    def chosen(self, count: int, offset: int) -> list[Path]:
+        spread = np.unique(np.linspace(0, len(self.paths) - 1, num=min(len(self.paths), 2 * count)).astype(int))
+        chosen = [self.paths[int(row)] for row in spread[offset::2][:count]]
+        return chosen or ([] if offset == 0 else self.chosen(count, 0))  # too few photos for two sets: check on the first
+
+    def digest(self, count: int, offset: int) -> str:
+        digest = hashlib.sha256(f"{self.size}".encode())
+        for path in self.chosen(count, offset):
+            try:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            except OSError:
+                digest.update(b"unreadable")
+        return digest.hexdigest()[:16]
+
+    def pixels(self, count: int, offset: int) -> np.ndarray:
+        """``(n, S, S, 3)`` uint8, ``n <= count``: unreadable photos are left out."""
+        pixels = []
+        for path in self.chosen(count, offset):
+            try:
+                pixels.append(load_image(path, self.size))
+            except ImageDecodeError:
+                continue
+        return np.stack(pixels) if pixels else np.zeros((0, self.size, self.size, 3), np.uint8)
 
 
 def cache_dir() -> Path:
@@ -99,6 +137,7 @@ def _atomic_copy(produce: Callable[[Path], None], target: Path) -> None:
 def export_fp32(extractor: FeatureExtractor, target: Path) -> None:
     """Convert the extractor's compiled forward function to an ONNX file at ``target``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
@@ -107,7 +146,10 @@ def export_fp32(extractor: FeatureExtractor, target: Path) -> None:
     signature = (tf.TensorSpec([None, size, size, 3], tf.uint8),)  # the forward function's own signature
 
     def produce(path: Path) -> None:
-        tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET, output_path=str(path))
+        model, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
+        fold_zero_pads(model)  # exact; saves int8 a dequantise/pad/quantise round trip per pad
+        fold_channel_flip(model)  # ResNet50's RGB→BGR: into conv1's weights instead of a copy of every photo
+        onnx.save(model, str(path))
 
     try:
         _atomic_copy(produce, target)
@@ -117,6 +159,7 @@ def export_fp32(extractor: FeatureExtractor, target: Path) -> None:
 
 def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
     """Static int8 quantisation (per-channel, QDQ) of ``fp32_path``, calibrated on ``pixels``."""
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,9 +179,11 @@ def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
         prepared = temporary_sibling(path, "prepared")
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            float_nodes = preprocessing_nodes(onnx.load(str(prepared)))  # a few float ops on the input, not int8 round trips
             quantize_static(
                 str(prepared), str(path), Reader(model_input.name), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8 x s8: what VNNI and AVX2 multiply fastest
+                nodes_to_exclude=float_nodes,
             )  # fmt: skip
         finally:
             if prepared.exists():
@@ -179,22 +224,17 @@ def refusal(figures: dict[str, float]) -> str:
     return "; ".join(reasons)
 
 
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:16]
-
-
-def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: SamplePixels, *, batch_size: int = 32) -> tuple[OnnxExtractor, Path, RuntimeReport]:
+def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: PhotoSample, *, batch_size: int = 32) -> tuple[OnnxExtractor, Path, RuntimeReport]:
     """Export (and quantise) ``extractor``'s model, from the cache when it holds them.
 
     Returns the ONNX extractor the build embeds with, its model file (to copy into the index)
-    and what was done. ``sample(count, offset)`` gives catalogue photos for calibration
-    (offset 0) and for the fidelity check (offset 1: other photos).
+    and what was done. ``sample`` gives the catalogue photos that calibrate int8 and check it.
     """
     if precision not in (FP32, INT8):
         raise BuildError(f"Unknown --precision {precision!r}; choose {FP32} or {INT8}.")
     report = RuntimeReport("onnx", precision, precision)
     identity = extractor.identity
-    stem = f"{identity.backbone}-{identity.input_size}-{identity.pooling}-{identity.weights_fingerprint[:20]}"
+    stem = f"{identity.backbone}-{identity.input_size}-{identity.pooling}-{identity.weights_fingerprint[:20]}-g{GRAPH_REVISION}"
     fp32_path = cache_dir() / "onnx" / f"{stem}-fp32.onnx"
     started = time.perf_counter()
     report.cached = fp32_path.is_file()
@@ -209,14 +249,14 @@ def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: SamplePixe
     if precision == FP32:
         return fp32.load(), fp32_path, report
 
-    calibration = sample(CALIBRATION_PHOTOS, 0)
-    if len(calibration) == 0:
-        report.precision, report.refused = FP32, "no catalogue photo could be read for calibration"
-        return fp32.load(), fp32_path, report
-    int8_path = fp32_path.with_name(f"{stem}-int8-{_digest(calibration)}.onnx")
+    int8_path = fp32_path.with_name(f"{stem}-int8-{sample.digest(CALIBRATION_PHOTOS, 0)}.onnx")
     started = time.perf_counter()
     if not int8_path.is_file():
         report.cached = False
+        calibration = sample.pixels(CALIBRATION_PHOTOS, 0)
+        if len(calibration) == 0:
+            report.precision, report.refused = FP32, "no catalogue photo could be read for calibration"
+            return fp32.load(), fp32_path, report
         try:
             quantize_int8(fp32_path, calibration, int8_path)
         except Exception as exc:  # onnxruntime's quantiser raises many types
@@ -224,13 +264,13 @@ def prepare_onnx(extractor: FeatureExtractor, precision: str, sample: SamplePixe
             return fp32.load(), fp32_path, report
     report.calibration_seconds = time.perf_counter() - started
     int8 = onnx_extractor(int8_path, INT8)
-    check = sample(CALIBRATION_PHOTOS, 1)
-    if len(check) == 0:
-        check = calibration  # a catalogue this small has no other photos: check on what calibrated
-    checked = int8_path.with_name(f"{int8_path.stem}-fidelity-{_digest(check)}.json")  # an fp32 pass costs seconds: once
+    checked = int8_path.with_name(
+        f"{int8_path.stem}-fidelity-{sample.digest(CALIBRATION_PHOTOS, 1)}.json"
+    )  # an fp32 pass costs seconds: once
     try:
         report.fidelity = {str(key): float(value) for key, value in read_json(checked).items()}
     except (OSError, ValueError, AttributeError):
+        check = sample.pixels(CALIBRATION_PHOTOS, 1)
         report.fidelity = fidelity(fp32.extract(check), int8.extract(check))
         write_json_atomic(checked, report.fidelity)
     report.refused = refusal(report.fidelity)
