@@ -6,6 +6,12 @@ one dedicated thread that takes every request waiting at that moment as one batc
 shoppers costs far less than as many batches of one, and the event loop never blocks on the model.
 The batch's first pages are searched there too, in one call: one pass over the catalogue's vectors
 (memory-bound) serves every shopper of the batch.
+
+The search's matrix products run on one BLAS thread: OpenBLAS's own pool spins between calls
+and took a core from the model and the decoders (measured: the bot's CPU time for 20 photos one
+after another fell from 2.3 s to 1.25 s). A large catalogue's search projection
+(:meth:`recommender.search.ExactSearcher.prepare_projection`) is built on a thread of its own
+after start-up; searches use it from the moment it is ready.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from recommender import Match, Recommender
 
@@ -49,11 +57,18 @@ class InferenceService:
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._decoders: ThreadPoolExecutor | None = None
+        self._projection: threading.Thread | None = None
+        self._blas_limit: threadpool_limits | None = None
         #: photos embedded and forward passes run, for the shutdown log (batching at work)
         self.images = 0
         self.batches = 0
 
     def start(self) -> None:
+        if self._blas_limit is None:  # process-wide: the bot's only BLAS user is the search
+            self._blas_limit = threadpool_limits(limits=1, user_api="blas")
+        if self._projection is None and self.recommender.searcher is not None:
+            self._projection = threading.Thread(target=self._prepare_projection, name="search-projection", daemon=True)
+            self._projection.start()
         if self._decoders is None:
             self._decoders = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode")
         if self._thread is None:
@@ -78,6 +93,18 @@ class InferenceService:
         if self._decoders is not None:
             self._decoders.shutdown(wait=False, cancel_futures=True)
             self._decoders = None
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
+
+    def _prepare_projection(self) -> None:
+        searcher = self.recommender.searcher
+        started = time.perf_counter()
+        try:
+            if searcher is not None and searcher.prepare_projection():
+                log.info("Search projection ready in %.1fs: %d products searched exactly from a short first pass.", time.perf_counter() - started, searcher.size)
+        except Exception:  # the full search keeps working; only the speed-up is lost
+            log.exception("Could not build the search projection; searching every vector in full.")
 
     async def embed_photo(self, data: bytes | bytearray) -> np.ndarray:
         """The query vector of one photo's file bytes (``ImageDecodeError`` for unusable images)."""

@@ -1,9 +1,12 @@
 """Exact nearest-neighbour search over L2-normalised vectors: vectors → (rows, similarities).
 
-Two paths give the same neighbours. A batch of queries goes through scikit-learn's
+Three paths give the same neighbours. A batch of queries goes through scikit-learn's
 ``NearestNeighbors`` (fitted once, at load). Fewer queries than ``batch_threshold`` (the bot sends
 one) take a float32 matrix product plus ``argpartition`` instead, which skips ``kneighbors``'
-per-call overhead and its float64 up-casting. ``benchmarks/search_speed.py`` times both.
+per-call overhead and its float64 up-casting. A catalogue of at least ``project_above`` long
+vectors is searched through a short projection with exact re-scoring
+(:mod:`recommender.projected_search`): the same top k from a fraction of the memory reads.
+``benchmarks/search_speed.py`` times them.
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from .errors import NotLoadedError
+from .projected_search import ProjectedSearch
 
 #: Below this many queries the matrix-product path is faster than ``kneighbors``.
 BATCH_THRESHOLD = 16
+#: From this many products on, long vectors are searched through their projection (exact all the same).
+PROJECT_ABOVE = 20_000
+#: Length of that projection; vectors shorter than four times this are searched in full.
+PROJECTED_DIM = 256
 
 
 class ExactSearcher:
@@ -26,16 +34,39 @@ class ExactSearcher:
     and the benchmark compare the two that way.
     """
 
-    def __init__(self, batch_threshold: int = BATCH_THRESHOLD) -> None:
+    def __init__(self, batch_threshold: int = BATCH_THRESHOLD, project_above: int = PROJECT_ABOVE, projected_dim: int = PROJECTED_DIM) -> None:
         self.batch_threshold = batch_threshold
+        self.project_above = project_above
+        self.projected_dim = projected_dim
         self._vectors: np.ndarray | None = None
         self._neighbors: NearestNeighbors | None = None
+        self._projected: ProjectedSearch | None = None
 
     def fit(self, vectors: np.ndarray) -> ExactSearcher:
         """Keep the catalogue's vectors (float32) and fit ``NearestNeighbors`` on them; returns self."""
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self._neighbors = NearestNeighbors(algorithm="brute", metric="euclidean").fit(self._vectors)
+        self._projected = None
         return self
+
+    def prepare_projection(self) -> bool:
+        """Build the short projection when the catalogue is large enough to gain from it; True if built.
+
+        Costs about a second at 44k products (a service's start-up, not a one-off query's), and
+        may run on another thread while searches go on: they switch to it once it is ready.
+        """
+        vectors = self._vectors
+        if vectors is None:
+            raise NotLoadedError("ExactSearcher.prepare_projection called before fit")
+        if len(vectors) < self.project_above or vectors.shape[1] < 4 * self.projected_dim:
+            return False
+        self._projected = ProjectedSearch(self.projected_dim).fit(vectors)
+        return True
+
+    @property
+    def projected(self) -> bool:
+        """Whether searches read the short projection (see :meth:`prepare_projection`)."""
+        return self._projected is not None
 
     @property
     def size(self) -> int:
@@ -48,13 +79,16 @@ class ExactSearcher:
         ``exclude`` (one row number per query, or -1) removes that catalogue row from the query's
         results, e.g. the query item itself in leave-one-out evaluation.
         """
-        if self._vectors is None or self._neighbors is None:
+        if self._vectors is None:
             raise NotLoadedError("ExactSearcher.search called before fit")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         wanted = min(k + (1 if exclude is not None else 0), self.size)
-        if len(queries) < self.batch_threshold:
+        projected = self._projected  # once: another thread may set it meanwhile
+        if projected is not None:
+            rows, similarities = projected.search(queries, wanted)
+        elif len(queries) < self.batch_threshold:
             rows, similarities = self._search_matmul(queries, wanted)
         else:
             rows, similarities = self._search_sklearn(queries, wanted)

@@ -48,3 +48,35 @@ async def test_a_batch_gets_its_first_pages_from_one_search(demo_recommender, de
     assert service.images == len(photos)
     for (vector, page), size in zip(answers, (5, 3, 5, 0, 5, 1)):
         assert [m.id for m in page] == [m.id for m in demo_recommender.matches(vector[None], size, 0)[0]] if size else page == []
+
+
+async def test_the_service_searches_on_one_blas_thread_and_switches_to_the_projection_when_ready(
+    demo_recommender, demo_catalogue, monkeypatch
+) -> None:
+    """A large catalogue's projection is built after start-up, off the event loop; answers stay the recommender's own."""
+    from threadpoolctl import threadpool_info
+
+    from recommender.search import ExactSearcher
+
+    assert demo_recommender.index is not None
+    searcher = ExactSearcher(project_above=0).fit(demo_recommender.index.vectors)  # the demo is small: lower the bar
+    monkeypatch.setattr(demo_recommender, "searcher", searcher)
+    photos = [(demo_catalogue.images_dir / item.image).read_bytes() for item in demo_catalogue.items[:3]]
+    blas_threads = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    service = InferenceService(demo_recommender)
+    service.start()
+    try:
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
+        for _ in range(600):  # wait for the projection's thread to finish, not for a fixed time
+            if searcher.projected:
+                break
+            await asyncio.sleep(0.01)
+        assert searcher.projected
+        answers = await asyncio.gather(*(service.embed_and_page(photo, 5) for photo in photos))
+    finally:
+        service.stop()
+    assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == blas_threads  # restored
+    plain = ExactSearcher().fit(demo_recommender.index.vectors)
+    for vector, page in answers:
+        rows, _ = plain.search(vector, 5)
+        assert [m.row for m in page] == rows[0].tolist()

@@ -21,6 +21,17 @@ def both_paths(vectors: np.ndarray) -> tuple[ExactSearcher, ExactSearcher]:
     return ExactSearcher(batch_threshold=10**9).fit(vectors), ExactSearcher(batch_threshold=0).fit(vectors)
 
 
+def projected(vectors: np.ndarray, dim: int | None = None) -> ExactSearcher:
+    """A searcher that reads a short projection first, whatever the catalogue's size (a quarter of the length by default)."""
+    searcher = ExactSearcher(project_above=0, projected_dim=dim or max(1, vectors.shape[1] // 4)).fit(vectors)
+    assert searcher.prepare_projection() and searcher.projected
+    return searcher
+
+
+def searcher_for(path: str, vectors: np.ndarray) -> ExactSearcher:
+    return projected(vectors) if path == "projected" else both_paths(vectors)[path == "sklearn"]
+
+
 def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -88,10 +99,10 @@ def test_paths_agree_on_real_index_vectors(request, index):
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+@pytest.mark.parametrize("path", ["matmul", "sklearn", "projected"])
 def test_exclude_removes_exactly_the_excluded_row(path):
     vectors = unit_vectors(300, 32, seed=5)
-    searcher = both_paths(vectors)[path == "sklearn"]
+    searcher = searcher_for(path, vectors)
     queries = vectors[[10, 20, 30, 40]] + 0.01 * unit_vectors(4, 32, seed=6)
     exclude = np.array([10, -1, 30, 123])  # own row, nothing, own row, a row not in the top-k
     full_rows, full_sims = searcher.search(queries, 6)
@@ -105,10 +116,10 @@ def test_exclude_removes_exactly_the_excluded_row(path):
     assert rows[0, 0] != 10 and rows[1, 0] == 20  # the query's own row is what disappears
 
 
-@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+@pytest.mark.parametrize("path", ["matmul", "sklearn", "projected"])
 def test_k_larger_than_the_index(path):
     vectors = unit_vectors(5, 8, seed=7)
-    searcher = both_paths(vectors)[path == "sklearn"]
+    searcher = searcher_for(path, vectors)
     rows, sims = searcher.search(vectors[:2], 50)
     assert rows.shape == sims.shape == (2, 5)
     for row in rows:
@@ -120,19 +131,19 @@ def test_k_larger_than_the_index(path):
     assert 0 not in rows[0] and 1 not in rows[1]
 
 
-@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+@pytest.mark.parametrize("path", ["matmul", "sklearn", "projected"])
 def test_float32_is_preserved(path):
     vectors = unit_vectors(100, 24, seed=8)
-    searcher = both_paths(vectors)[path == "sklearn"]
+    searcher = searcher_for(path, vectors)
     for queries in (vectors[:3], vectors[:3].astype(np.float64), vectors[:20]):
         rows, sims = searcher.search(queries, 4)
         assert sims.dtype == np.float32
         assert rows.dtype == np.int64
 
 
-@pytest.mark.parametrize("path", ["matmul", "sklearn"])
+@pytest.mark.parametrize("path", ["matmul", "sklearn", "projected"])
 def test_k_below_one_is_refused_on_both_paths(path):
-    searcher = both_paths(unit_vectors(10, 4, seed=9))[path == "sklearn"]
+    searcher = searcher_for(path, unit_vectors(10, 4, seed=9))
     for k in (0, -3):
         with pytest.raises(ValueError, match="k must be at least 1"):
             searcher.search(unit_vectors(2, 4, seed=10), k)
@@ -142,3 +153,42 @@ def test_search_before_fit_is_an_error():
     with pytest.raises(NotLoadedError, match="before fit"):
         ExactSearcher().search(np.zeros((1, 4), np.float32))
     assert ExactSearcher().size == 0
+
+
+@pytest.mark.parametrize("index", ["demo_index", pytest.param("fashion_index", marks=pytest.mark.shared)])
+def test_the_projected_search_returns_the_exact_top_k_of_real_vectors(request, index):
+    """Real MobileNetV2 features: the short first pass plus exact re-scoring equals a float64 brute force, and prunes."""
+    vectors = _real_vectors(request, index)
+    rng = np.random.default_rng(12)
+    picks = rng.choice(len(vectors), 40, replace=False)
+    blends = l2_normalize(vectors[picks[:20]] + 0.7 * vectors[picks[20:]])
+    noisy = l2_normalize(vectors[picks] + 0.02 * rng.standard_normal(vectors[picks].shape).astype(np.float32))
+    searcher = projected(vectors, dim=64)
+    reference = both_paths(vectors)[0]
+    for query in (vectors[picks[:1]], blends, noisy, blends[:16]):
+        rows, sims = searcher.search(query, 8)
+        assert_same_neighbours(vectors, query, (rows, sims), reference.search(query, 8))
+        best = np.sort(query.astype(np.float64) @ vectors.astype(np.float64).T, axis=1)[:, ::-1][:, :8]
+        np.testing.assert_allclose(sims, best, atol=1e-5)  # the k best scores themselves (the order of exact ties may differ)
+        assert sims.dtype == np.float32 and np.all(np.diff(sims, axis=1) <= 1e-6)
+    assert searcher._projected is not None
+    if len(vectors) >= 1000:  # a real catalogue: the bound leaves a small share to score exactly
+        assert np.median(searcher._projected.last_exact_rows) < 0.1 * len(vectors)
+
+
+def test_unstructured_vectors_fall_back_to_one_full_pass_and_stay_exact():
+    """Random directions in 512-d leave the bound nothing to prune: every row is scored, the answer is still exact."""
+    vectors = unit_vectors(3000, 512, seed=13)
+    queries = unit_vectors(5, 512, seed=14)
+    searcher = projected(vectors, dim=16)
+    rows, _ = searcher.search(queries, 5)
+    np.testing.assert_array_equal(rows, brute_force(vectors, queries, 5))
+    assert searcher._projected is not None and searcher._projected.last_exact_rows == [3000] * 5
+
+
+def test_the_projection_is_only_built_where_it_pays():
+    assert not ExactSearcher().fit(unit_vectors(500, 64, seed=15)).prepare_projection()  # a small catalogue
+    short = ExactSearcher(project_above=0, projected_dim=32).fit(unit_vectors(100, 100, seed=16))
+    assert not short.prepare_projection() and not short.projected  # vectors under 4 x the projection's length
+    with pytest.raises(NotLoadedError):
+        ExactSearcher().prepare_projection()
