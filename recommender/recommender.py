@@ -109,7 +109,7 @@ class Recommender:
         self.searcher: ExactSearcher | None = None
 
     def load(self) -> Recommender:
-        index = load_index(self.index_dir)
+        index = load_index(self.index_dir, mmap=True)  # searching reads only the vectors: features and colours stay on disk
         extractor = extractor_for_index(index.manifest, self.backbone, self.weights, index.directory)
         if extractor.backbone != index.manifest.model.backbone:
             raise ModelMismatchError(
