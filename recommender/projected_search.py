@@ -28,6 +28,12 @@ CANCELLATION_MARGIN = 1e-6
 #: when more than this share of the products reach the bar, one full pass replaces the gathering
 #: (features that barely differ, e.g. a randomly initialised network's, leave the bound nothing to prune)
 FULL_SCAN_SHARE = 0.1
+#: weight of the latest query in the running share of full passes (:attr:`ProjectedSearch.full_pass_share`)
+SHARE_WEIGHT = 0.05
+#: above this running share of full passes, the projection costs more than it saves (:meth:`ProjectedSearch.pays`) ...
+UNPROFITABLE_SHARE = 0.5
+#: ... and only every this many-th query still tries it, so the share follows the queries as they change
+PROBE_EVERY = 16
 #: rows projected at a time while fitting (keeps the temporary small)
 CHUNK_ROWS = 8192
 #: queries scored against the projection at a time (a (queries x rows) float32 block)
@@ -52,6 +58,22 @@ class ProjectedSearch:
         self._residuals: np.ndarray | None = None
         #: rows scored exactly by the last :meth:`search`, per query (how well the bound prunes)
         self.last_exact_rows: list[int] = []
+        #: running share of recent queries that needed a full pass (the bound pruned too little)
+        self.full_pass_share = 0.0
+        self._skipped = 0
+
+    def pays(self) -> bool:
+        """Whether the next search should use the projection: not while recent queries mostly needed full passes.
+
+        Queries far from the catalogue's own directions (features that barely differ, or photos
+        unlike the catalogue's) leave the bound little to prune; a first pass is then wasted work.
+        Every :data:`PROBE_EVERY`-th query tries anyway, so the projection comes back when it pays again.
+        """
+        if self.full_pass_share <= UNPROFITABLE_SHARE:
+            return True
+        self._skipped += 1
+        self.last_exact_rows = []
+        return self._skipped % PROBE_EVERY == 0
 
     def fit(self, vectors: np.ndarray) -> ProjectedSearch:
         """Estimate the leading directions from a seeded sample and project every row; returns self.
@@ -92,6 +114,7 @@ class ProjectedSearch:
                 rows, scores, scored = self._exact_top(query, first_pass[offset], float(rest[offset]), k)
                 rows_out[start + offset], scores_out[start + offset] = rows, scores
                 exact_rows.append(scored)
+                self.full_pass_share += SHARE_WEIGHT * ((scored == len(self._vectors)) - self.full_pass_share)
         self.last_exact_rows = exact_rows
         return rows_out, scores_out
 

@@ -86,7 +86,7 @@ class ExactSearcher:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         wanted = min(k + (1 if exclude is not None else 0), self.size)
         projected = self._projected  # once: another thread may set it meanwhile
-        if projected is not None:
+        if projected is not None and projected.pays():
             rows, similarities = projected.search(queries, wanted)
         elif len(queries) < self.batch_threshold:
             rows, similarities = self._search_matmul(queries, wanted)

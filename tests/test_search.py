@@ -171,9 +171,10 @@ def test_the_projected_search_returns_the_exact_top_k_of_real_vectors(request, i
         best = np.sort(query.astype(np.float64) @ vectors.astype(np.float64).T, axis=1)[:, ::-1][:, :8]
         np.testing.assert_allclose(sims, best, atol=1e-5)  # the k best scores themselves (the order of exact ties may differ)
         assert sims.dtype == np.float32 and np.all(np.diff(sims, axis=1) <= 1e-6)
-    assert searcher._projected is not None
-    if len(vectors) >= 1000:  # a real catalogue: the bound leaves a small share to score exactly
-        assert np.median(searcher._projected.last_exact_rows) < 0.1 * len(vectors)
+    if len(vectors) >= 500:  # a real catalogue: the bound leaves a small share of the products to score exactly
+        pruning = projected(vectors, dim=256)
+        pruning.search(blends, 8)
+        assert pruning._projected is not None and np.median(pruning._projected.last_exact_rows) < 0.1 * len(vectors)
 
 
 def test_unstructured_vectors_fall_back_to_one_full_pass_and_stay_exact():
@@ -183,7 +184,16 @@ def test_unstructured_vectors_fall_back_to_one_full_pass_and_stay_exact():
     searcher = projected(vectors, dim=16)
     rows, _ = searcher.search(queries, 5)
     np.testing.assert_array_equal(rows, brute_force(vectors, queries, 5))
-    assert searcher._projected is not None and searcher._projected.last_exact_rows == [3000] * 5
+    projection = searcher._projected
+    assert projection is not None and projection.last_exact_rows == [3000] * 5
+    # Queries keep needing full passes: the projection stops paying, and is only tried now and then.
+    many = unit_vectors(40, 512, seed=17)
+    tried = 0
+    for query in many:
+        rows, _ = searcher.search(query, 5)
+        np.testing.assert_array_equal(rows, brute_force(vectors, query[None], 5))
+        tried += bool(projection.last_exact_rows)
+    assert projection.full_pass_share > 0.5 and tried < 30
 
 
 def test_the_projection_is_only_built_where_it_pays():
