@@ -35,7 +35,7 @@ UNPROFITABLE_SHARE = 0.5
 #: ... and only every this many-th query still tries it, so the share follows the queries as they change
 PROBE_EVERY = 16
 #: rows projected at a time while fitting (keeps the temporary small)
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 2048
 #: queries scored against the projection at a time (a (queries x rows) float32 block)
 QUERY_CHUNK = 64
 
