@@ -73,15 +73,20 @@ def _spatial_zero_pads(model: Any, pad: Any) -> list[int] | None:
     return [int(begin[2]), int(begin[3]), int(end[2]), int(end[3])]
 
 
-def fold_zero_pads(model: Any) -> int:
-    """Fold zero ``Pad`` nodes into the ``Conv``/``MaxPool`` they feed, in place; returns how many were folded."""
-    graph = model.graph
+def _wiring(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]], set[str]]:
+    """Each tensor's producing node, its consuming nodes, and the graph's output names."""
     producers = {output: node for node in graph.node for output in node.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    outputs = {output.name for output in graph.output}
+    return producers, consumers, {output.name for output in graph.output}
+
+
+def fold_zero_pads(model: Any) -> int:
+    """Fold zero ``Pad`` nodes into the ``Conv``/``MaxPool`` they feed, in place; returns how many were folded."""
+    graph = model.graph
+    producers, consumers, outputs = _wiring(graph)
     folded = []
     for pad in graph.node:
         if pad.op_type != "Pad" or pad.output[0] in outputs:
@@ -157,12 +162,7 @@ def fold_channel_flip(model: Any) -> bool:
     from onnx import numpy_helper
 
     graph = model.graph
-    producers = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {output.name for output in graph.output}
+    producers, consumers, outputs = _wiring(graph)
     for concat in graph.node:
         if concat.op_type != "Concat" or _attribute(concat, "axis", 0) not in (3, -1) or concat.output[0] in outputs:
             continue
