@@ -21,6 +21,7 @@ from .errors import (
     NotLoadedError,
 )
 from .extractor import BACKBONES, FeatureExtractor
+from .filters import FilterError, Where
 from .images import load_image
 from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest, ModelIdentity
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ExactSearcher",
     "FeatureExtractor",
+    "FilterError",
     "ImageDecodeError",
     "IndexCorruptError",
     "IndexNotFoundError",
@@ -51,6 +53,7 @@ __all__ = [
     "ModelMismatchError",
     "NotLoadedError",
     "Recommender",
+    "Where",
     "build_index",
     "load_catalogue",
     "load_image",

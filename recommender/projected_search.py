@@ -96,12 +96,15 @@ class ProjectedSearch:
         self._vectors, self._basis, self._projected, self._residuals = vectors, basis, projected, residuals
         return self
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` rows and similarities per query, best first (ties: lower row first)."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` rows and similarities per query, best first (ties: lower row first).
+
+        ``allowed``: a bool mask of the rows that may be returned (``k`` at most as many as it allows).
+        """
         if self._vectors is None or self._basis is None or self._projected is None or self._residuals is None:
             raise RuntimeError("ProjectedSearch.search called before fit")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        k = min(k, len(self._vectors))
+        k = min(k, len(self._vectors) if allowed is None else int(np.count_nonzero(allowed)))
         rows_out = np.empty((len(queries), k), dtype=np.int64)
         scores_out = np.empty((len(queries), k), dtype=np.float32)
         exact_rows: list[int] = []
@@ -110,19 +113,24 @@ class ProjectedSearch:
             short = chunk @ self._basis
             rest = _residual_norms(np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64), short)
             first_pass = short @ self._projected.T
+            if allowed is not None:
+                first_pass[:, ~allowed] = -np.inf  # never shortlisted, and their bound never reaches the bar
             for offset, query in enumerate(chunk):
-                rows, scores, scored = self._exact_top(query, first_pass[offset], float(rest[offset]), k)
+                rows, scores, scored = self._exact_top(query, first_pass[offset], float(rest[offset]), k, allowed)
                 rows_out[start + offset], scores_out[start + offset] = rows, scores
                 exact_rows.append(scored)
                 self.full_pass_share += SHARE_WEIGHT * ((scored == len(self._vectors)) - self.full_pass_share)
         self.last_exact_rows = exact_rows
         return rows_out, scores_out
 
-    def _exact_top(self, query: np.ndarray, first_pass: np.ndarray, rest: float, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """The exact top ``k`` of one query, and how many rows it scored exactly."""
+    def _exact_top(
+        self, query: np.ndarray, first_pass: np.ndarray, rest: float, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The exact top ``k`` of one query among the ``allowed`` rows, and how many rows it scored exactly."""
         assert self._vectors is not None and self._residuals is not None
         count = len(first_pass)
-        shortlist = min(count, max(self.shortlist, 2 * k))
+        available = count if allowed is None else int(np.count_nonzero(allowed))
+        shortlist = min(available, max(self.shortlist, 2 * k))
         candidates = np.argpartition(-first_pass, shortlist - 1)[:shortlist] if shortlist < count else np.arange(count)
         candidates.sort()  # ascending rows read the vectors (a memory-mapped file) in order
         exact = self._vectors[candidates] @ query
@@ -131,6 +139,8 @@ class ProjectedSearch:
         reaching = np.flatnonzero(upper >= bar)
         if len(reaching) > count * FULL_SCAN_SHARE:  # the bound prunes too little here: one full pass is cheaper than gathering
             exact = np.asarray(self._vectors @ query, dtype=np.float32)
+            if allowed is not None:
+                exact[~allowed] = -np.inf
             top = np.argpartition(-exact, k - 1)[:k] if k < count else np.arange(count)
             order = np.lexsort((top, -exact[top]))
             return top[order], exact[top][order], count

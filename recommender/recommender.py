@@ -20,6 +20,7 @@ from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
 from .extractor import FeatureExtractor, normalize_weights_option
+from .filters import CanonicalWhere, Where, allowed_rows, canonical
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from .index_store import CatalogueIndex, load_index
 from .manifest import TENSORFLOW_RUNTIME, Manifest
@@ -30,6 +31,8 @@ from .search import ExactSearcher
 ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 #: Label columns shown under a product's name, in this order, when the catalogue has them.
 CAPTION_COLUMNS = ("articleType", "baseColour", "gender")
+#: Filters whose row masks are kept (a shopper's few buttons, an operator's few --where options).
+KEPT_FILTERS = 64
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class Recommender:
         self.index: CatalogueIndex | None = None
         self.extractor: FeatureExtractor | None = None
         self.searcher: ExactSearcher | None = None
+        self._masks: dict[CanonicalWhere, np.ndarray] = {}
 
     def load(self) -> Recommender:
         index = load_index(self.index_dir, mmap=True)  # searching reads only the vectors: features and colours stay on disk
@@ -120,6 +124,7 @@ class Recommender:
         index.manifest.model.check_matches(extractor.identity)
         self.index, self.extractor = index, extractor
         self.searcher = ExactSearcher().fit(index.vectors)
+        self._masks = {}
         return self
 
     @property
@@ -154,21 +159,40 @@ class Recommender:
             return features
         return index.refiner.query_vectors(features, colour_histograms(pixels, index.refiner.colour_method))
 
-    def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0) -> list[list[Match]]:
-        """Ranked matches ``offset .. offset+k-1`` for each query vector."""
+    @property
+    def filter_columns(self) -> list[str]:
+        """The catalogue's columns a ``where`` filter may name (every column of products.csv but the image path)."""
+        return [column for column in self._loaded()[0].columns if column != "image"]
+
+    def allowed(self, where: Where | None) -> np.ndarray | None:
+        """The bool row mask of ``where`` (None: no filter); :class:`FilterError` for a column the catalogue lacks."""
+        key = canonical(where)
+        if not key:
+            return None
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = allowed_rows(self._loaded()[0].products, key, self.filter_columns)
+            if len(self._masks) >= KEPT_FILTERS:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = mask
+        return mask
+
+    def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0, where: Where | None = None) -> list[list[Match]]:
+        """Ranked matches ``offset .. offset+k-1`` for each query vector, among the products that pass ``where``."""
         index, _, searcher = self._loaded()
-        rows, scores = searcher.search(vectors, k + offset)
+        rows, scores = searcher.search(vectors, k + offset, allowed=self.allowed(where))
         return [
             [self._match(offset + rank, int(row), float(score), index) for rank, (row, score) in enumerate(zip(r[offset:], s[offset:]))]
             for r, s in zip(rows, scores)
         ]
 
-    def recommend(self, image: ImageSource, k: int = 5, offset: int = 0) -> list[Match]:
-        """The ``k`` most similar products (skipping the first ``offset``), best first."""
-        return self.matches(self.embed(self.decode(image)[None]), k, offset)[0]
+    def recommend(self, image: ImageSource, k: int = 5, offset: int = 0, where: Where | None = None) -> list[Match]:
+        """The ``k`` most similar products (skipping the first ``offset``), best first; ``where`` filters them
+        (:mod:`recommender.filters`; an empty list when no product passes)."""
+        return self.matches(self.embed(self.decode(image)[None]), k, offset, where)[0]
 
     def iter_recommend(
-        self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None
+        self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None, where: Where | None = None
     ) -> Iterator[list[Match] | ImageDecodeError]:
         """Answers in input order, a batch at a time; a bad image yields its error in place.
 
@@ -188,16 +212,16 @@ class Recommender:
                 except ImageDecodeError as exc:
                     decoded.append(exc)
             good = [pixels for pixels in decoded if isinstance(pixels, np.ndarray)]
-            answers = iter(self.matches(self.embed(np.stack(good)), k, offset) if good else [])
+            answers = iter(self.matches(self.embed(np.stack(good)), k, offset, where) if good else [])
             del good
             for item in decoded:
                 yield item if isinstance(item, ImageDecodeError) else next(answers)
 
     def recommend_many(
-        self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None
+        self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None, where: Where | None = None
     ) -> list[list[Match] | ImageDecodeError]:
         """:meth:`iter_recommend` collected into a list (answers are small; pixels never pile up)."""
-        return list(self.iter_recommend(images, k, offset, batch_size=batch_size))
+        return list(self.iter_recommend(images, k, offset, batch_size=batch_size, where=where))
 
     def _match(self, rank: int, row: int, score: float, index: CatalogueIndex) -> Match:
         product = index.products[row]

@@ -73,23 +73,30 @@ class ExactSearcher:
         """How many vectors were fitted (0 before :meth:`fit`)."""
         return 0 if self._vectors is None else len(self._vectors)
 
-    def search(self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows and cosine similarities for each query (``(Q, k)`` arrays).
 
         ``exclude`` (one row number per query, or -1) removes that catalogue row from the query's
-        results, e.g. the query item itself in leave-one-out evaluation.
+        results, e.g. the query item itself in leave-one-out evaluation. ``allowed`` (a bool mask
+        over the rows, :mod:`recommender.filters`) keeps only those rows: the exact top ``k``
+        among them, fewer when fewer pass, ``(Q, 0)`` when none does.
         """
         if self._vectors is None:
             raise NotLoadedError("ExactSearcher.search called before fit")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        wanted = min(k + (1 if exclude is not None else 0), self.size)
+        available = self.size if allowed is None else int(np.count_nonzero(allowed))
+        if available == 0:
+            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
+        wanted = min(k + (1 if exclude is not None else 0), available)
         projected = self._projected  # once: another thread may set it meanwhile
         if projected is not None and projected.pays():
-            rows, similarities = projected.search(queries, wanted)
-        elif len(queries) < self.batch_threshold:
-            rows, similarities = self._search_matmul(queries, wanted)
+            rows, similarities = projected.search(queries, wanted, allowed)
+        elif allowed is not None or len(queries) < self.batch_threshold:
+            rows, similarities = self._search_matmul(queries, wanted, allowed)
         else:
             rows, similarities = self._search_sklearn(queries, wanted)
         if exclude is not None:
@@ -103,9 +110,11 @@ class ExactSearcher:
         similarities = (1.0 - np.square(distances) / 2.0).astype(np.float32)
         return rows.astype(np.int64), similarities
 
-    def _search_matmul(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_matmul(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         assert self._vectors is not None
         scores = queries @ self._vectors.T
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf  # k never exceeds the rows allowed: none of these is picked
         if k < scores.shape[1]:
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:

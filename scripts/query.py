@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Check an index before going live: print the most similar products for some photos.
 
-    python scripts/query.py IMAGE [IMAGE ...] --index DIR [--k K] [--json]
+    python scripts/query.py IMAGE [IMAGE ...] --index DIR [--k K] [--json] [--where COLUMN=VALUE[,VALUE...] ...]
 
-Any number of photos (e.g. a held-out tenth of a 44k catalogue): they are decoded and embedded a
+``--where gender=Women,Unisex --where masterCategory=Footwear`` keeps only the products whose
+gender is Women or Unisex and whose masterCategory is Footwear (any case), ranked exactly as
+without the filter. Any number of photos (e.g. a held-out tenth of a 44k catalogue): they are decoded and embedded a
 batch at a time and each answer is printed as soon as its batch is done.
 """
 
@@ -25,17 +27,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object: image path → ranked results")
     parser.add_argument("--backbone", help="override the index's backbone (must match it)")
     parser.add_argument("--weights", help="override where the weights come from (must match the index's)")
+    parser.add_argument(
+        "--where", action="append", default=[], metavar="COLUMN=VALUE[,VALUE...]",
+        help="only products whose COLUMN is one of the values (any case); repeat for more columns, which must all match",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from recommender import Recommender
+    from recommender.filters import canonical, describe, parse_option
 
+    where: dict[str, list[str]] = {}
+    for option in args.where:
+        column, values = parse_option(option)
+        where.setdefault(column, []).extend(values)
     recommender = Recommender(args.index, backbone=args.backbone, weights=args.weights).load()
+    allowed = recommender.allowed(where)  # an unknown column is refused here, before any photo is read
+    if allowed is not None:
+        passing = int(allowed.sum())
+        print(f"Filter {describe(canonical(where))}: {passing} of {len(recommender)} products pass.", file=sys.stderr)
+        if not passing:
+            print("No product passes this filter: every answer below is empty. Check the values against products.csv.", file=sys.stderr)
     # Answers stream out a batch at a time: thousands of photos never sit in memory together,
     # and the operator sees results from the first seconds on.
-    answers = zip(args.images, recommender.iter_recommend(args.images, k=args.k))
+    answers = zip(args.images, recommender.iter_recommend(args.images, k=args.k, where=where))
     failures = 0
     if args.json:
         print("{", end="")
@@ -54,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(answer, Exception):
                 failures += 1
                 print(f"  error: {answer}", flush=True)
+                continue
+            if not answer:
+                print("  (no product passes the filter)", flush=True)
                 continue
             print(f"  {'#':>2}  {'score':>6}  {'id':>8}  product")
             for match in answer:
