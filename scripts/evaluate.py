@@ -50,6 +50,10 @@ DEFAULT_HOLDOUT = 0.2
 SHEET_QUERIES = 12
 
 
+#: indexed products whose shopper photos measure exact-item recall (the figure issue 13 started from used 300)
+EXACT_ITEMS = 300
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Measure how often an index's nearest products share the query's labels.")
     parser.add_argument("--images", required=True, type=Path, help="the catalogue's photo folder (Kaggle: images/)")
@@ -64,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", action="store_true", help="also compare plain features with the index's method: its embedding head, else the label-centroid refinement")
     parser.add_argument("--queries", choices=("catalogue", "shopper"), default="catalogue",
                         help="query with the catalogue photos (default) or with shopper-like phone photos made from them")
+    parser.add_argument("--exact-items", type=int, default=EXACT_ITEMS, metavar="N",
+                        help=f"with --queries shopper: also make shopper photos of N indexed products and count how often the product "
+                             f"itself comes first / in the top k (default {EXACT_ITEMS}; 0: skip)")
     return parser.parse_args(argv)
 
 
@@ -176,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             evaluations["plain"] = plain()
         evaluations["index"] = evaluations["head" if head is not None else "refined" if refiner is not None else "plain"]
 
+    exact: protocols.ExactItems | None = None
+    if args.queries == protocols.SHOPPER_QUERIES and args.exact_items > 0:
+        exact_rows = protocols.exact_item_rows(len(index), args.exact_items, args.seed)
+        shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
+        exact = protocols.exact_items(vectors, served_query_vectors(index, shots.features, shots.colours), exact_rows, k=k)
+
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
     if shopper is not None:
@@ -188,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if shopper is not None:
         cost = shopper.milliseconds_per_query()
         print(f"\nShopper photos: {cost['transform']:.1f} ms per query to make, {cost['decode_and_embed']:.1f} ms to decode and embed.")
+    if exact is not None:
+        print(f"\nExact item ({exact.queries} shopper photos of indexed products, the whole index searched as served): "
+              f"the product itself first {exact.recall_at_1:.1%}, in the top {k} {exact.recall_at_k:.1%}, MRR@{k} {exact.reciprocal_rank:.3f}")
     if args.compare:
         against = "the embedding head (re-trained on the searchable side)" if head is not None else "label-centroid refinement"
         print(f"\nPlain backbone features vs {against}, same split ({split['queries']} queries, "
@@ -199,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "backbone": index.manifest.model.backbone, "weights": index.manifest.weights}
         if split:
             output["split"] = split
+        if exact is not None:
+            output["exact_item"] = {**exact.to_json(), "seed": args.seed}
         if shopper is not None:
             output["shopper"] = {"seed": args.seed, "ms_per_query": {name: round(value, 2) for name, value in shopper.milliseconds_per_query().items()}}
         if args.compare:
@@ -301,6 +319,15 @@ def embed_shopper_queries(
     print(f"Making and embedding {len(query_rows)} shopper photos (seed {seed})...", flush=True)
     return protocols.shopper_queries([photos[row] for row in query_rows], [index.products[row]["id"] for row in query_rows], embed,
                                      seed=seed, background_pool=pool, batch_size=extractor.batch_size)
+
+
+def served_query_vectors(index: CatalogueIndex, features: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Query vectors as the index serves them: through its head, its refinement, or the plain features."""
+    if index.head is not None:
+        return index.head.query_vectors(features)
+    if index.refiner is not None:
+        return index.refiner.query_vectors(features, colours)
+    return features
 
 
 def head_views(

@@ -101,6 +101,9 @@ def test_shopper_queries_leave_one_out_on_a_plain_index(tmp_path, demo_index):
     data = json.loads(out.read_text())
     check_shape(data, 98)
     assert data["mode"] == "leave-one-out" and data["query_photos"] == "shopper"
+    exact = data["exact_item"]  # shopper photos of 98 indexed products searching the whole index
+    assert exact["queries"] == 98 and 0.0 <= exact["recall_at_1"] <= exact["recall_at_5"] <= 1.0 and exact["seed"] == 0
+    assert "Exact item (98 shopper photos of indexed products" in result.stdout
     catalogue = evaluate(demo_index.catalogue, demo_index.path, "--json", tmp_path / "catalogue.json")
     assert catalogue.returncode == 0
     assert json.loads((tmp_path / "catalogue.json").read_text())["precision_at_5"] != data["precision_at_5"]

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from recommender.evaluation.protocols import (
+    exact_item_rows,
+    exact_items,
     head_split_vectors,
     held_out,
     leave_one_out,
@@ -190,3 +192,22 @@ def test_the_head_is_retrained_on_the_searchable_rows_only():
     shopper = features[query_rows] + 1.0
     np.testing.assert_allclose(np.linalg.norm(head_split_vectors(features, labels, searchable_rows, query_rows, views, settings,
                                                                  query_features=shopper)[1], axis=1), 1.0, atol=1e-5)
+
+
+def test_exact_items_count_where_the_product_itself_comes():
+    vectors = l2_normalize(np.random.default_rng(31).standard_normal((50, 16)).astype(np.float32))
+    rows = np.array([3, 10, 20, 40])
+    near = vectors[rows].copy()
+    near[1] = l2_normalize(vectors[10] + 1.2 * vectors[11])  # row 11 now beats row 10
+    near[3] = -vectors[40]  # the product itself is the worst match
+    result = exact_items(vectors, near, rows, k=5)
+    ranks_of_10 = np.argsort(-(vectors @ near[1]))
+    second = int(np.flatnonzero(ranks_of_10 == 10)[0]) + 1
+    assert result.queries == 4 and result.recall_at_1 == 0.5
+    assert result.recall_at_k == (0.75 if second <= 5 else 0.5)
+    assert result.reciprocal_rank == pytest.approx((1 + 1 + (1 / second if second <= 5 else 0)) / 4)
+    assert result.to_json()["recall_at_5"] == round(result.recall_at_k, 4)
+    assert exact_items(vectors, near[:0], rows[:0]).queries == 0
+    sample = exact_item_rows(1000, 300, seed=2)
+    assert len(sample) == 300 and len(set(sample.tolist())) == 300 and np.all(np.diff(sample) > 0)
+    assert np.array_equal(sample, exact_item_rows(1000, 300, seed=2)) and exact_item_rows(5, 300, seed=2).tolist() == [0, 1, 2, 3, 4]

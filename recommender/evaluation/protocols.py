@@ -12,6 +12,9 @@ Query photos, either protocol:
 * shopper: a query is its product's catalogue photo turned into a shopper-like phone photo
   (recommender/shopper_photos.py, seeded by the run's seed and the product id), then decoded and
   embedded as the bot would (:func:`shopper_queries`). The index rows stay catalogue photos.
+
+Exact item (:func:`exact_items`): shopper photos of products that *are* in the index search the
+whole index as it serves; the question is whether the product itself comes first, or in the top k.
 """
 
 from __future__ import annotations
@@ -229,3 +232,38 @@ def shopper_queries(
     if not features:
         return ShopperQueries(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), 0.0, 0.0)
     return ShopperQueries(np.concatenate(features), np.concatenate(colours), transform_seconds, embed_seconds)
+
+
+@dataclass
+class ExactItems:
+    """How often a shopper photo of an indexed product finds that very product (recall@1, recall@k)."""
+
+    queries: int
+    k: int
+    recall_at_1: float
+    recall_at_k: float
+    #: mean of 1/rank of the product itself, 0 when it is not in the top k
+    reciprocal_rank: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"queries": self.queries, "k": self.k, "recall_at_1": round(self.recall_at_1, 4),
+                f"recall_at_{self.k}": round(self.recall_at_k, 4), f"mrr_at_{self.k}": round(self.reciprocal_rank, 4)}  # fmt: skip
+
+
+def exact_item_rows(count: int, wanted: int, seed: int) -> np.ndarray:
+    """``wanted`` index rows out of ``count``, drawn with ``seed`` and sorted (all of them when there are fewer)."""
+    if wanted >= count:
+        return np.arange(count, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(count, size=wanted, replace=False)).astype(np.int64)
+
+
+def exact_items(vectors: np.ndarray, query_vectors: np.ndarray, query_rows: Rows, k: int = 5) -> ExactItems:
+    """Search the whole of ``vectors`` with each query; where does the query's own row come?"""
+    own = np.asarray(query_rows, dtype=np.int64)
+    if len(own) == 0:
+        return ExactItems(0, k, 0.0, 0.0, 0.0)
+    rows, _ = ExactSearcher().fit(vectors).search(query_vectors, k)
+    hits = rows == own[:, None]
+    found = hits.any(axis=1)
+    ranks = hits.argmax(axis=1) + 1
+    return ExactItems(len(own), k, float(hits[:, 0].mean()), float(found.mean()), float(np.mean(np.where(found, 1.0 / ranks, 0.0))))
