@@ -58,6 +58,8 @@ class BuildReport:
     #: what ran the model (``tensorflow`` or ``onnx``) and, for ONNX, what preparing it did
     runtime: str = TENSORFLOW
     runtime_report: RuntimeReport | None = None
+    #: seconds spent preparing the ONNX model (export, calibration, fidelity check, or loading them from the cache)
+    runtime_seconds: float = 0.0
 
 
 def resolve_refine(refine: str, catalogue: Catalogue) -> str:
@@ -217,6 +219,7 @@ def _build_locked(catalogue: Catalogue, out_dir: Path, extractor: FeatureExtract
     earlier = _earlier_index(out_dir) if plan.update else None
     runtime, precision = resolve_runtime(plan.runtime, plan.precision, earlier)
     runtime_report, runtime_model = None, None
+    preparing = time.perf_counter()
     if runtime == ONNX:
         extractor, runtime_model, runtime_report = _onnx_extractor(catalogue, extractor, precision, earlier, plan.batch_size)
         if plan.on_runtime:
@@ -231,6 +234,7 @@ def _build_locked(catalogue: Catalogue, out_dir: Path, extractor: FeatureExtract
         if plan.head_settings is None and earlier is not None and earlier.head is not None:
             plan = replace(plan, head_settings=earlier.head.settings)  # an update re-trains the head as it was trained
     report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head, runtime=runtime, runtime_report=runtime_report)
+    report.runtime_seconds = time.perf_counter() - preparing if runtime == ONNX else 0.0
     earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
     report.removed = sum(1 for item_id in earlier_rows if item_id not in wanted_ids)

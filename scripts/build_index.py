@@ -167,13 +167,15 @@ def _print_runtime(report: RuntimeReport) -> None:
 
 
 def _print_report(report: BuildReport) -> None:
-    extracting = report.seconds - report.head_seconds
+    extracting = report.seconds - report.head_seconds - report.runtime_seconds  # one-off steps are reported apart
     rate = report.extracted / extracting if extracting > 0 else 0.0
     print(
         f"Index written to {report.out_dir}: {report.count} products "
         f"({report.extracted} extracted at {rate:.1f} img/s, {report.reused} reused, {report.resumed} from checkpoint"
         f"{f', {report.removed} removed' if report.removed else ''}) in {report.seconds:.1f}s."
     )
+    if report.runtime_seconds >= 1.0:
+        print(f"Preparing the ONNX model took {report.runtime_seconds:.1f}s of it (once per model and catalogue sample: cached).")
     if report.refinement != "none":
         print(f"Refinement: {report.refinement} (learned from this catalogue's articleType and baseColour labels).")
     if report.head != "none":
