@@ -12,6 +12,7 @@ from .errors import (
     CatalogueError,
     CatalogueIndexError,
     ConfigError,
+    FilterError,
     ImageDecodeError,
     IndexCorruptError,
     IndexNotFoundError,
@@ -21,7 +22,7 @@ from .errors import (
     NotLoadedError,
 )
 from .extractor import BACKBONES, FeatureExtractor
-from .filters import FilterError, Where
+from .filters import Where
 from .images import load_image
 from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest, ModelIdentity

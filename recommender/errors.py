@@ -52,6 +52,10 @@ class ModelMismatchError(CatalogueIndexError):
     """The extractor asked for does not produce the features stored in the index."""
 
 
+class FilterError(LookalikeError, ValueError):
+    """A search filter names a column the catalogue does not have, or is malformed; the message says which columns exist."""
+
+
 class BuildError(LookalikeError):
     """The index cannot be built as asked; the message says why."""
 

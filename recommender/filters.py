@@ -13,16 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import LookalikeError
+from .errors import FilterError
 
 #: ``{column: value or values}``, as callers write it
 Where = Mapping[str, str | Sequence[str]]
 #: the same, canonical and hashable: sorted columns, each with its lower-cased values
 CanonicalWhere = tuple[tuple[str, frozenset[str]], ...]
-
-
-class FilterError(LookalikeError, ValueError):
-    """A filter names a column the catalogue does not have, or is malformed; the message says which columns exist."""
 
 
 def _folded(value: str) -> str:
