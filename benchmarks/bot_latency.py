@@ -10,7 +10,8 @@ server, and prints:
     (p50/p95, one shopper at a time), target p50 < 60 ms with ResNet50 on ONNX Runtime int8 and 44k products
     (a 4k index tiled 11 times is fine: speed does not depend on which products they are);
   * 20 shoppers one after another versus 20 at the same moment (wall time and ratio),
-    target >= 2x.
+    target >= 2x, with the CPU seconds the bot and this process (the stand-in server) used in each;
+  * the bot's resident memory at the end (and its peak).
 Query photos are catalogue photos upscaled to 960x1280 and re-encoded, like a phone photo.
 """
 
@@ -78,6 +79,19 @@ def query_photos(images_dir: Path, count: int, offset: int) -> list[bytes]:
     return photos
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process ``pid`` (the bot) and by this process (the stand-in server)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ours = os.times()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), ours.user + ours.system
+
+
+def resident_memory(pid: int) -> str:
+    """``VmRSS`` and ``VmHWM`` (peak) of process ``pid``, as /proc reports them."""
+    wanted = {line.split(":")[0]: line.split(":")[1].strip() for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(("VmRSS", "VmHWM"))}
+    return f"{wanted.get('VmRSS', '?')} (peak {wanted.get('VmHWM', '?')})"
+
+
 def album_latency(api: FakeBotApi, chat: int, photo: bytes) -> float:
     """Seconds from the update reaching the bot (getUpdates answer) to its album arriving."""
     update = api.user_sends_photo(photo, chat_id=chat)
@@ -130,9 +144,11 @@ def main() -> int:
                 batch = photos[used : used + args.users]
                 used += args.users
                 sequential = 0.0  # the bot's time only: the stand-in server's own work between photos excluded
+                before = cpu_seconds(bot.pid)
                 for photo in batch:
                     chat += 1
                     sequential += album_latency(api, chat, photo)
+                between = cpu_seconds(bot.pid)
                 batch = photos[used : used + args.users]
                 used += args.users
                 chats = list(range(chat + 1, chat + 1 + len(batch)))
@@ -142,12 +158,18 @@ def main() -> int:
                 api.wait_for(functools.partial(all_answered, chats=chats), timeout=300, interval=0.001)
                 concurrent = time.perf_counter() - min(api.delivered_at[u["update_id"]] for u in updates)
                 ratios.append(sequential / concurrent)
+                after = cpu_seconds(bot.pid)
                 print(
                     f"  round {round_number + 1}: {args.users} shoppers one after another {sequential:.2f} s "
                     f"({args.users / sequential:.1f} photos/s), all at once {concurrent:.2f} s "
                     f"({args.users / concurrent:.1f} photos/s): {sequential / concurrent:.2f}x"
                 )
+                print(
+                    f"    CPU seconds, bot / stand-in server: one after another {between[0] - before[0]:.2f} / {between[1] - before[1]:.2f}, "
+                    f"all at once {after[0] - between[0]:.2f} / {after[1] - between[1]:.2f} ({os.cpu_count()} cores)"
+                )
             ratio = statistics.median(ratios)
+            print(f"\nBot resident memory: {resident_memory(bot.pid)}")
             print(f"\n{args.users} concurrent shoppers vs one at a time: median {ratio:.2f}x faster   (target >= {CONCURRENCY_TARGET}x)")
             print(
                 f"Targets: p50 < {P50_TARGET_MS} ms {'MET' if p50 < P50_TARGET_MS else 'MISSED'}; "
