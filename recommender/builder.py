@@ -218,10 +218,11 @@ def _build_locked(catalogue: Catalogue, out_dir: Path, extractor: FeatureExtract
     """The build proper, run while holding ``out_dir``'s lock."""
     earlier = _earlier_index(out_dir) if plan.update else None
     runtime, precision = resolve_runtime(plan.runtime, plan.precision, earlier)
-    runtime_report, runtime_model = None, None
-    preparing = time.perf_counter()
+    runtime_report, runtime_model, runtime_seconds = None, None, 0.0
     if runtime == ONNX:
+        preparing = time.perf_counter()
         extractor, runtime_model, runtime_report = _onnx_extractor(catalogue, extractor, precision, earlier, plan.batch_size)
+        runtime_seconds = time.perf_counter() - preparing
         if plan.on_runtime:
             plan.on_runtime(runtime_report)
     model = extractor.identity
@@ -233,8 +234,10 @@ def _build_locked(catalogue: Catalogue, out_dir: Path, extractor: FeatureExtract
         refine = refine_module.NONE
         if plan.head_settings is None and earlier is not None and earlier.head is not None:
             plan = replace(plan, head_settings=earlier.head.settings)  # an update re-trains the head as it was trained
-    report = BuildReport(out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head, runtime=runtime, runtime_report=runtime_report)
-    report.runtime_seconds = time.perf_counter() - preparing if runtime == ONNX else 0.0
+    report = BuildReport(
+        out_dir=out_dir, refinement=resolve_refine(refine, catalogue), head=head,
+        runtime=runtime, runtime_report=runtime_report, runtime_seconds=runtime_seconds,
+    )  # fmt: skip
     earlier_rows = {item_id: row for row, item_id in enumerate(earlier.ids())} if earlier else {}
     wanted_ids = {item.id for item in catalogue.items}
     report.removed = sum(1 for item_id in earlier_rows if item_id not in wanted_ids)

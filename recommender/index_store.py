@@ -85,6 +85,15 @@ class CatalogueIndex:
     def ids(self) -> list[str]:
         return [product[ID_COLUMN] for product in self.products]
 
+    def query_vectors(self, features: np.ndarray, colours: Callable[[], np.ndarray]) -> np.ndarray:
+        """Query photos' backbone features → vectors in this index's space: through its head, its
+        refinement (which also needs the photos' ``colours()``, made only then) or as they are."""
+        if self.head is not None:
+            return self.head.query_vectors(features)
+        if self.refiner is not None:
+            return self.refiner.query_vectors(features, colours())
+        return features
+
 
 def index_exists(directory: str | os.PathLike[str]) -> bool:
     """Whether ``directory`` holds an index (its manifest), complete or damaged."""

@@ -160,11 +160,8 @@ def export_fp32(extractor: FeatureExtractor, target: Path) -> None:
 def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
     """Static int8 quantisation (per-channel, QDQ) of ``fp32_path``, calibrated on ``pixels``."""
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    (model_input,) = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()
 
     class Reader(CalibrationDataReader):
         """Feeds the calibrator one batch of catalogue pixels at a time."""
@@ -179,9 +176,12 @@ def quantize_int8(fp32_path: Path, pixels: np.ndarray, target: Path) -> None:
         prepared = temporary_sibling(path, "prepared")
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            float_nodes = preprocessing_nodes(onnx.load(str(prepared)))  # a few float ops on the input, not int8 round trips
+            model = onnx.load(str(prepared))
+            constants = {tensor.name for tensor in model.graph.initializer}
+            (pixels_input,) = [value.name for value in model.graph.input if value.name not in constants]
+            float_nodes = preprocessing_nodes(model)  # a few float ops on the input, not int8 round trips
             quantize_static(
-                str(prepared), str(path), Reader(model_input.name), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(prepared), str(path), Reader(pixels_input), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8 x s8: what VNNI and AVX2 multiply fastest
                 nodes_to_exclude=float_nodes,
             )  # fmt: skip

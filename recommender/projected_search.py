@@ -104,7 +104,8 @@ class ProjectedSearch:
         if self._vectors is None or self._basis is None or self._projected is None or self._residuals is None:
             raise RuntimeError("ProjectedSearch.search called before fit")
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        k = min(k, len(self._vectors) if allowed is None else int(np.count_nonzero(allowed)))
+        available = len(self._vectors) if allowed is None else int(np.count_nonzero(allowed))
+        k = min(k, available)
         rows_out = np.empty((len(queries), k), dtype=np.int64)
         scores_out = np.empty((len(queries), k), dtype=np.float32)
         exact_rows: list[int] = []
@@ -116,7 +117,7 @@ class ProjectedSearch:
             if allowed is not None:
                 first_pass[:, ~allowed] = -np.inf  # never shortlisted, and their bound never reaches the bar
             for offset, query in enumerate(chunk):
-                rows, scores, scored = self._exact_top(query, first_pass[offset], float(rest[offset]), k, allowed)
+                rows, scores, scored = self._exact_top(query, first_pass[offset], float(rest[offset]), k, allowed, available)
                 rows_out[start + offset], scores_out[start + offset] = rows, scores
                 exact_rows.append(scored)
                 self.full_pass_share += SHARE_WEIGHT * ((scored == len(self._vectors)) - self.full_pass_share)
@@ -124,12 +125,11 @@ class ProjectedSearch:
         return rows_out, scores_out
 
     def _exact_top(
-        self, query: np.ndarray, first_pass: np.ndarray, rest: float, k: int, allowed: np.ndarray | None
+        self, query: np.ndarray, first_pass: np.ndarray, rest: float, k: int, allowed: np.ndarray | None, available: int
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """The exact top ``k`` of one query among the ``allowed`` rows, and how many rows it scored exactly."""
+        """The exact top ``k`` of one query among the ``allowed`` rows (``available`` of them), and how many rows it scored exactly."""
         assert self._vectors is not None and self._residuals is not None
         count = len(first_pass)
-        available = count if allowed is None else int(np.count_nonzero(allowed))
         shortlist = min(available, max(self.shortlist, 2 * k))
         candidates = np.argpartition(-first_pass, shortlist - 1)[:shortlist] if shortlist < count else np.arange(count)
         candidates.sort()  # ascending rows read the vectors (a memory-mapped file) in order

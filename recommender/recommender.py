@@ -152,12 +152,12 @@ class Recommender:
         embedding head (recommender/head.py).
         """
         index, extractor, _ = self._loaded()
-        features = extractor.extract(pixels)
-        if index.head is not None:
-            return index.head.query_vectors(features)
-        if index.refiner is None:
-            return features
-        return index.refiner.query_vectors(features, colour_histograms(pixels, index.refiner.colour_method))
+
+        def colours() -> np.ndarray:  # asked for by a refined index only
+            assert index.refiner is not None
+            return colour_histograms(pixels, index.refiner.colour_method)
+
+        return index.query_vectors(extractor.extract(pixels), colours)
 
     @property
     def filter_columns(self) -> list[str]:

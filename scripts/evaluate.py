@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.queries == protocols.SHOPPER_QUERIES and args.exact_items > 0:
         exact_rows = protocols.exact_item_rows(len(index), args.exact_items, args.seed)
         shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
-        exact = protocols.exact_items(vectors, served_query_vectors(index, shots.features, shots.colours), exact_rows, k=k)
+        exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k)
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
@@ -319,15 +319,6 @@ def embed_shopper_queries(
     print(f"Making and embedding {len(query_rows)} shopper photos (seed {seed})...", flush=True)
     return protocols.shopper_queries([photos[row] for row in query_rows], [index.products[row]["id"] for row in query_rows], embed,
                                      seed=seed, background_pool=pool, batch_size=extractor.batch_size)
-
-
-def served_query_vectors(index: CatalogueIndex, features: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """Query vectors as the index serves them: through its head, its refinement, or the plain features."""
-    if index.head is not None:
-        return index.head.query_vectors(features)
-    if index.refiner is not None:
-        return index.refiner.query_vectors(features, colours)
-    return features
 
 
 def head_views(
