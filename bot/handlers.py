@@ -14,13 +14,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import numpy as np
 from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, NetworkError, TelegramError
 from telegram.ext import ApplicationHandlerStop, InvalidCallbackData
 
-from recommender import ImageDecodeError, Match
+from recommender import ImageDecodeError, Match, Query
 
 from .album import send_album
 from .config import TELEGRAM_DOWNLOAD_LIMIT
@@ -238,12 +237,12 @@ async def _answer_photo(context: BotContext, message: Message, found: tuple[str,
     if isinstance(answer, str):
         await reply(context.bot, message, answer, quote=True)
         return
-    vector, matches = answer
-    await _send_page(context, message, vector, matches, 0)
+    query, matches = answer
+    await _send_page(context, message, query, matches, 0)
 
 
-async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> str | tuple[np.ndarray, list[Match]]:
-    """The photo's query vector and first page of matches, or the polite refusal to send instead."""
+async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> str | tuple[Query, list[Match]]:
+    """The photo's query and first page of matches, or the polite refusal to send instead."""
     runtime = context.runtime
     chat_id = message.chat_id
     await _chat_action(context, chat_id)
@@ -282,11 +281,12 @@ async def _answer_next_page(context: BotContext, message: Message, page: NextPag
         log.debug("could not remove the old button: %s", exc)
     runtime = context.runtime
     async with runtime.analysis:
-        matches = await runtime.inference.page(page.vector, page.offset, PAGE)
-    await _send_page(context, message, page.vector, matches, page.offset)
+        query = Query(page.vector, page.pinned)
+        matches = await runtime.inference.page(query, page.offset, PAGE)
+    await _send_page(context, message, query, matches, page.offset)
 
 
-async def _send_page(context: BotContext, message: Message, vector: np.ndarray, matches: list[Match], offset: int) -> None:
+async def _send_page(context: BotContext, message: Message, query: Query, matches: list[Match], offset: int) -> None:
     """The album of ``matches`` (products from ``offset`` on), then the prompt with a "Next 5" button."""
     runtime = context.runtime
     chat_id = message.chat_id
@@ -310,7 +310,7 @@ async def _send_page(context: BotContext, message: Message, vector: np.ndarray, 
     if sent is not None and not sent:
         await reply(context.bot, message, NO_PHOTOS, quote=first)
         return
-    following = next_page(vector, offset, len(matches), runtime.catalogue_size)
+    following = next_page(query.vector, offset, len(matches), runtime.catalogue_size, query.pinned)
     if following is not None:
         keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)]])
         shown = f"{offset + 1}-{following.offset}"

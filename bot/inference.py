@@ -5,7 +5,10 @@ threads would not finish sooner, only hold more large photos in memory at once. 
 one dedicated thread that takes every request waiting at that moment as one batch: a batch of many
 shoppers costs far less than as many batches of one, and the event loop never blocks on the model.
 The batch's first pages are searched there too, in one call: one pass over the catalogue's vectors
-(memory-bound) serves every shopper of the batch.
+(memory-bound) serves every shopper of the batch. With an index that finds exact items
+(recommender/exact_match.py) a photo's crops share that forward pass, and each photo's
+verification (its shortlist's keypoints matched against its own) then runs on the decoding pool,
+so the model thread goes straight on to the next batch.
 
 The search's matrix products run on one BLAS thread: OpenBLAS's own pool spins between calls
 and took a core from the model and the decoders (measured: the bot's CPU time for 20 photos one
@@ -30,18 +33,18 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from recommender import Match, Recommender
+from recommender import Match, Query, QueryPhoto, Recommender
 
 log = logging.getLogger(__name__)
 
 
-#: What a request gets back: its query vector and, when it asked for one, its first page.
-_Answer = tuple[np.ndarray, list[Match]]
+#: What a request gets back: its query and, when it asked for one, its first page.
+_Answer = tuple[Query, list[Match]]
 
 
 @dataclass
 class _Request:
-    pixels: np.ndarray
+    photo: QueryPhoto
     future: asyncio.Future[_Answer]
     loop: asyncio.AbstractEventLoop
     #: matches wanted on the first page (0: the vector only)
@@ -49,7 +52,7 @@ class _Request:
 
 
 class InferenceService:
-    """``await embed_photo(bytes)`` → query vector; ``await page(vector, offset, size)`` → one page of matches."""
+    """``await embed_photo(bytes)`` → query; ``await page(query, offset, size)`` → one page of matches."""
 
     def __init__(self, recommender: Recommender, max_batch: int = 16) -> None:
         self.recommender = recommender
@@ -106,23 +109,23 @@ class InferenceService:
         except Exception:  # the full search keeps working; only the speed-up is lost
             log.exception("Could not build the search projection; searching every vector in full.")
 
-    async def embed_photo(self, data: bytes | bytearray) -> np.ndarray:
-        """The query vector of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
-        vector, _ = await self.embed_and_page(data, 0)
-        return vector
+    async def embed_photo(self, data: bytes | bytearray) -> Query:
+        """The query of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
+        query, _ = await self.embed_and_page(data, 0)
+        return query
 
-    async def embed_and_page(self, data: bytes | bytearray, size: int = 5) -> tuple[np.ndarray, list[Match]]:
-        """The query vector of one photo and its ``size`` best matches, searched with its batch."""
+    async def embed_and_page(self, data: bytes | bytearray, size: int = 5) -> _Answer:
+        """The query of one photo and its ``size`` best matches, searched with its batch."""
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._decoders, self.recommender.decode, data)
+        photo = await loop.run_in_executor(self._decoders, self.recommender.prepare, data)
         future: asyncio.Future[_Answer] = loop.create_future()
-        self._queue.put(_Request(pixels, future, loop, size))
+        self._queue.put(_Request(photo, future, loop, size))
         return await future
 
-    async def page(self, vector: np.ndarray, offset: int = 0, size: int = 5) -> list[Match]:
-        """The ``size`` products most similar to ``vector`` after the first ``offset`` (fewer at the end)."""
+    async def page(self, query: Query, offset: int = 0, size: int = 5) -> list[Match]:
+        """The ``size`` products most similar to ``query`` after the first ``offset`` (fewer at the end)."""
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(None, self.recommender.matches, vector[None], size, offset)
+        results = await loop.run_in_executor(None, self.recommender.answer, [query], size, offset)
         return results[0]
 
     def _run(self) -> None:
@@ -141,8 +144,15 @@ class InferenceService:
                     break
                 batch.append(item)
             try:
-                vectors = self.recommender.embed(np.stack([request.pixels for request in batch]))
-                pages = self._first_pages(batch, vectors)
+                embedded, crop_vectors = self.recommender.embed_photos([request.photo for request in batch])
+                # Copies, not row views: a kept vector must not keep its whole batch alive.
+                vectors = [vector.copy() for vector in embedded]
+                if self.recommender.finds_exact_items and self._decoders is not None:
+                    for request, vector, crops in zip(batch, vectors, crop_vectors):
+                        self._decoders.submit(self._verify_and_deliver, request, vector, crops)
+                    pages = None
+                else:
+                    pages = self._first_pages(batch, vectors)
             except Exception as exc:
                 log.exception("inference failed for a batch of %d", len(batch))
                 for request in batch:
@@ -150,17 +160,28 @@ class InferenceService:
                 continue
             self.batches += 1
             self.images += len(batch)
-            for request, vector, page in zip(batch, vectors, pages):
-                # A copy, not a row view: a kept vector must not keep its whole batch alive.
-                _deliver(request, _set_result, (vector.copy(), page))
+            if pages is not None:
+                for request, vector, page in zip(batch, vectors, pages):
+                    _deliver(request, _set_result, (Query(vector), page))
 
-    def _first_pages(self, batch: list[_Request], vectors: np.ndarray) -> list[list[Match]]:
+    def _verify_and_deliver(self, request: _Request, vector: np.ndarray, crops: np.ndarray | None) -> None:
+        """One photo's exact-item verification and first page, on the decoding pool."""
+        try:
+            query = self.recommender.verify(request.photo, vector, None if crops is None else crops.copy())
+            page = self.recommender.answer([query], request.page_size)[0] if request.page_size > 0 else []
+        except Exception as exc:
+            log.exception("exact-item verification failed")
+            _deliver(request, _set_exception, exc)
+            return
+        _deliver(request, _set_result, (query, page))
+
+    def _first_pages(self, batch: list[_Request], vectors: list[np.ndarray]) -> list[list[Match]]:
         """Every request's first page from one search over the batch's vectors."""
         wanted = [position for position, request in enumerate(batch) if request.page_size > 0]
         pages: list[list[Match]] = [[] for _ in batch]
         if wanted:
             size = max(batch[position].page_size for position in wanted)
-            for position, matches in zip(wanted, self.recommender.matches(vectors[wanted], size, 0)):
+            for position, matches in zip(wanted, self.recommender.matches(np.stack([vectors[p] for p in wanted]), size, 0)):
                 pages[position] = matches[: batch[position].page_size]
         return pages
 

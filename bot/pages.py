@@ -24,10 +24,12 @@ MAX_BUTTONS = 5000
 
 @dataclass(frozen=True, eq=False)  # compared by identity: a vector has no useful equality
 class NextPage:
-    """The page a button shows: the shopper's query vector and the rank the page starts at."""
+    """The page a button shows: the shopper's query vector, the rank the page starts at, and the
+    products the photo's keypoints verified (they rank first on every page, recommender/exact_match.py)."""
 
     vector: np.ndarray
     offset: int
+    pinned: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # A row of an inference batch would keep the whole batch alive while the button is cached.
@@ -35,9 +37,9 @@ class NextPage:
             object.__setattr__(self, "vector", self.vector.copy())
 
 
-def next_page(vector: np.ndarray, offset: int, shown: int, catalogue_size: int) -> NextPage | None:
+def next_page(vector: np.ndarray, offset: int, shown: int, catalogue_size: int, pinned: tuple[int, ...] = ()) -> NextPage | None:
     """The page after ``shown`` products from ``offset``, or None when there is nothing more to offer."""
     following = offset + shown
     if shown == PAGE and following < min(catalogue_size, MAX_RESULTS):
-        return NextPage(vector, following)
+        return NextPage(vector, following, pinned)
     return None

@@ -26,7 +26,7 @@ from .filters import Where
 from .images import load_image
 from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest, ModelIdentity
-from .recommender import Match, Recommender
+from .recommender import Match, Query, QueryPhoto, Recommender
 from .search import ExactSearcher
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
     "LookalikeError",
     "Manifest",
     "Match",
+    "Query",
+    "QueryPhoto",
     "ModelIdentity",
     "ModelLoadError",
     "ModelMismatchError",

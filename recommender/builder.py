@@ -29,6 +29,7 @@ from .extractor import FeatureExtractor
 from .fileio import os_error_text
 from .images import load_image
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
+from .local_features import LocalFeatureStore, compute_rows
 from .onnx_export import PhotoSample, RuntimeReport, prepare_onnx
 from .onnx_model import FP32, INT8, ONNX, TENSORFLOW, OnnxExtractor
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
@@ -60,6 +61,10 @@ class BuildReport:
     runtime_report: RuntimeReport | None = None
     #: seconds spent preparing the ONNX model (export, calibration, fidelity check, or loading them from the cache)
     runtime_seconds: float = 0.0
+    #: the index stores local features for exact-item search; how many were made now, and in how long
+    exact_items: bool = False
+    local_computed: int = 0
+    local_seconds: float = 0.0
 
 
 def resolve_refine(refine: str, catalogue: Catalogue) -> str:
@@ -152,6 +157,8 @@ class _Plan:
     on_progress: Callable[[int], None] | None
     on_head: Callable[[int, int], None] | None
     on_runtime: Callable[[RuntimeReport], None] | None
+    exact_items: bool | None
+    on_local: Callable[[int], None] | None
 
 
 def build_index(
@@ -173,6 +180,8 @@ def build_index(
     runtime: str | None = None,
     precision: str | None = None,
     on_runtime: Callable[[RuntimeReport], None] | None = None,
+    exact_items: bool | None = None,
+    on_local: Callable[[int], None] | None = None,
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
 
@@ -194,6 +203,9 @@ def build_index(
     ``int8`` (kept only if it passes :mod:`recommender.onnx_export`'s fidelity guard). ``None``: what
     the updated index has, else :data:`DEFAULT_RUNTIME` / :data:`DEFAULT_PRECISION`. An update runs the
     earlier index's own model file. ``on_runtime(report)`` says what preparing ONNX did.
+    ``exact_items``: store every product's local features (recommender/local_features.py) so that
+    queries can verify the very product in a photo; ``None``: what the updated index has, else on.
+    ``on_local(count)`` is called when the keypoints of ``count`` photos start being made.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
@@ -207,7 +219,7 @@ def build_index(
         remove_stale_siblings(out_dir)
         plan = _Plan(
             batch_size, update, checkpoint_every, refine, head, head_settings, runtime, precision,
-            on_start, on_progress, on_head, on_runtime,
+            on_start, on_progress, on_head, on_runtime, exact_items, on_local,
         )  # fmt: skip
         report = _build_locked(catalogue, out_dir, extractor, plan)
     report.seconds = time.perf_counter() - started
@@ -326,11 +338,40 @@ def _write_index(
         trained = None
         if headed:
             trained = _train_head(catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size)
+        wanted = plan.exact_items if plan.exact_items is not None else (earlier is None or earlier.local_features is not None)
+        local = _local_features(catalogue, rows, earlier, earlier_rows, report, plan.on_local) if wanted else None
         writer.commit(
             catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
+            local_features=local,
         )  # fmt: skip
     report.count = len(rows)
+
+
+def _local_features(
+    catalogue: Catalogue,
+    rows: list[CatalogueItem],
+    earlier: CatalogueIndex | None,
+    earlier_rows: dict[str, int],
+    report: BuildReport,
+    on_local: Callable[[int], None] | None,
+) -> LocalFeatureStore:
+    """Every product's keypoints: an updated index's own where it has them (made the same way), the rest made now."""
+    started = time.perf_counter()
+    kept = earlier.local_features if earlier is not None else None
+    if kept is not None and earlier is not None and dict(earlier.manifest.local_features) != {**LocalFeatureStore.describe(), "keypoints": int(kept.offsets[-1])}:
+        kept = None  # made with other settings: make them all again
+    reuse = [kept is not None and item.id in earlier_rows for item in rows]
+    todo = [catalogue.images_dir / item.image for item, reused in zip(rows, reuse) if not reused]
+    if on_local and todo:
+        on_local(len(todo))
+    made = iter(compute_rows(todo))
+    taken = iter(kept.take([earlier_rows[item.id] for item, reused in zip(rows, reuse) if reused]) if kept is not None else [])
+    store = LocalFeatureStore.from_rows([next(taken) if reused else next(made) for reused in reuse])
+    report.exact_items = True
+    report.local_computed = len(todo)
+    report.local_seconds = time.perf_counter() - started
+    return store
 
 
 def _train_head(

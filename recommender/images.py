@@ -416,7 +416,7 @@ def decode_image(
         raise ImageDecodeError(_DAMAGED) from exc
 
 
-def _square_resize(image: Image.Image, size: int) -> np.ndarray:
+def square_resize(image: Image.Image, size: int) -> np.ndarray:
     """Pad the (already reduced) image to a white square, then resize bilinearly to size x size."""
     width, height = image.size
     side = max(width, height)
@@ -443,7 +443,7 @@ def load_image(
     """
     image = decode_image(source, max_bytes=max_bytes, max_pixels=max_pixels, min_side=2 * size)
     try:
-        return _square_resize(image, size)
+        return square_resize(image, size)
     except MemoryError as exc:
         raise ImageDecodeError(_NO_MEMORY) from exc
     except Exception as exc:

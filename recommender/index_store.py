@@ -8,6 +8,7 @@ Layout of an index directory (no pickle anywhere)::
     colour.npy      float32 (N, 320) colour histograms of the products (recommender/colour.py)
     refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
     head*.json/npy  or the learned embedding head, when built with --head labels (recommender/head.py)
+    local_*.npy     the products' SIFT keypoints for exact-item search (recommender/local_features.py)
     products.csv    id, image (relative to the manifest's images_root), then the styles.csv columns
     skipped.csv     photos that could not be read at build time, with the reason
 
@@ -36,6 +37,7 @@ from .confinement import ImageConfinement
 from .errors import IndexCorruptError, IndexNotFoundError
 from .fileio import read_json, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
 from .head import EmbeddingHead
+from .local_features import LocalFeatureStore
 from .manifest import NO_REFINEMENT, TENSORFLOW_RUNTIME, CatalogueSummary, Manifest, ModelIdentity
 from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
 from .onnx_model import file_sha256
@@ -70,6 +72,8 @@ class CatalogueIndex:
     refiner: LabelCentroids | None = None
     #: the learned embedding head that made the vectors (and embeds queries), or None
     head: EmbeddingHead | None = None
+    #: the products' keypoints for exact-item search, or None for an index built without them
+    local_features: LocalFeatureStore | None = None
 
     def __len__(self) -> int:
         return len(self.products)
@@ -150,6 +154,11 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         colours = _load_rows(directory / COLOURS, len(vectors), None, mmap) if (directory / COLOURS).exists() or refined else None
     except (OSError, ValueError, EOFError, KeyError) as exc:
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
+    local_features = None
+    if manifest.local_features:
+        local_features = LocalFeatureStore.load(directory, len(vectors), mmap=mmap)
+        if local_features is None:
+            raise IndexCorruptError(f"The index at {directory} lacks the local features its manifest lists. Rebuild it.")
     if head is not None and (head.feature_dim != manifest.model.feature_dim or head.vector_dim != vector_dim):
         raise IndexCorruptError(
             f"The embedding head at {directory} maps {head.feature_dim} to {head.vector_dim} values; the manifest says "
@@ -157,7 +166,7 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         )
     return CatalogueIndex(
         directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns,
-        features=features, colours=colours, refiner=refiner, head=head,
+        features=features, colours=colours, refiner=refiner, head=head, local_features=local_features,
     )  # fmt: skip
 
 
@@ -273,6 +282,7 @@ class IndexWriter:
         head: EmbeddingHead | None = None,
         runtime: Mapping[str, Any] | None = None,
         runtime_model: Path | None = None,
+        local_features: LocalFeatureStore | None = None,
     ) -> Manifest:
         """Write the search vectors, products.csv, skipped.csv and the manifest, then swap the index in.
 
@@ -281,7 +291,8 @@ class IndexWriter:
         ``previous`` is the index being updated (its creation date is kept); ``head``, a trained embedding
         head that makes the search vectors (the writer must keep its features). ``runtime`` describes
         how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
-        its SHA-256 recorded). Returns the manifest written.
+        its SHA-256 recorded). ``local_features``, the products' keypoints (row-aligned), are stored
+        for exact-item search. Returns the manifest written.
         """
         assert self._staging is not None and self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
         assert len(items) == self.count, f"{len(items)} products for {self.count} rows"
@@ -305,6 +316,11 @@ class IndexWriter:
         if runtime_model is not None:
             shutil.copyfile(runtime_model, staging / ONNX_MODEL_FILE)
             runtime_details.update(file=ONNX_MODEL_FILE, sha256=file_sha256(staging / ONNX_MODEL_FILE))
+        local_details: dict[str, Any] = {}
+        if local_features is not None:
+            assert len(local_features) == self.count, f"{len(local_features)} keypoint sets for {self.count} rows"
+            local_features.save(staging)
+            local_details = {**local_features.describe(), "keypoints": int(local_features.offsets[-1])}
         now = utc_timestamp()
         manifest = Manifest(
             model=model,
@@ -323,6 +339,7 @@ class IndexWriter:
                 unlabelled=len(catalogue.unlabelled),
             ),
             runtime=runtime_details,
+            local_features=local_details,
         )
         write_json_atomic(staging / MANIFEST, manifest.to_json())
         swap_into_place(staging, self.out_dir)

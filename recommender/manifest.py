@@ -120,6 +120,8 @@ class Manifest:
     #: how the model runs: ``{"name": "tensorflow"}``, or the ONNX model file, its SHA-256, precision
     #: and (int8) the fidelity check against fp32 that let it in
     runtime: Mapping[str, Any] = field(default_factory=lambda: {"name": TENSORFLOW_RUNTIME})
+    #: the products' stored local features for exact-item search (recommender/local_features.py), empty without
+    local_features: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -147,6 +149,8 @@ class Manifest:
         }
         if self.runtime.get("name", TENSORFLOW_RUNTIME) != TENSORFLOW_RUNTIME:
             data["runtime_details"] = dict(self.runtime)
+        if self.local_features:
+            data["local_features"] = dict(self.local_features)
         if self.updated_at is not None:
             data["updated_at"] = self.updated_at
         return data
@@ -177,6 +181,7 @@ class Manifest:
                 refinement=dict(data.get("refinement") or {"method": NO_REFINEMENT}),
                 catalogue=CatalogueSummary.from_json(data.get("catalogue") or {}),
                 runtime=dict(data.get("runtime_details") or {"name": TENSORFLOW_RUNTIME}),
+                local_features=dict(data.get("local_features") or {}),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise IndexCorruptError(f"{source} holds a malformed value ({exc}). Rebuild the index.") from exc

@@ -46,6 +46,8 @@ class BuildEvents:
     head_training: Callable[[int, int], None] = _ignore
     #: the ONNX model is ready (exported or from the cache; int8 kept or refused by the fidelity guard)
     runtime_ready: Callable[[RuntimeReport], None] = _ignore
+    #: (count): the keypoints of ``count`` photos start being made, for exact-item search
+    local_features: Callable[[int], None] = _ignore
 
 
 def build_from_folder(
@@ -65,6 +67,7 @@ def build_from_folder(
     head: str | None = None,
     runtime: str | None = None,
     precision: str | None = None,
+    exact_items: bool | None = None,
 ) -> BuildReport:
     """Index the catalogue at ``images`` (labels from ``styles``) into ``out_dir``.
 
@@ -95,6 +98,8 @@ def build_from_folder(
             runtime=runtime,
             precision=precision,
             on_runtime=events.runtime_ready,
+            exact_items=exact_items,
+            on_local=events.local_features,
         )
 
 

@@ -3,6 +3,11 @@
 A photo goes decode (bytes → pixels) → embed (pixels → vectors) → search (vectors → rows and
 similarities, recommender/search.py) → matches (rows → :class:`Match`); ``recommend`` does all
 four for one photo, ``iter_recommend`` a batch at a time for many.
+
+An index with local features (recommender/local_features.py) adds the exact-item stage
+(recommender/exact_match.py): :meth:`Recommender.prepare` also makes the photo's crops and
+keypoints, :meth:`Recommender.embed_photos` embeds photo and crops in one forward pass, and
+:meth:`Recommender.verify` turns them into a :class:`Query` whose verified products come first.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import numpy as np
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
+from .exact_match import SHORTLIST, Verifier, query_crops, shortlist
 from .extractor import FeatureExtractor, normalize_weights_option
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
-from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image, square_resize
 from .index_store import CatalogueIndex, load_index
+from .local_features import LocalFeatures, query_features
 from .manifest import TENSORFLOW_RUNTIME, Manifest
 from .onnx_model import FP32, ONNX, OnnxExtractor
 from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
@@ -33,6 +40,8 @@ ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 CAPTION_COLUMNS = ("articleType", "baseColour", "gender")
 #: Filters whose row masks are kept (a shopper's few buttons, an operator's few --where options).
 KEPT_FILTERS = 64
+#: The first caption line of a product verified as the one in the shopper's photo.
+EXACT_MATCH_LINE = "✅ Exact match"
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,37 @@ class Match:
     display_name: str
     image_path: Path
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: verified as the very product in the shopper's photo (recommender/exact_match.py)
+    exact: bool = False
 
     def caption(self) -> str:
-        """Display name plus category and colour, e.g. "Puma Men Red Jersey\nTshirts · Red · Men"."""
+        """Display name plus category and colour, e.g. "Puma Men Red Jersey\nTshirts · Red · Men";
+        an exact match says so on a first line of its own."""
         details = " · ".join(self.labels[c] for c in CAPTION_COLUMNS if self.labels.get(c))
-        return f"{self.display_name}\n{details}" if details else self.display_name
+        text = f"{self.display_name}\n{details}" if details else self.display_name
+        return f"{EXACT_MATCH_LINE}\n{text}" if self.exact else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": round(self.score, 6), **{k: v for k, v in self.labels.items() if k != "id"}}
+        return {"id": self.id, "score": round(self.score, 6), "exact_match": self.exact, **{k: v for k, v in self.labels.items() if k != "id"}}
+
+
+@dataclass(frozen=True)
+class QueryPhoto:
+    """One decoded photo ready for the forward pass; with exact-item search also its crops and keypoints."""
+
+    pixels: np.ndarray
+    crops: np.ndarray | None = None
+    local: LocalFeatures | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    """A photo's query: its vector, and the products its keypoints verified, which rank first on every page."""
+
+    vector: np.ndarray
+    pinned: tuple[int, ...] = ()
+    #: ``pinned[0]`` is the very product in the photo
+    exact: bool = False
 
 
 def extractor_for_index(
@@ -110,6 +142,7 @@ class Recommender:
         self.index: CatalogueIndex | None = None
         self.extractor: FeatureExtractor | None = None
         self.searcher: ExactSearcher | None = None
+        self.verifier: Verifier | None = None
         self._masks: dict[CanonicalWhere, np.ndarray] = {}
 
     def load(self) -> Recommender:
@@ -124,8 +157,14 @@ class Recommender:
         index.manifest.model.check_matches(extractor.identity)
         self.index, self.extractor = index, extractor
         self.searcher = ExactSearcher().fit(index.vectors)
+        self.verifier = Verifier(index.local_features) if index.local_features is not None else None
         self._masks = {}
         return self
+
+    @property
+    def finds_exact_items(self) -> bool:
+        """The index has local features, so photos go through the exact-item stage."""
+        return self.verifier is not None
 
     @property
     def manifest(self) -> Manifest:
@@ -143,6 +182,51 @@ class Recommender:
         """One image → ``(S, S, 3)`` uint8 model input; raises :class:`ImageDecodeError` for bad input."""
         _, extractor, _ = self._loaded()
         return load_image(image, extractor.input_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    def prepare(self, image: ImageSource) -> QueryPhoto:
+        """One image → :class:`QueryPhoto` (crops and keypoints only when the index finds exact items);
+        raises :class:`ImageDecodeError` for bad input."""
+        _, extractor, _ = self._loaded()
+        if self.verifier is None:
+            return QueryPhoto(self.decode(image))
+        size = extractor.input_size
+        decoded = decode_image(image, max_bytes=self.max_bytes, max_pixels=self.max_pixels, min_side=2 * size)
+        try:
+            return QueryPhoto(square_resize(decoded, size), query_crops(decoded, size), query_features(decoded))
+        except MemoryError as exc:
+            raise ImageDecodeError("There is not enough memory to read this image right now; please try again.") from exc
+
+    def embed_photos(self, photos: list[QueryPhoto]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Photos → their query vectors and each photo's crop vectors, in one forward pass."""
+        crops = [photo.crops for photo in photos if photo.crops is not None and len(photo.crops)]
+        vectors = self.embed(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
+        whole, rest = vectors[: len(photos)], vectors[len(photos) :]
+        crop_vectors: list[np.ndarray | None] = []
+        for photo in photos:
+            count = 0 if photo.crops is None else len(photo.crops)
+            crop_vectors.append(rest[:count] if count else None)
+            rest = rest[count:]
+        return whole, crop_vectors
+
+    def verify(
+        self, photo: QueryPhoto, vector: np.ndarray, crop_vectors: np.ndarray | None, where: Where | None = None, *, allowed: np.ndarray | None = None
+    ) -> Query:
+        """The photo's :class:`Query`: the shortlist of its crops, checked against the photo's keypoints.
+
+        ``allowed``, a row mask, replaces ``where`` (the evaluator takes a product out to count false exact matches)."""
+        _, _, searcher = self._loaded()
+        if self.verifier is None or photo.local is None:
+            return Query(vector)
+        asked = vector[None] if crop_vectors is None else np.concatenate([vector[None], crop_vectors])
+        rows, scores = searcher.search(asked, SHORTLIST, allowed=allowed if allowed is not None else self.allowed(where))
+        chosen, best = shortlist(rows, scores)
+        found = self.verifier.verify(photo.local, chosen, best)
+        return Query(vector, found.pinned, found.exact)
+
+    def queries(self, photos: list[QueryPhoto], where: Where | None = None) -> list[Query]:
+        """:meth:`embed_photos` then :meth:`verify` for each photo."""
+        vectors, crop_vectors = self.embed_photos(photos)
+        return [self.verify(photo, vector, crops, where) for photo, vector, crops in zip(photos, vectors, crop_vectors)]
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded ``(N, S, S, 3)`` images → query vectors in the index's space.
@@ -179,17 +263,34 @@ class Recommender:
 
     def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0, where: Where | None = None) -> list[list[Match]]:
         """Ranked matches ``offset .. offset+k-1`` for each query vector, among the products that pass ``where``."""
+        return self.answer([Query(vector) for vector in vectors], k, offset, where)
+
+    def answer(self, queries: list[Query], k: int = 5, offset: int = 0, where: Where | None = None) -> list[list[Match]]:
+        """Ranked matches ``offset .. offset+k-1`` of each query: its pinned products first, then the
+        global order without them, among the products that pass ``where``."""
         index, _, searcher = self._loaded()
-        rows, scores = searcher.search(vectors, k + offset, allowed=self.allowed(where))
-        return [
-            [self._match(offset + rank, int(row), float(score), index) for rank, (row, score) in enumerate(zip(r[offset:], s[offset:]))]
-            for r, s in zip(rows, scores)
-        ]
+        if not queries:
+            return []
+        allowed = self.allowed(where)
+        pinned = [[row for row in query.pinned if allowed is None or allowed[row]] for query in queries]
+        vectors = np.stack([query.vector for query in queries])
+        rows, scores = searcher.search(vectors, k + offset + max(len(p) for p in pinned), allowed=allowed)
+        pages = []
+        for query, vector, first, found, similarity in zip(queries, vectors, pinned, rows, scores):
+            exact = query.exact and bool(first) and first[0] == query.pinned[0]
+            ranked = [(row, float(np.dot(index.vectors[row], vector))) for row in first]
+            ranked += [(int(row), float(score)) for row, score in zip(found, similarity) if row >= 0 and row not in first]
+            pages.append([
+                replace(self._match(offset + rank, row, score, index), exact=exact and offset + rank == 0)
+                for rank, (row, score) in enumerate(ranked[offset : offset + k])
+            ])  # fmt: skip
+        return pages
 
     def recommend(self, image: ImageSource, k: int = 5, offset: int = 0, where: Where | None = None) -> list[Match]:
         """The ``k`` most similar products (skipping the first ``offset``), best first; ``where`` filters them
-        (:mod:`recommender.filters`; an empty list when no product passes)."""
-        return self.matches(self.embed(self.decode(image)[None]), k, offset, where)[0]
+        (:mod:`recommender.filters`; an empty list when no product passes). A product verified as the
+        one in the photo comes first, marked ``exact``."""
+        return self.answer(self.queries([self.prepare(image)], where), k, offset, where)[0]
 
     def iter_recommend(
         self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None, where: Where | None = None
@@ -205,14 +306,14 @@ class Recommender:
         size = batch_size or extractor.batch_size
         pending = iter(images)
         while batch := list(islice(pending, size)):
-            decoded: list[np.ndarray | ImageDecodeError] = []
+            decoded: list[QueryPhoto | ImageDecodeError] = []
             for image in batch:
                 try:
-                    decoded.append(self.decode(image))
+                    decoded.append(self.prepare(image))
                 except ImageDecodeError as exc:
                     decoded.append(exc)
-            good = [pixels for pixels in decoded if isinstance(pixels, np.ndarray)]
-            answers = iter(self.matches(self.embed(np.stack(good)), k, offset, where) if good else [])
+            good = [photo for photo in decoded if isinstance(photo, QueryPhoto)]
+            answers = iter(self.answer(self.queries(good, where), k, offset, where) if good else [])
             del good
             for item in decoded:
                 yield item if isinstance(item, ImageDecodeError) else next(answers)

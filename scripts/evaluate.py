@@ -184,10 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         evaluations["index"] = evaluations["head" if head is not None else "refined" if refiner is not None else "plain"]
 
     exact: protocols.ExactItems | None = None
+    global_only: protocols.ExactItems | None = None
     if args.queries == protocols.SHOPPER_QUERIES and args.exact_items > 0:
         exact_rows = protocols.exact_item_rows(len(index), args.exact_items, args.seed)
         shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
         exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k)
+        if index.local_features is not None:
+            from recommender import Recommender
+
+            print(f"Exact-item stage: {len(exact_rows)} shopper photos through crops and keypoint verification, "
+                  "then again with their product taken out...", flush=True)
+            shot_bytes = [protocols.shopper_query_photo(photos[row], index.products[row]["id"], args.seed, photos) for row in exact_rows]
+            global_only, exact = exact, protocols.verified_exact_items(Recommender(args.index).load(), shot_bytes, exact_rows, k=k)
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
@@ -204,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     if exact is not None:
         print(f"\nExact item ({exact.queries} shopper photos of indexed products, the whole index searched as served): "
               f"the product itself first {exact.recall_at_1:.1%}, in the top {k} {exact.recall_at_k:.1%}, MRR@{k} {exact.reciprocal_rank:.3f}")
+        if global_only is not None and exact.called_exact is not None:
+            right = f"{exact.called_right:.1%}" if exact.called_right is not None else "-"
+            print(f"  without the exact-item stage (global search only): first {global_only.recall_at_1:.1%}, top {k} {global_only.recall_at_k:.1%}")
+            print(f"  called 'Exact match': {exact.called_exact:.1%} of photos, {right} of those calls right; "
+                  f"with the product taken out of the index: {exact.false_exact:.1%} (false exact matches); "
+                  f"{exact.ms_per_photo:.0f} ms per photo")
     if args.compare:
         against = "the embedding head (re-trained on the searchable side)" if head is not None else "label-centroid refinement"
         print(f"\nPlain backbone features vs {against}, same split ({split['queries']} queries, "
@@ -216,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         if split:
             output["split"] = split
         if exact is not None:
-            output["exact_item"] = {**exact.to_json(), "seed": args.seed}
+            exact_json: dict[str, object] = {**exact.to_json(), "seed": args.seed}
+            if global_only is not None:
+                exact_json["global_only"] = global_only.to_json()
+            output["exact_item"] = exact_json
         if shopper is not None:
             output["shopper"] = {"seed": args.seed, "ms_per_query": {name: round(value, 2) for name, value in shopper.milliseconds_per_query().items()}}
         if args.compare:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from scripts._cli import positive_int, run_cli
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"  {'#':>2}  {'score':>6}  {'id':>8}  product")
             for match in answer:
-                details = match.caption().replace("\n", "  |  ")
-                print(f"  {match.rank + 1:>2}  {match.score:6.3f}  {match.id:>8}  {details}")
+                details = replace(match, exact=False).caption().replace("\n", "  |  ")
+                exact = "  (exact match: this very product, verified by its keypoints)" if match.exact else ""
+                print(f"  {match.rank + 1:>2}  {match.score:6.3f}  {match.id:>8}  {details}{exact}")
             sys.stdout.flush()
     return 1 if failures == len(args.images) else 0
 

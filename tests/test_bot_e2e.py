@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from bot import handlers
-from standin_bot_api import Album, FakeBotApi
+from recommender.recommender import EXACT_MATCH_LINE
+from standin_bot_api import Album, AlbumItem, FakeBotApi
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 240
@@ -130,6 +131,11 @@ def texts(api: FakeBotApi, chat: int) -> list[str]:
     return [m.get("text", "") for m in api.sent_messages(chat) if "text" in m]
 
 
+def product_lines(item: AlbumItem) -> list[str]:
+    """A caption's product name and details, past an "Exact match" first line."""
+    return (item.caption or "").removeprefix(EXACT_MATCH_LINE + "\n").split("\n")
+
+
 def wait_albums(api: FakeBotApi, chat: int, count: int = 1) -> list[Album]:
     api.wait_for(lambda s: len(s.albums(chat)) >= count, timeout=ANSWER_TIMEOUT)
     return api.albums(chat)
@@ -154,10 +160,10 @@ def test_photo_gets_album_of_five_captioned_products(api: FakeBotApi, bot: BotPr
     assert len(album.items) == 5
     assert "upload_photo" in api.chat_actions(2002)
     # The exact catalogue photo finds itself first; every caption names a product and its category.
-    assert (album.items[0].caption or "").startswith(product["productDisplayName"])
+    assert product_lines(album.items[0])[0] == product["productDisplayName"]
     names = {row["productDisplayName"]: row for row in catalogue}
     for item in album.items:
-        name, details = (item.caption or "").split("\n")
+        name, details = product_lines(item)
         assert name in names and names[name]["articleType"] in details and names[name]["baseColour"] in details
     # Below the album: a message with the "Next 5" button; its data is the library's key to the cached page.
     more = api.wait_for(lambda s: [m for m in s.sent_messages(2002) if m.get("reply_markup")], timeout=ANSWER_TIMEOUT)[0]
@@ -172,7 +178,7 @@ def test_image_sent_as_file_is_answered_like_a_photo(api: FakeBotApi, bot: BotPr
     api.user_sends_document(png.getvalue(), file_name="look.png", mime_type="image/png", chat_id=2003)
     album = wait_albums(api, 2003)[0]
     assert len(album.items) == 5
-    assert (album.items[0].caption or "").startswith(product["productDisplayName"])
+    assert product_lines(album.items[0])[0] == product["productDisplayName"]
 
 
 def test_next_five_button_shows_the_following_products(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
@@ -319,14 +325,14 @@ def test_twenty_shoppers_at_once_all_get_albums(api: FakeBotApi, bot: BotProcess
         api.user_sends_photo(photo_of(data_dir, catalogue[n * 4]["id"]), chat_id=chat)
     api.wait_for(lambda s: all(s.albums(chat) for chat in chats), timeout=ANSWER_TIMEOUT * 2)
     for n, chat in enumerate(chats):
-        assert (api.albums(chat)[0].items[0].caption or "").startswith(catalogue[n * 4]["productDisplayName"])
+        assert product_lines(api.albums(chat)[0].items[0])[0] == catalogue[n * 4]["productDisplayName"]
 
 
 def test_album_of_photos_is_answered_in_order(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
     products = [catalogue[5], catalogue[60], catalogue[90]]
     api.user_sends_album([photo_of(data_dir, p["id"]) for p in products], chat_id=2401)
     albums = wait_albums(api, 2401, 3)
-    assert [(a.items[0].caption or "").split("\n")[0] for a in albums[:3]] == [p["productDisplayName"] for p in products]
+    assert [product_lines(a.items[0])[0] for a in albums[:3]] == [p["productDisplayName"] for p in products]
 
 
 def test_catalogue_photos_are_resent_by_file_id(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
@@ -462,3 +468,30 @@ def test_a_bot_on_an_onnx_index_answers_without_tensorflow(demo_catalogue, mobil
             assert process.stop() == 0
     output = process.output()
     assert "runtime onnx-fp32, TensorFlow not loaded" in output, output[-3000:]
+
+
+def test_a_shoppers_photo_of_a_catalogue_product_is_captioned_exact_match(fashion_catalogue, mobilenet_real, tmp_path: Path) -> None:
+    """Real photos, real MobileNetV2, the bot process: a phone photo of a catalogue product gets that product
+    first, captioned "Exact match"; a phone photo of a product the shop does not sell gets no such caption."""
+    from recommender import build_index
+    from tests.build_helpers import subset
+    from tests.test_exact_match import TEXTURED, item_with, shopper_bytes, spread
+
+    items = spread(fashion_catalogue, 0, 30)
+    index = tmp_path / "index"
+    build_index(subset(fashion_catalogue, items), index, mobilenet_real, runtime="onnx", precision="fp32", refine="none", exact_items=True)
+    stranger = fashion_catalogue.items[1]  # not in the index (every 100th product is)
+    with FakeBotApi() as own_api:
+        process = BotProcess(own_api, tmp_path / "data", tmp_path / "exact.log", INDEX_DIR=str(index))
+        try:
+            process.wait_ready()
+            wanted = item_with(items, TEXTURED[0])
+            own_api.user_sends_photo(shopper_bytes(fashion_catalogue, wanted), chat_id=2951)
+            own_api.user_sends_photo(shopper_bytes(fashion_catalogue, stranger), chat_id=2952)
+            exact, other = wait_albums(own_api, 2951)[0], wait_albums(own_api, 2952)[0]
+        finally:
+            assert process.stop() == 0
+    first = (exact.items[0].caption or "").split("\n")
+    assert first[0] == EXACT_MATCH_LINE and first[1] == wanted.labels["productDisplayName"]
+    assert not any((item.caption or "").startswith(EXACT_MATCH_LINE) for item in exact.items[1:])
+    assert len(exact.items) == 5 and not any((item.caption or "").startswith(EXACT_MATCH_LINE) for item in other.items)

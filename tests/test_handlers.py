@@ -22,6 +22,7 @@ from bot.app import build_application, post_shutdown, post_stop, start_runtime
 from bot.config import Settings
 from bot.context import BotApplication, BotRuntime
 from bot.pages import MAX_BUTTONS, MAX_RESULTS, PAGE
+from recommender.recommender import EXACT_MATCH_LINE
 from standin_bot_api import Album, AlbumItem, FakeBotApi
 
 ANSWER_TIMEOUT = 60.0
@@ -84,8 +85,8 @@ class Served:
 
 
 def title(item: AlbumItem) -> str:
-    """The product name: the caption's first line."""
-    return (item.caption or "").split("\n")[0]
+    """The product name: the caption's first line after an "Exact match" line, if any."""
+    return (item.caption or "").removeprefix(EXACT_MATCH_LINE + "\n").split("\n")[0]
 
 
 Serve = Callable[..., contextlib.AbstractAsyncContextManager[Served]]

@@ -15,23 +15,24 @@ async def test_inference_hands_out_vectors_that_own_their_data(demo_recommender,
     service.start()
     try:
         data = demo_photo.read_bytes()
-        vectors = await asyncio.gather(*(service.embed_photo(data) for _ in range(4)))
+        queries = await asyncio.gather(*(service.embed_photo(data) for _ in range(4)))
     finally:
         service.stop()
-    assert all(v.base is None for v in vectors)
-    assert np.allclose(vectors[0], vectors[3])
+    assert all(query.vector.base is None for query in queries)
+    assert np.allclose(queries[0].vector, queries[3].vector)
+    assert queries[0].pinned == queries[3].pinned
 
 
 async def test_pages_follow_the_recommenders_ranking(demo_recommender, demo_photo: Path) -> None:
     service = InferenceService(demo_recommender)
     service.start()
     try:
-        vector = await service.embed_photo(demo_photo.read_bytes())
-        first, second = await service.page(vector, 0, 5), await service.page(vector, 5, 5)
-        tail = await service.page(vector, len(demo_recommender) - 2, 5)
+        query = await service.embed_photo(demo_photo.read_bytes())
+        first, second = await service.page(query, 0, 5), await service.page(query, 5, 5)
+        tail = await service.page(query, len(demo_recommender) - 2, 5)
     finally:
         service.stop()
-    ranked = demo_recommender.matches(vector[None], 10, 0)[0]
+    ranked = demo_recommender.answer([query], 10, 0)[0]
     assert [m.id for m in first + second] == [m.id for m in ranked]
     assert len(tail) == 2  # fewer at the end of the catalogue
 
@@ -46,8 +47,8 @@ async def test_a_batch_gets_its_first_pages_from_one_search(demo_recommender, de
     finally:
         service.stop()
     assert service.images == len(photos)
-    for (vector, page), size in zip(answers, (5, 3, 5, 0, 5, 1)):
-        assert [m.id for m in page] == [m.id for m in demo_recommender.matches(vector[None], size, 0)[0]] if size else page == []
+    for (query, page), size in zip(answers, (5, 3, 5, 0, 5, 1)):
+        assert [m.id for m in page] == [m.id for m in demo_recommender.answer([query], size, 0)[0]] if size else page == []
 
 
 async def test_the_service_searches_on_one_blas_thread_and_switches_to_the_projection_when_ready(
@@ -77,6 +78,7 @@ async def test_the_service_searches_on_one_blas_thread_and_switches_to_the_proje
         service.stop()
     assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == blas_threads  # restored
     plain = ExactSearcher().fit(demo_recommender.index.vectors)
-    for vector, page in answers:
-        rows, _ = plain.search(vector, 5)
-        assert [m.row for m in page] == rows[0].tolist()
+    for query, page in answers:
+        rows, _ = plain.search(query.vector, 5 + len(query.pinned))
+        expected = [*query.pinned, *(row for row in rows[0].tolist() if row not in query.pinned)][:5]
+        assert [m.row for m in page] == expected

@@ -26,9 +26,11 @@ def test_query_json_output(tmp_path, demo_index):
     for path, item in zip(good, catalogue.items[:2]):
         results = output[str(path)]
         assert len(results) == 3
-        assert all(list(r) == ["id", "score", *label_columns] for r in results)
+        assert all(list(r) == ["id", "score", "exact_match", *label_columns] for r in results)
+        assert not any(r["exact_match"] for r in results[1:])  # only the first can be the very product
         assert results[0]["id"] == item.id and results[0]["score"] == pytest.approx(1.0, abs=1e-4)
         assert results[0]["productDisplayName"] == item.labels["productDisplayName"]
+        # the catalogue photo itself comes first (verified or not), the rest by similarity
         assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
 
 
@@ -50,7 +52,9 @@ def test_query_table_on_a_plain_folder(tmp_path, demo_catalogue, resnet_random):
     assert lines[start + 1].split() == ["#", "score", "id", "product"]
     rows = [line.split() for line in lines[start + 2 : start + 6]]
     assert [row[0] for row in rows] == ["1", "2", "3", "4"]
-    assert rows[0][2:] == ["p1003", "Product", "p1003"]
+    assert rows[0][2:5] == ["p1003", "Product", "p1003"]
+    assert rows[0][5:] in ([], "(exact match: this very product, verified by its keypoints)".split())
+    assert all(len(row) == 5 for row in rows[1:])  # only the first can be the very product
     assert float(rows[0][1]) == pytest.approx(1.0, abs=1e-3)
     assert all(row[3] == "Product" and row[4] == row[2] for row in rows)
     assert lines[lines.index(str(missing)) + 1].strip().startswith("error: Cannot read image file missing.jpg")

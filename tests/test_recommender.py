@@ -11,6 +11,7 @@ from recommender import ImageDecodeError, Match, NotLoadedError, Recommender, co
 from recommender.catalogue import display_name
 from recommender.colour import colour_histograms
 from recommender.images import load_image
+from recommender.recommender import EXACT_MATCH_LINE
 from recommender.refine import LabelCentroids
 from recommender.search import BATCH_THRESHOLD
 
@@ -21,14 +22,18 @@ def test_recommend_returns_ranked_matches_with_labels(demo_recommender, demo_ind
     assert [m.rank for m in matches] == [0, 1, 2, 3, 4]
     assert all(isinstance(m, Match) for m in matches)
     assert len({m.id for m in matches}) == 5
-    scores = [m.score for m in matches]
+    # Products the photo's keypoints verified come first (recommender/exact_match.py); the rest by similarity.
+    pinned = len(demo_recommender.queries([demo_recommender.prepare(demo_index.catalogue.images_dir / item.image)])[0].pinned)
+    scores = [m.score for m in matches[pinned:]]
     assert scores == sorted(scores, reverse=True)
     top = matches[0]
     assert top.id == item.id and top.row == 0
     assert top.image_path == (demo_index.catalogue.images_dir / item.image).resolve()
     assert top.display_name == item.labels["productDisplayName"]
     assert top.labels["articleType"] == item.labels["articleType"] and "image" not in top.labels
-    assert top.caption() == f"{item.labels['productDisplayName']}\n{item.labels['articleType']} · {item.labels['baseColour']} · {item.labels['gender']}"
+    expected = f"{item.labels['productDisplayName']}\n{item.labels['articleType']} · {item.labels['baseColour']} · {item.labels['gender']}"
+    assert top.caption() == (f"{EXACT_MATCH_LINE}\n{expected}" if top.exact else expected)
+    assert not any(m.exact for m in matches[1:])
     as_dict = top.to_dict()
     assert as_dict["id"] == item.id and as_dict["score"] == pytest.approx(top.score, abs=1e-6)
     assert as_dict["productDisplayName"] == item.labels["productDisplayName"]
@@ -122,7 +127,17 @@ def test_recommend_is_decode_then_embed_then_matches(demo_recommender, demo_inde
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     pages = demo_recommender.matches(vectors, k=3, offset=2)
     assert len(pages) == 1 and [m.rank for m in pages[0]] == [2, 3, 4]
-    assert [(m.id, m.score) for m in pages[0]] == [(m.id, m.score) for m in demo_recommender.recommend(path, k=3, offset=2)]
+    # recommend = prepare (pixels, crops, keypoints) → one forward pass → verification → pages
+    assert demo_recommender.finds_exact_items
+    photo = demo_recommender.prepare(path)
+    np.testing.assert_array_equal(photo.pixels, pixels)
+    assert photo.crops is not None and photo.crops.shape == (4, 224, 224, 3) and photo.local is not None and len(photo.local) > 0
+    (query,) = demo_recommender.queries([photo])
+    np.testing.assert_allclose(query.vector, vectors[0], atol=1e-5)
+    answered = demo_recommender.answer([query], k=3, offset=2)[0]
+    assert [(m.id, m.score) for m in answered] == [(m.id, m.score) for m in demo_recommender.recommend(path, k=3, offset=2)]
+    unpinned = [m.id for m in demo_recommender.matches(vectors, k=5)[0] if m.row not in query.pinned]
+    assert [m.id for m in demo_recommender.answer([query], k=5)[0]] == [*(demo_recommender.index.ids()[row] for row in query.pinned), *unpinned][:5]
 
 
 def test_matches_answers_each_query_vector_in_order(demo_recommender):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..head import HeadSettings, train_head
+from ..recommender import Recommender
 from ..refine import LabelCentroids
 from ..search import ExactSearcher
 from ..shopper_photos import PhotoLike, rng_for, shopper_photo
@@ -244,10 +245,22 @@ class ExactItems:
     recall_at_k: float
     #: mean of 1/rank of the product itself, 0 when it is not in the top k
     reciprocal_rank: float
+    #: with the exact-item stage: photos whose first product was called an exact match, the share
+    #: of those calls that were right, and the share called exact with the product taken out of the index
+    called_exact: float | None = None
+    called_right: float | None = None
+    false_exact: float | None = None
+    #: milliseconds per photo of the whole query (prepare, forward pass with crops, verification, page)
+    ms_per_photo: float | None = None
 
     def to_json(self) -> dict[str, float | int]:
-        return {"queries": self.queries, "k": self.k, "recall_at_1": round(self.recall_at_1, 4),
+        data: dict[str, float | int] = {"queries": self.queries, "k": self.k, "recall_at_1": round(self.recall_at_1, 4),
                 f"recall_at_{self.k}": round(self.recall_at_k, 4), f"mrr_at_{self.k}": round(self.reciprocal_rank, 4)}  # fmt: skip
+        for name in ("called_exact", "called_right", "false_exact", "ms_per_photo"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = round(float(value), 4)
+        return data
 
 
 def exact_item_rows(count: int, wanted: int, seed: int) -> np.ndarray:
@@ -267,3 +280,37 @@ def exact_items(vectors: np.ndarray, query_vectors: np.ndarray, query_rows: Rows
     found = hits.any(axis=1)
     ranks = hits.argmax(axis=1) + 1
     return ExactItems(len(own), k, float(hits[:, 0].mean()), float(found.mean()), float(np.mean(np.where(found, 1.0 / ranks, 0.0))))
+
+
+def verified_exact_items(recommender: Recommender, shots: Sequence[bytes], query_rows: Rows, k: int = 5, batch_size: int = 16) -> ExactItems:
+    """Exact-item recall through the exact-item stage, as the bot answers; then each photo again with
+    its product taken out of the index, where an "exact match" would be false."""
+    own = np.asarray(query_rows, dtype=np.int64)
+    if len(own) == 0:
+        return ExactItems(0, k, 0.0, 0.0, 0.0)
+    ranks: list[int] = []
+    called: list[bool] = []
+    false_calls: list[bool] = []
+    everything = np.ones(len(recommender), dtype=bool)
+    seconds = 0.0
+    for start in range(0, len(own), batch_size):
+        began = time.perf_counter()
+        photos = [recommender.prepare(shot) for shot in shots[start : start + batch_size]]
+        vectors, crops = recommender.embed_photos(photos)
+        queries = [recommender.verify(photo, vector, crop) for photo, vector, crop in zip(photos, vectors, crops)]
+        pages = recommender.answer(queries, k)
+        seconds += time.perf_counter() - began
+        for photo, vector, crop, page, row in zip(photos, vectors, crops, pages, own[start : start + batch_size]):
+            rows = [match.row for match in page]
+            ranks.append(rows.index(int(row)) + 1 if row in rows else 0)
+            called.append(bool(page) and page[0].exact)
+            everything[row] = False
+            false_calls.append(recommender.verify(photo, vector, crop, allowed=everything).exact)
+            everything[row] = True
+    rank = np.asarray(ranks)
+    right = [r == 1 for r, c in zip(ranks, called) if c]
+    return ExactItems(
+        len(own), k, float(np.mean(rank == 1)), float(np.mean(rank > 0)), float(np.mean(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0))),
+        called_exact=float(np.mean(called)), called_right=float(np.mean(right)) if right else None,
+        false_exact=float(np.mean(false_calls)), ms_per_photo=1000 * seconds / len(own),
+    )  # fmt: skip

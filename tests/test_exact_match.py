@@ -1,0 +1,456 @@
+"""Exact item: crops, the shortlist, stored SIFT keypoints and their geometric verification (real photos, real model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recommender import IndexCorruptError, Recommender, build_index, load_index
+from recommender.catalogue import Catalogue, CatalogueItem
+from recommender.exact_match import CROP_SCALES, EXACT_INLIERS, PIN_INLIERS, Verifier, crop_boxes, query_crops, shortlist
+from recommender.images import BACKGROUND, decode_image, square_resize
+from recommender.local_features import (
+    BOXES,
+    COLOURS,
+    DESCRIPTOR_SIZE,
+    DESCRIPTORS,
+    FILES,
+    METHOD,
+    OFFSETS,
+    POINTS,
+    LocalFeatures,
+    LocalFeatureStore,
+    catalogue_features,
+    compute_rows,
+    query_features,
+    root_sift,
+)
+from recommender.recommender import EXACT_MATCH_LINE
+from recommender.shopper_photos import rng_for, shopper_photo
+from tests.build_helpers import subset
+
+#: Products of the store and the index: every 100th of the 4k catalogue (30 of them, all kinds of products).
+STORE_STEP, STORE_SIZE = 100, 30
+#: Shopper photos (seed 0) of these products verify with many inliers: a print T-shirt, a sports
+#: shoe, a jacket and a watch (measured: 33-56 inliers, no other product pinned).
+TEXTURED = ("6602", "13208", "22323", "41031")
+#: Products NOT in the store: the neighbours (next id) of the store's first ten; 1538 is a Puma
+#: T-shirt whose logo matches the store's Puma T-shirt 1537 (pinned with 11 inliers, not exact).
+STRANGERS = 10
+#: Verify every product of the store, none preferred by the global search.
+ALL_ROWS, NO_SCORES = list(range(STORE_SIZE)), [0.0] * STORE_SIZE
+
+
+#: The store's arrays (offsets, points, descriptors, boxes, ...), as saved and loaded.
+STORE_ARRAYS = tuple(field.name for field in dataclasses.fields(LocalFeatureStore))
+
+
+def assert_same_store(mine: LocalFeatureStore, theirs: LocalFeatureStore) -> None:
+    for name in STORE_ARRAYS:
+        np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name), err_msg=name)
+        assert getattr(mine, name).dtype == getattr(theirs, name).dtype, name
+
+
+def assert_same_rows(mine: LocalFeatureStore, row: int, theirs: LocalFeatureStore, their_row: int) -> None:
+    """Product ``row`` of ``mine`` has exactly the keypoints (positions, descriptors, box, ...) of ``their_row`` of ``theirs``."""
+    for mine_part, their_part in zip(mine.features(row), theirs.features(their_row), strict=True):
+        np.testing.assert_array_equal(mine_part, their_part)
+
+
+def spread(catalogue: Catalogue, start: int, count: int) -> list[CatalogueItem]:
+    return catalogue.items[start::STORE_STEP][:count]
+
+
+def item_with(items: list[CatalogueItem], item_id: str) -> CatalogueItem:
+    return next(item for item in items if item.id == item_id)
+
+
+def shopper_bytes(catalogue: Catalogue, item: CatalogueItem, seed: int = 0) -> bytes:
+    """A phone photo of ``item``'s product (960 x 1280 JPEG, busy background, tilted, off-centre)."""
+    return shopper_photo(catalogue.images_dir / item.image, rng_for(seed, item.id))
+
+
+def shopper_keypoints(catalogue: Catalogue, item: CatalogueItem, seed: int = 0) -> LocalFeatures:
+    """The photo's keypoints as :meth:`Recommender.prepare` makes them (decoded at least 448 px on the short side)."""
+    return query_features(decode_image(shopper_bytes(catalogue, item, seed), min_side=448))
+
+
+@pytest.fixture(scope="module")
+def store_items(fashion_catalogue) -> list[CatalogueItem]:
+    return spread(fashion_catalogue, 0, STORE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def store(fashion_catalogue, store_items) -> LocalFeatureStore:
+    """The keypoints of the 30 store products, as the build makes them."""
+    return LocalFeatureStore.from_rows(compute_rows([fashion_catalogue.images_dir / item.image for item in store_items]))
+
+
+@pytest.fixture
+def photo() -> Image.Image:
+    """A 320 x 240 photo with detail everywhere (smooth gradients plus seeded noise), so resampling errors show."""
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:240, 0:320]
+    base = np.stack([x * 0.7, y * 0.9, (x + y) * 0.4], axis=-1) + rng.normal(0, 25, (240, 320, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+
+
+# --- the model input of a photo and of its crops -------------------------------------------------
+
+
+def padded_then_resized(image: Image.Image, size: int) -> np.ndarray:
+    """The canonical model input, written out: pad to a centred white square, resize bilinearly."""
+    side = max(image.size)
+    canvas = Image.new("RGB", (side, side), BACKGROUND)
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BILINEAR) if side != size else canvas, dtype=np.uint8)
+
+
+def test_square_resize_pads_to_a_white_square_then_resizes(photo):
+    for image in (photo, photo.crop((0, 0, 120, 240)), photo.crop((0, 0, 224, 224)), photo.crop((3, 7, 101, 55))):
+        resized = square_resize(image, 224)
+        assert resized.shape == (224, 224, 3) and resized.dtype == np.uint8
+        np.testing.assert_array_equal(resized, padded_then_resized(image, 224))
+    thin = square_resize(photo.crop((100, 0, 180, 240)), 224)  # white bands beside a tall crop
+    assert (thin[:, :60] == 255).all() and (thin[:, -60:] == 255).all() and not (thin[:, 100:124] == 255).all()
+
+
+# --- crops -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width, height", [(960, 1280), (640, 480), (448, 448), (37, 501)])
+@pytest.mark.parametrize("scales", [CROP_SCALES, (0.8, 0.65)])
+def test_crop_boxes_are_overlapping_grids_inside_the_photo(width, height, scales):
+    boxes = crop_boxes(width, height, scales)
+    sizes = {0.8: 4, 0.65: 9}
+    assert len(boxes) == sum(sizes[scale] for scale in scales)
+    start = 0
+    for scale in scales:
+        grid = boxes[start : start + sizes[scale]]
+        start += sizes[scale]
+        for left, top, right, bottom in grid:
+            assert 0 <= left < right <= width and 0 <= top < bottom <= height
+            assert abs((right - left) - width * scale) <= 1 and abs((bottom - top) - height * scale) <= 1
+        lefts, tops = sorted({box[0] for box in grid}), sorted({box[1] for box in grid})
+        assert lefts[0] == 0 and tops[0] == 0 and max(box[2] for box in grid) == width and max(box[3] for box in grid) == height
+        # neighbours overlap by at least half a crop
+        assert all(b - a <= width * scale / 2 + 1 for a, b in zip(lefts, lefts[1:]))
+        assert all(b - a <= height * scale / 2 + 1 for a, b in zip(tops, tops[1:]))
+    assert len(set(boxes)) == len(boxes)
+
+
+def test_crop_boxes_of_other_scales():
+    assert crop_boxes(100, 100, ()) == []
+    assert len(crop_boxes(100, 100, (0.5,))) == 9  # 3 x 3: steps of a quarter of the photo, half a crop
+    assert len(crop_boxes(100, 100, (0.9,))) == 4
+    for whole in (1.0, 1.5, 0.0):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            crop_boxes(100, 100, (whole,))
+
+
+def test_query_crops_are_the_crops_model_inputs(photo):
+    """Each crop is cut out, then padded and resized exactly as a whole photo is."""
+    crops = query_crops(photo, 64)
+    assert crops.shape == (len(crop_boxes(photo.width, photo.height)), 64, 64, 3) == (4, 64, 64, 3) and crops.dtype == np.uint8
+    for crop, box in zip(crops, crop_boxes(photo.width, photo.height)):
+        np.testing.assert_array_equal(crop, padded_then_resized(photo.crop(box), 64))
+    assert query_crops(photo, 64, ()).shape == (0, 64, 64, 3)
+
+
+def test_query_crops_of_a_real_shopper_photo(fashion_catalogue, store_items):
+    image = decode_image(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0])), min_side=448)
+    assert image.size == (480, 640)  # the 960 x 1280 phone photo, decoded at half size as Recommender.prepare does
+    crops = query_crops(image, 224)
+    assert crops.shape == (4, 224, 224, 3)
+    for crop, box in zip(crops, crop_boxes(*image.size)):
+        np.testing.assert_array_equal(crop, square_resize(image.crop(box), 224))
+    assert len({crop.tobytes() for crop in crops}) == 4
+
+
+# --- the shortlist -----------------------------------------------------------------------------
+
+
+def test_shortlist_keeps_each_row_once_at_its_best_crop_and_ignores_empty_slots():
+    rows = np.array([[3, 7, 1, -1], [7, 2, 3, -1], [9, -1, -1, -1]])
+    scores = np.array([[0.9, 0.5, 0.4, -9.0], [0.95, 0.6, 0.1, -9.0], [0.3, 5.0, 5.0, 5.0]], dtype=np.float32)
+    chosen, best = shortlist(rows, scores)
+    assert chosen.tolist() == [7, 3, 2, 1, 9]
+    np.testing.assert_allclose(best, [0.95, 0.9, 0.6, 0.4, 0.3])
+    chosen, best = shortlist(rows, scores, size=2)
+    assert chosen.tolist() == [7, 3]
+    assert shortlist(np.full((2, 3), -1), np.zeros((2, 3)))[0].size == 0
+    assert shortlist(np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))[0].size == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shortlist_is_the_brute_force_top_rows_by_best_crop(seed):
+    """As the Recommender uses it: each crop's own top rows of an exact search, then the shortlist."""
+    rng = np.random.default_rng(seed)
+    products, crops, dim, size = 300, 14, 16, 50
+    vectors = rng.normal(size=(products, dim)).astype(np.float32)
+    queries = rng.normal(size=(crops, dim)).astype(np.float32)
+    similarity = queries @ vectors.T
+    top = np.argsort(-similarity, axis=1)[:, :size]
+    chosen, best = shortlist(top, np.take_along_axis(similarity, top, axis=1), size)
+
+    best_of_row = similarity.max(axis=0)  # brute force: every product's best crop, all products
+    expected = np.argsort(-best_of_row)[:size]
+    assert chosen.tolist() == expected.tolist()
+    np.testing.assert_allclose(best, best_of_row[expected], rtol=1e-6)
+    assert len(set(chosen.tolist())) == size
+
+
+# --- the stored keypoints ----------------------------------------------------------------------
+
+
+def test_catalogue_keypoints_of_a_real_photo(fashion_catalogue, store, store_items):
+    features, box = catalogue_features(Image.open(fashion_catalogue.images_dir / store_items[4].image).convert("RGB"))
+    assert features.size == (240, 320)  # 60 x 80 scaled to a long side of 320
+    assert 20 < len(features) <= 200 and features.points.dtype == np.float32 and features.descriptors.dtype == np.uint8
+    assert features.descriptors.shape == (len(features), DESCRIPTOR_SIZE)
+    left, top, right, bottom = box
+    assert 0 <= left < right <= 240 and 0 <= top < bottom <= 320  # the product, not the whole white photo
+    assert (right - left) * (bottom - top) < 240 * 320
+    assert (features.points >= 0).all() and (features.points[:, 0] <= 240).all() and (features.points[:, 1] <= 320).all()
+    stored = store.features(4)
+    np.testing.assert_array_equal(stored[0], features.points)
+    np.testing.assert_array_equal(stored[1], features.descriptors)
+    np.testing.assert_array_equal(stored[2], box)
+    rooted = root_sift(stored[1])
+    np.testing.assert_allclose(np.linalg.norm(rooted, axis=1), 1.0, atol=1e-5)
+
+
+def test_store_round_trips_through_its_files(tmp_path, store):
+    assert len(store) == STORE_SIZE and store.offsets[0] == 0 and (np.diff(store.offsets) >= 0).all()
+    store.save(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(FILES)
+    for mmap in (True, False):
+        loaded = LocalFeatureStore.load(tmp_path, STORE_SIZE, mmap=mmap)
+        assert loaded is not None and len(loaded) == STORE_SIZE
+        assert all(isinstance(getattr(loaded, name), np.memmap) is mmap for name in STORE_ARRAYS)
+        assert_same_store(loaded, store)
+    # take() carries rows into another store unchanged
+    again = LocalFeatureStore.from_rows(store.take([3, 0, 3]))
+    for row, source in enumerate((3, 0, 3)):
+        assert_same_rows(again, row, store, source)
+
+
+def test_an_empty_store_and_rows_without_keypoints(tmp_path):
+    empty = LocalFeatureStore.from_rows([])
+    assert len(empty) == 0 and empty.descriptors.shape == (0, DESCRIPTOR_SIZE)
+    (tmp_path / "broken.jpg").write_bytes(b"not a photo")
+    rows = compute_rows([tmp_path / "broken.jpg", tmp_path / "missing.jpg"])
+    assert [len(features) for features, _ in rows] == [0, 0]
+    store = LocalFeatureStore.from_rows(rows)
+    assert store.offsets.tolist() == [0, 0, 0] and store.features(1)[0].shape == (0, 2)
+    query = LocalFeatures(np.zeros((5, 2), np.float32), np.ones((5, 128), np.float32), (9, 9))
+    assert Verifier(store).verify(query, [0, 1], [0.0, 0.0]).pinned == ()
+
+
+def test_load_finds_no_store_in_an_index_without_one(tmp_path):
+    assert LocalFeatureStore.load(tmp_path, 0) is None
+    assert LocalFeatureStore.load(tmp_path, 30) is None
+
+
+@pytest.mark.parametrize(
+    "damage", ["fewer-rows", "offsets-past-the-points", "float-descriptors", "colours-of-other-points", "missing-file", "truncated-file"]
+)
+def test_a_store_that_does_not_fit_the_index_is_refused(tmp_path, store, damage):
+    store.save(tmp_path)
+    count = STORE_SIZE
+    if damage == "fewer-rows":
+        count = STORE_SIZE + 1  # the index lists one more product than the store has
+    elif damage == "offsets-past-the-points":
+        offsets = store.offsets.copy()
+        offsets[-1] += 5
+        np.save(tmp_path / OFFSETS, offsets)
+    elif damage == "float-descriptors":
+        np.save(tmp_path / DESCRIPTORS, store.descriptors.astype(np.float32))
+    elif damage == "colours-of-other-points":
+        np.save(tmp_path / COLOURS, store.colours[:-1])
+    elif damage == "missing-file":
+        (tmp_path / BOXES).unlink()
+    else:
+        path = tmp_path / POINTS
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(IndexCorruptError, match="rebuild the index"):
+        LocalFeatureStore.load(tmp_path, count)
+
+
+# --- verification of real shopper photos -------------------------------------------------------
+
+
+@pytest.mark.parametrize("product", TEXTURED)
+def test_a_shopper_photo_pins_its_own_product_first_as_exact(fashion_catalogue, store, store_items, product):
+    row = [item.id for item in store_items].index(product)
+    query = shopper_keypoints(fashion_catalogue, store_items[row])
+    assert query.size == (300, 400) and len(query) > 20  # 960 x 1280 decoded at half size, scaled to QUERY_SIDE
+    found = Verifier(store).verify(query, ALL_ROWS, NO_SCORES)
+    assert found.pinned[0] == row and found.exact
+    assert found.inliers[0] >= 2 * EXACT_INLIERS
+    assert len(found.pinned) == len(found.inliers) and all(count >= PIN_INLIERS for count in found.inliers)
+    assert list(found.inliers) == sorted(found.inliers, reverse=True)
+    # the rows given are what is pinned: a shortlist that leaves the product out cannot pin it
+    others = [r for r in range(STORE_SIZE) if r != row]
+    assert row not in Verifier(store).verify(query, others, [0.0] * len(others)).pinned
+
+
+def test_shopper_photos_of_products_not_in_the_store_are_never_exact(fashion_catalogue, store, store_items):
+    strangers = spread(fashion_catalogue, 1, STRANGERS)
+    assert not {item.id for item in strangers} & {item.id for item in store_items}
+    verifier = Verifier(store)
+    for item in strangers:
+        found = verifier.verify(shopper_keypoints(fashion_catalogue, item), ALL_ROWS, NO_SCORES)
+        assert not found.exact, (item.id, found)
+
+
+@pytest.mark.parametrize("product", ["22323", "3057", "7787"])  # a red jacket, a green and a navy T-shirt
+def test_the_same_product_in_another_colour_is_not_exact(fashion_catalogue, store, store_items, product):
+    """SIFT sees grey levels only: the keypoints' colours keep a recoloured product from being called the same one."""
+    item = item_with(store_items, product)
+    red, green, blue = Image.open(fashion_catalogue.images_dir / item.image).convert("RGB").split()
+    verifier = Verifier(store)
+    own = verifier.verify(shopper_keypoints(fashion_catalogue, item), ALL_ROWS, NO_SCORES)
+    assert own.exact and store_items[own.pinned[0]] is item  # in its own colour, the very product
+    for channels in ((blue, red, green), (green, blue, red)):  # red becomes green, or blue; the shapes stay
+        recoloured = shopper_photo(Image.merge("RGB", channels), rng_for(0, item.id))
+        query = query_features(decode_image(recoloured, min_side=448))
+        assert not verifier.verify(query, ALL_ROWS, NO_SCORES).exact
+
+
+def test_a_photo_with_too_few_keypoints_or_no_candidates_verifies_nothing(store):
+    blank = query_features(Image.new("RGB", (480, 640), (120, 90, 60)))
+    assert len(blank) == 0
+    assert Verifier(store).verify(blank, ALL_ROWS, NO_SCORES) == Verifier(store).verify(blank, [], [])
+    assert Verifier(store).verify(blank, [], []).pinned == () and not Verifier(store).verify(blank, [], []).exact
+
+
+# --- end to end: an index with keypoints, the Recommender ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exact_index(fashion_catalogue, store_items, mobilenet_real, tmp_path_factory) -> Path:
+    """The 30 store products indexed with the real MobileNetV2 (TensorFlow), keypoints included. Read-only."""
+    out = tmp_path_factory.mktemp("exact") / "index"
+    report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, refine="none", exact_items=True)
+    assert report.exact_items and report.local_computed == STORE_SIZE and report.count == STORE_SIZE
+    assert 0 < report.local_seconds < report.seconds
+    return out
+
+
+@pytest.fixture(scope="module")
+def exact_recommender(exact_index) -> Recommender:
+    return Recommender(exact_index).load()
+
+
+def test_the_index_stores_the_keypoints_and_lists_them(exact_index, store):
+    manifest = json.loads((exact_index / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["local_features"] == {**LocalFeatureStore.describe(), "keypoints": int(store.offsets[-1])}
+    assert manifest["local_features"]["method"] == METHOD == "sift"
+    assert all((exact_index / name).is_file() for name in FILES)
+    index = load_index(exact_index)
+    assert index.manifest.local_features == manifest["local_features"]
+    assert index.local_features is not None and len(index.local_features) == len(index) == STORE_SIZE
+    assert_same_store(index.local_features, store)  # the build's keypoints are compute_rows' own
+
+
+def test_a_shopper_photo_of_a_catalogue_product_is_the_exact_match(exact_recommender, fashion_catalogue, store_items):
+    assert exact_recommender.finds_exact_items
+    for product in TEXTURED[:2]:
+        matches = exact_recommender.recommend(shopper_bytes(fashion_catalogue, item_with(store_items, product)), k=5)
+        assert [match.rank for match in matches] == [0, 1, 2, 3, 4]
+        first = matches[0]
+        assert first.id == product and first.exact
+        assert first.caption() == f"{EXACT_MATCH_LINE}\n{dataclasses.replace(first, exact=False).caption()}"
+        details = f"{first.labels['articleType']} · {first.labels['baseColour']} · {first.labels['gender']}"
+        assert first.caption().split("\n") == [EXACT_MATCH_LINE, first.display_name, details]
+        assert first.to_dict()["exact_match"] is True
+        assert not any(match.exact for match in matches[1:])
+        assert not any(match.caption().startswith(EXACT_MATCH_LINE) for match in matches[1:])
+        assert len({match.id for match in matches}) == 5
+
+
+def test_pages_keep_the_pinned_product_first_and_never_repeat(exact_recommender, fashion_catalogue, store_items):
+    item = item_with(store_items, TEXTURED[2])
+    queries = exact_recommender.queries([exact_recommender.prepare(shopper_bytes(fashion_catalogue, item))])
+    assert queries[0].exact and exact_recommender.index.ids()[queries[0].pinned[0]] == item.id
+    first = exact_recommender.answer(queries, k=5, offset=0)[0]
+    second = exact_recommender.answer(queries, k=5, offset=5)[0]
+    assert first[0].id == item.id and first[0].exact
+    assert [match.rank for match in second] == [5, 6, 7, 8, 9]
+    assert not {match.id for match in first} & {match.id for match in second}
+    assert not any(match.exact for match in second)
+    whole = exact_recommender.answer(queries, k=10)[0]
+    assert [match.id for match in whole] == [match.id for match in first + second]
+    # every page of all 30 products, 7 at a time: each product once
+    pages = [exact_recommender.answer(queries, k=7, offset=offset)[0] for offset in range(0, STORE_SIZE, 7)]
+    assert sorted(match.id for page in pages for match in page) == sorted(item.id for item in store_items)
+
+
+def test_prepare_makes_crops_and_keypoints_and_matches_skips_verification(exact_recommender, fashion_catalogue, store_items):
+    """With keypoints in the index a photo brings its 4 crops and keypoints; matches() alone ranks by the vector, never exact."""
+    photo = exact_recommender.prepare(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0])))
+    assert photo.crops is not None and photo.crops.shape == (4, 224, 224, 3) and photo.local is not None
+    vectors, crop_vectors = exact_recommender.embed_photos([photo])
+    assert crop_vectors[0] is not None and crop_vectors[0].shape == (4, vectors.shape[1])
+    plain = exact_recommender.matches(vectors, k=5)[0]
+    assert not any(match.exact for match in plain)
+
+
+def test_update_reuses_the_keypoints_and_exact_items_off_drops_them(
+    exact_index, fashion_catalogue, store_items, store, mobilenet_real, tmp_path
+):
+    out = tmp_path / "index"
+    shutil.copytree(exact_index, out)
+    added = spread(fashion_catalogue, 1, 2)
+    grown = subset(fashion_catalogue, store_items + added)
+    report = build_index(grown, out, mobilenet_real, update=True, refine="none")  # exact_items=None: what the index has
+    assert report.exact_items and report.local_computed == 2 and report.reused == STORE_SIZE and report.extracted == 2
+    index = load_index(out)
+    assert index.local_features is not None and len(index.local_features) == STORE_SIZE + 2
+    rows = {item_id: row for row, item_id in enumerate(index.ids())}
+    for position, item in enumerate(store_items):  # old rows: the earlier index's keypoints, unchanged
+        assert_same_rows(index.local_features, rows[item.id], store, position)
+    fresh = LocalFeatureStore.from_rows(compute_rows([fashion_catalogue.images_dir / item.image for item in added]))
+    for position, item in enumerate(added):  # new rows: made now, as a fresh build makes them
+        assert_same_rows(index.local_features, rows[item.id], fresh, position)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["local_features"]["keypoints"] == int(index.local_features.offsets[-1])
+
+    report = build_index(grown, out, mobilenet_real, update=True, refine="none", exact_items=False)
+    assert not report.exact_items and report.local_computed == 0 and report.extracted == 0
+    assert not any((out / name).exists() for name in FILES)
+    assert "local_features" not in json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert load_index(out).local_features is None
+    plain = Recommender(out).load()
+    assert not plain.finds_exact_items
+    item = item_with(store_items, TEXTURED[0])
+    photo = plain.prepare(shopper_bytes(fashion_catalogue, item))
+    assert photo.crops is None and photo.local is None
+    assert not any(match.exact for match in plain.recommend(shopper_bytes(fashion_catalogue, item)))
+
+    report = build_index(grown, out, mobilenet_real, update=True, refine="none")  # still off: the index has none
+    assert not report.exact_items and not (out / OFFSETS).exists()
+    report = build_index(grown, out, mobilenet_real, update=True, refine="none", exact_items=True)  # on again: all made
+    assert report.exact_items and report.local_computed == STORE_SIZE + 2
+
+
+def test_an_index_built_without_exact_items_has_no_keypoints(fashion_catalogue, store_items, mobilenet_real, tmp_path):
+    out = tmp_path / "index"
+    report = build_index(subset(fashion_catalogue, store_items[:6]), out, mobilenet_real, refine="none", exact_items=False)
+    assert not report.exact_items and report.local_computed == 0
+    assert not any((out / name).exists() for name in FILES)
+    assert "local_features" not in json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    index = load_index(out)
+    assert index.local_features is None and len(index) == 6
+    corrupt = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    corrupt["local_features"] = {**LocalFeatureStore.describe(), "keypoints": 0}
+    (out / "manifest.json").write_text(json.dumps(corrupt), encoding="utf-8")
+    with pytest.raises(IndexCorruptError, match="lacks the local features"):  # a manifest that lists keypoints the index lacks
+        load_index(out)
