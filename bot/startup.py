@@ -97,8 +97,9 @@ def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool)
     """Build the index (the caller holds its lock); only the demo falls back to random weights.
 
     An operator's catalogue gets the build script's defaults (``--head auto``, ``--runtime auto``:
-    the learned head when labelled, ONNX Runtime int8); the demo's drawn products need neither and
-    start faster without (no export, no calibration, no head training).
+    the learned head when labelled, ONNX Runtime int8; exact-item keypoints); the demo's drawn
+    products need none of them and start and answer faster without (no export, no calibration, no
+    head training; drawn silhouettes are no products a shopper could photograph, so no keypoints).
     """
     report = build_from_folder(
         images,
@@ -109,6 +110,7 @@ def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool)
         fallback_weights=WEIGHTS_NONE if demo else None,
         head=head_module.NONE if demo else head_module.AUTO,
         runtime=None if demo else AUTO_RUNTIME_OPTION,
+        exact_items=not demo,
         events=BuildEvents(model_fallback=_log_fallback, building=_log_building, head_training=_log_head_training),
     )
     log.info("Index ready: %d products in %.0fs (%d unreadable photos skipped).", report.count, report.seconds, len(report.skipped))

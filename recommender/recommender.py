@@ -208,25 +208,26 @@ class Recommender:
             rest = rest[count:]
         return whole, crop_vectors
 
-    def verify(
-        self, photo: QueryPhoto, vector: np.ndarray, crop_vectors: np.ndarray | None, where: Where | None = None, *, allowed: np.ndarray | None = None
-    ) -> Query:
+    def verify(self, photo: QueryPhoto, vector: np.ndarray, crop_vectors: np.ndarray | None, *, allowed: np.ndarray | None = None) -> Query:
         """The photo's :class:`Query`: the shortlist of its crops, checked against the photo's keypoints.
 
-        ``allowed``, a row mask, replaces ``where`` (the evaluator takes a product out to count false exact matches)."""
+        The whole catalogue is verified, whatever a filter asks: the verified product is the one in
+        the photo, and :meth:`answer` leaves it out of a filtered page it does not pass, so a filtered
+        answer is always the unfiltered one's passing products, in order. ``allowed``, a row mask,
+        limits the candidates (the evaluator takes a product out to count false exact matches)."""
         _, _, searcher = self._loaded()
         if self.verifier is None or photo.local is None:
             return Query(vector)
         asked = vector[None] if crop_vectors is None else np.concatenate([vector[None], crop_vectors])
-        rows, scores = searcher.search(asked, SHORTLIST, allowed=allowed if allowed is not None else self.allowed(where))
+        rows, scores = searcher.search(asked, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
         found = self.verifier.verify(photo.local, chosen, best)
         return Query(vector, found.pinned, found.exact)
 
-    def queries(self, photos: list[QueryPhoto], where: Where | None = None) -> list[Query]:
+    def queries(self, photos: list[QueryPhoto]) -> list[Query]:
         """:meth:`embed_photos` then :meth:`verify` for each photo."""
         vectors, crop_vectors = self.embed_photos(photos)
-        return [self.verify(photo, vector, crops, where) for photo, vector, crops in zip(photos, vectors, crop_vectors)]
+        return [self.verify(photo, vector, crops) for photo, vector, crops in zip(photos, vectors, crop_vectors)]
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded ``(N, S, S, 3)`` images → query vectors in the index's space.
@@ -290,7 +291,7 @@ class Recommender:
         """The ``k`` most similar products (skipping the first ``offset``), best first; ``where`` filters them
         (:mod:`recommender.filters`; an empty list when no product passes). A product verified as the
         one in the photo comes first, marked ``exact``."""
-        return self.answer(self.queries([self.prepare(image)], where), k, offset, where)[0]
+        return self.answer(self.queries([self.prepare(image)]), k, offset, where)[0]
 
     def iter_recommend(
         self, images: Iterable[ImageSource], k: int = 5, offset: int = 0, *, batch_size: int | None = None, where: Where | None = None
@@ -313,7 +314,7 @@ class Recommender:
                 except ImageDecodeError as exc:
                     decoded.append(exc)
             good = [photo for photo in decoded if isinstance(photo, QueryPhoto)]
-            answers = iter(self.answer(self.queries(good, where), k, offset, where) if good else [])
+            answers = iter(self.answer(self.queries(good), k, offset, where) if good else [])
             del good
             for item in decoded:
                 yield item if isinstance(item, ImageDecodeError) else next(answers)

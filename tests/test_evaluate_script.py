@@ -75,7 +75,7 @@ def test_shopper_queries_on_a_refined_index_compare_on_the_same_split(tmp_path, 
     catalogue_json, shopper_json = tmp_path / "catalogue.json", tmp_path / "shopper.json"
     catalogue_run = evaluate(demo_index.catalogue, demo_index.path, "--compare", "--json", catalogue_json)
     result = evaluate(demo_index.catalogue, demo_index.path, "--compare", "--queries", "shopper", "--json", shopper_json,
-                      "--sheet", tmp_path / "sheet.png")
+                      "--sheet", tmp_path / "sheet.png", "--exact-items", "0")  # exact items: the leave-one-out test below
     assert catalogue_run.returncode == 0 and result.returncode == 0, result.stderr
     assert "shopper queries (seed 0)" in result.stdout and "ms per query to make" in result.stdout
     catalogue, shopper = json.loads(catalogue_json.read_text()), json.loads(shopper_json.read_text())
@@ -90,20 +90,24 @@ def test_shopper_queries_on_a_refined_index_compare_on_the_same_split(tmp_path, 
         assert image.size == sheet_size(12)
     # The same seed gives the same photos, hence the same figures.
     again = tmp_path / "again.json"
-    assert evaluate(demo_index.catalogue, demo_index.path, "--compare", "--queries", "shopper", "--json", again).returncode == 0
+    assert evaluate(demo_index.catalogue, demo_index.path, "--compare", "--queries", "shopper", "--json", again, "--exact-items", "0").returncode == 0
     assert json.loads(again.read_text())["compare"] == shopper["compare"]
 
 
 def test_shopper_queries_leave_one_out_on_a_plain_index(tmp_path, demo_index):
     out = tmp_path / "shopper.json"
-    result = evaluate(demo_index.catalogue, demo_index.path, "--queries", "shopper", "--json", out)
+    result = evaluate(demo_index.catalogue, demo_index.path, "--queries", "shopper", "--json", out, "--exact-items", "24")
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     check_shape(data, 98)
     assert data["mode"] == "leave-one-out" and data["query_photos"] == "shopper"
-    exact = data["exact_item"]  # shopper photos of 98 indexed products searching the whole index
-    assert exact["queries"] == 98 and 0.0 <= exact["recall_at_1"] <= exact["recall_at_5"] <= 1.0 and exact["seed"] == 0
-    assert "Exact item (98 shopper photos of indexed products" in result.stdout
+    exact = data["exact_item"]  # shopper photos of 24 indexed products searching the whole index
+    assert exact["queries"] == 24 and 0.0 <= exact["recall_at_1"] <= exact["recall_at_5"] <= 1.0 and exact["seed"] == 0
+    assert "Exact item (24 shopper photos of indexed products" in result.stdout
+    # the index has keypoints: the figures are the exact-item stage's, the global search's beside them
+    assert demo_index.recommender().finds_exact_items
+    assert set(exact) >= {"called_exact", "false_exact", "ms_per_photo", "global_only"} and exact["global_only"]["queries"] == 24
+    assert 0.0 <= exact["false_exact"] <= 1.0 and "false exact matches" in result.stdout
     catalogue = evaluate(demo_index.catalogue, demo_index.path, "--json", tmp_path / "catalogue.json")
     assert catalogue.returncode == 0
     assert json.loads((tmp_path / "catalogue.json").read_text())["precision_at_5"] != data["precision_at_5"]
@@ -144,7 +148,7 @@ def test_shopper_photos_are_harder_than_catalogue_photos_but_far_from_chance(tmp
     """Real MobileNetV2 on 600 real products: the shopper protocol costs points, yet still finds the category."""
     catalogue_json, shopper_json = tmp_path / "catalogue.json", tmp_path / "shopper.json"
     assert evaluate(fashion_index.catalogue, fashion_index.path, "--holdout", "0.2", "--json", catalogue_json).returncode == 0
-    result = evaluate(fashion_index.catalogue, fashion_index.path, "--holdout", "0.2", "--queries", "shopper", "--json", shopper_json)
+    result = evaluate(fashion_index.catalogue, fashion_index.path, "--holdout", "0.2", "--queries", "shopper", "--json", shopper_json, "--exact-items", "0")
     assert result.returncode == 0, result.stderr
     catalogue = json.loads(catalogue_json.read_text())["precision_at_5"]
     shopper = json.loads(shopper_json.read_text())["precision_at_5"]

@@ -454,3 +454,19 @@ def test_an_index_built_without_exact_items_has_no_keypoints(fashion_catalogue, 
     (out / "manifest.json").write_text(json.dumps(corrupt), encoding="utf-8")
     with pytest.raises(IndexCorruptError, match="lacks the local features"):  # a manifest that lists keypoints the index lacks
         load_index(out)
+
+
+def test_a_filter_keeps_the_verified_product_only_when_it_passes(exact_recommender, fashion_catalogue, store_items):
+    """The whole catalogue is verified; a filter then keeps the verified product first, or leaves it out,
+    so a filtered answer is always the unfiltered one's passing products, in order."""
+    item = item_with(store_items, TEXTURED[0])
+    shot = shopper_bytes(fashion_catalogue, item)
+    everything = exact_recommender.recommend(shot, k=len(exact_recommender))
+    assert everything[0].id == item.id and everything[0].exact
+    own = {"masterCategory": item.labels["masterCategory"]}
+    other = {"masterCategory": next(i.labels["masterCategory"] for i in store_items if i.labels["masterCategory"] != own["masterCategory"])}
+    for where in (own, other):
+        kept = exact_recommender.recommend(shot, k=3, where=where)
+        passing = [m.id for m in everything if m.labels["masterCategory"] == where["masterCategory"]]
+        assert [m.id for m in kept] == passing[:3]
+        assert kept[0].exact == (where is own)

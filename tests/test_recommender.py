@@ -111,7 +111,7 @@ def test_display_name_falls_back_to_the_id():
     assert display_name({"id": "42", "productDisplayName": "  Red   Tee "}) == "Red Tee"
     match = Match(rank=0, row=0, id="42", score=0.5, display_name="Product 42", image_path=None, labels={"id": "42"})  # type: ignore[arg-type]
     assert match.caption() == "Product 42"
-    assert match.to_dict() == {"id": "42", "score": 0.5}
+    assert match.to_dict() == {"id": "42", "score": 0.5, "exact_match": False}
 
 
 # --- the stages one by one: decode, embed, matches ---------------------------------------------
