@@ -96,6 +96,23 @@ class ProjectedSearch:
         self._vectors, self._basis, self._projected, self._residuals = vectors, basis, projected, residuals
         return self
 
+    def candidates(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k`` rows and their first-pass (projected) scores: no exact scoring, no full
+        pass, not counted in :meth:`pays`' statistics. For shortlists that another stage re-ranks."""
+        if self._basis is None or self._projected is None:
+            raise RuntimeError("ProjectedSearch.candidates called before fit")
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        first_pass = (queries @ self._basis) @ self._projected.T
+        if allowed is not None:
+            first_pass[:, ~allowed] = -np.inf
+        k = min(k, first_pass.shape[1] if allowed is None else int(np.count_nonzero(allowed)))
+        if k == 0:
+            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
+        top = np.argpartition(-first_pass, k - 1, axis=1)[:, :k] if k < first_pass.shape[1] else np.tile(np.arange(k), (len(queries), 1))
+        scores = np.take_along_axis(first_pass, top, axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(top, order, axis=1).astype(np.int64), np.take_along_axis(scores, order, axis=1).astype(np.float32)
+
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` rows and similarities per query, best first (ties: lower row first).
 

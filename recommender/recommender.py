@@ -219,7 +219,7 @@ class Recommender:
         if self.verifier is None or photo.local is None:
             return Query(vector)
         asked = vector[None] if crop_vectors is None else np.concatenate([vector[None], crop_vectors])
-        rows, scores = searcher.search(asked, SHORTLIST, allowed=allowed)
+        rows, scores = searcher.candidates(asked, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
         found = self.verifier.verify(photo.local, chosen, best)
         return Query(vector, found.pinned, found.exact)

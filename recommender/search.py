@@ -103,6 +103,16 @@ class ExactSearcher:
             rows, similarities = _drop_excluded(rows, similarities, np.asarray(exclude), k)
         return rows[:, :k], similarities[:, :k]
 
+    def candidates(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A shortlist of about the ``k`` best rows per query, for a stage that decides among them itself
+        (recommender/exact_match.py): the projection's first pass alone when it is ready (a large
+        catalogue: 50 rows of 44,000 from 256 numbers each, instead of a full pass per crop), else
+        the exact :meth:`search`."""
+        projected = self._projected
+        if projected is not None:
+            return projected.candidates(queries, k, allowed)
+        return self.search(queries, k, allowed=allowed)
+
     def _search_sklearn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._neighbors is not None
         distances, rows = self._neighbors.kneighbors(queries, n_neighbors=k)
