@@ -472,26 +472,25 @@ def test_a_filter_keeps_the_verified_product_only_when_it_passes(exact_recommend
         assert kept[0].exact == (where is own)
 
 
-def test_the_shortlist_comes_from_the_projection_when_it_is_ready():
-    """A large catalogue's shortlist is the projection's first pass (no exact pass per crop); a small one's is the exact search."""
+def test_the_shortlist_comes_from_the_projection_when_it_is_ready(fashion_index):
+    """A large catalogue's shortlist is the projection's first pass (no exact pass per crop); a small one's
+    is the exact search. Real MobileNetV2 vectors of 600 products, the projection forced on."""
     from recommender.search import ExactSearcher
-    from recommender.vectors import l2_normalize
 
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(40, 512))
-    vectors = l2_normalize((centres[rng.integers(40, size=3000)] + 0.3 * rng.normal(size=(3000, 512))).astype(np.float32))
-    queries = vectors[:8] + 0.05 * rng.normal(size=(8, 512)).astype(np.float32)
-    searcher = ExactSearcher(project_above=0, projected_dim=64).fit(vectors)
-    exact_rows, exact_scores = searcher.search(queries, 20)
-    rows, scores = searcher.candidates(queries, 20)
+    vectors = np.asarray(load_index(fashion_index.path).vectors)
+    queries = vectors[:40:5]
+    searcher = ExactSearcher(project_above=0).fit(vectors)
+    exact_rows, _ = searcher.search(queries, 20)
+    rows, _ = searcher.candidates(queries, 20)
     np.testing.assert_array_equal(rows, exact_rows)  # no projection yet: the exact search
     assert searcher.prepare_projection()
     rows, scores = searcher.candidates(queries, 20)
     assert rows.shape == scores.shape == (8, 20) and all(len(set(r)) == 20 for r in rows.tolist())
     assert all(np.all(np.diff(s) <= 0) for s in scores)
-    # approximate: only the first few rows are sure to agree with the exact search on such noisy data
-    assert all(r[0] == q for r, q in zip(rows.tolist(), range(8)))  # each query's own product first
-    allowed = np.zeros(3000, dtype=bool)
+    assert [r[0] for r in rows.tolist()] == list(range(0, 40, 5))  # each product finds itself first
+    overlap = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(rows.tolist(), exact_rows.tolist())])
+    assert overlap >= 0.7, overlap  # approximate, but mostly the same products
+    allowed = np.zeros(len(vectors), dtype=bool)
     allowed[::3] = True
     rows, _ = searcher.candidates(queries, 20, allowed=allowed)
     assert np.all(rows % 3 == 0)
