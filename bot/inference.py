@@ -34,6 +34,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from recommender import Match, Query, QueryPhoto, Recommender
+from recommender.exact_match import crop_boxes
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class InferenceService:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < self.max_batch:
+            while len(batch) < self._photos_per_batch():
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -163,6 +164,13 @@ class InferenceService:
             if pages is not None:
                 for request, vector, page in zip(batch, vectors, pages):
                     _deliver(request, _set_result, (Query(vector), page))
+
+    def _photos_per_batch(self) -> int:
+        """Photos per forward pass: with exact-item search each brings its crops, and the pass stays at
+        about ``max_batch`` images (a larger pass grows ONNX Runtime's memory, not its speed)."""
+        if not self.recommender.finds_exact_items:
+            return self.max_batch
+        return max(1, self.max_batch // (1 + len(crop_boxes(100, 100))))
 
     def _verify_and_deliver(self, request: _Request, vector: np.ndarray, crops: np.ndarray | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""
