@@ -34,7 +34,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from recommender import Match, Query, QueryPhoto, Recommender
-from recommender.exact_match import crop_boxes
+from recommender.exact_match import crops_per_photo
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ class InferenceService:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < self._photos_per_batch():
+            photos_per_batch = self._photos_per_batch()
+            while len(batch) < photos_per_batch:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -170,12 +171,12 @@ class InferenceService:
         about ``max_batch`` images (a larger pass grows ONNX Runtime's memory, not its speed)."""
         if not self.recommender.finds_exact_items:
             return self.max_batch
-        return max(1, self.max_batch // (1 + len(crop_boxes(100, 100))))
+        return max(1, self.max_batch // (1 + crops_per_photo()))
 
     def _verify_and_deliver(self, request: _Request, vector: np.ndarray, crops: np.ndarray | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""
         try:
-            query = self.recommender.verify(request.photo, vector, None if crops is None else crops.copy())
+            query = self.recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
             page = self.recommender.answer([query], request.page_size)[0] if request.page_size > 0 else []
         except Exception as exc:
             log.exception("exact-item verification failed")

@@ -85,6 +85,11 @@ def crop_boxes(width: int, height: int, scales: Sequence[float] = CROP_SCALES) -
     return boxes
 
 
+def crops_per_photo(scales: Sequence[float] = CROP_SCALES) -> int:
+    """How many crops :func:`query_crops` makes of any photo (the grids do not depend on its size)."""
+    return len(crop_boxes(100, 100, scales))
+
+
 def query_crops(image: Image.Image, size: int, scales: Sequence[float] = CROP_SCALES) -> np.ndarray:
     """``(n, size, size, 3)`` uint8 model inputs, one per crop of :func:`crop_boxes` (the whole photo not included)."""
     # crop, then pad and resize as a whole photo is (resizing straight from the box measured 3 points worse)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .errors import ImageDecodeError, IndexCorruptError
+from .errors import IndexCorruptError
 from .shopper_photos import product_mask
 
 METHOD = "sift"
@@ -197,7 +197,7 @@ def compute_rows(
         try:
             with Image.open(path) as opened:
                 return catalogue_features(opened.convert("RGB"))
-        except (OSError, ValueError, ImageDecodeError, Image.DecompressionBombError):
+        except (OSError, ValueError, Image.DecompressionBombError):
             return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_SIZE), np.uint8), (0, 0)), np.zeros(4, np.float32)
 
     workers = max(1, threads or os.cpu_count() or 1)

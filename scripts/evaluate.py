@@ -187,15 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     global_only: protocols.ExactItems | None = None
     if args.queries == protocols.SHOPPER_QUERIES and args.exact_items > 0:
         exact_rows = protocols.exact_item_rows(len(index), args.exact_items, args.seed)
-        shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
-        exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k)
-        if index.local_features is not None:
+        if index.local_features is not None:  # the stage's forward passes give the global figures too
             from recommender import Recommender
 
             print(f"Exact-item stage: {len(exact_rows)} shopper photos through crops and keypoint verification, "
                   "then again with their product taken out...", flush=True)
             shot_bytes = [protocols.shopper_query_photo(photos[row], index.products[row]["id"], args.seed, photos) for row in exact_rows]
-            global_only, exact = exact, protocols.verified_exact_items(Recommender(args.index).load(), shot_bytes, exact_rows, k=k)
+            global_only, exact = protocols.verified_exact_items(Recommender(args.index).load(), shot_bytes, exact_rows, k=k)
+        else:
+            shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
+            exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k)
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")

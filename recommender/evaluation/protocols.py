@@ -277,20 +277,29 @@ def exact_items(vectors: np.ndarray, query_vectors: np.ndarray, query_rows: Rows
         return ExactItems(0, k, 0.0, 0.0, 0.0)
     rows, _ = ExactSearcher().fit(vectors).search(query_vectors, k)
     hits = rows == own[:, None]
-    found = hits.any(axis=1)
-    ranks = hits.argmax(axis=1) + 1
-    return ExactItems(len(own), k, float(hits[:, 0].mean()), float(found.mean()), float(np.mean(np.where(found, 1.0 / ranks, 0.0))))
+    return _recall(np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0), k)
 
 
-def verified_exact_items(recommender: Recommender, shots: Sequence[bytes], query_rows: Rows, k: int = 5, batch_size: int = 16) -> ExactItems:
-    """Exact-item recall through the exact-item stage, as the bot answers; then each photo again with
-    its product taken out of the index, where an "exact match" would be false."""
+def _recall(ranks: np.ndarray, k: int, **stage: float | None) -> ExactItems:
+    """:class:`ExactItems` from each query's rank of its own product (1-based, 0 when not in the top ``k``)."""
+    found = ranks > 0
+    reciprocal = np.where(found, 1.0 / np.maximum(ranks, 1), 0.0)
+    return ExactItems(len(ranks), k, float(np.mean(ranks == 1)), float(found.mean()), float(reciprocal.mean()), **stage)
+
+
+def verified_exact_items(
+    recommender: Recommender, shots: Sequence[bytes], query_rows: Rows, k: int = 5, batch_size: int = 16
+) -> tuple[ExactItems, ExactItems]:
+    """Exact-item recall of the global search alone and through the exact-item stage, as the bot
+    answers, from the same photos and forward passes; then each photo again with its product taken
+    out of the index, where an "exact match" would be false. Returns ``(global_only, with_stage)``."""
     own = np.asarray(query_rows, dtype=np.int64)
     if len(own) == 0:
-        return ExactItems(0, k, 0.0, 0.0, 0.0)
+        return ExactItems(0, k, 0.0, 0.0, 0.0), ExactItems(0, k, 0.0, 0.0, 0.0)
     ranks: list[int] = []
     called: list[bool] = []
     false_calls: list[bool] = []
+    global_vectors: list[np.ndarray] = []
     everything = np.ones(len(recommender), dtype=bool)
     seconds = 0.0
     for start in range(0, len(own), batch_size):
@@ -300,6 +309,7 @@ def verified_exact_items(recommender: Recommender, shots: Sequence[bytes], query
         queries = [recommender.verify(photo, vector, crop) for photo, vector, crop in zip(photos, vectors, crops)]
         pages = recommender.answer(queries, k)
         seconds += time.perf_counter() - began
+        global_vectors.append(vectors)
         for photo, vector, crop, page, row in zip(photos, vectors, crops, pages, own[start : start + batch_size]):
             rows = [match.row for match in page]
             ranks.append(rows.index(int(row)) + 1 if row in rows else 0)
@@ -307,10 +317,11 @@ def verified_exact_items(recommender: Recommender, shots: Sequence[bytes], query
             everything[row] = False
             false_calls.append(recommender.verify(photo, vector, crop, allowed=everything).exact)
             everything[row] = True
-    rank = np.asarray(ranks)
     right = [r == 1 for r, c in zip(ranks, called) if c]
-    return ExactItems(
-        len(own), k, float(np.mean(rank == 1)), float(np.mean(rank > 0)), float(np.mean(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0))),
-        called_exact=float(np.mean(called)), called_right=float(np.mean(right)) if right else None,
+    assert recommender.index is not None
+    global_only = exact_items(recommender.index.vectors, np.concatenate(global_vectors), own, k)
+    with_stage = _recall(
+        np.asarray(ranks), k, called_exact=float(np.mean(called)), called_right=float(np.mean(right)) if right else None,
         false_exact=float(np.mean(false_calls)), ms_per_photo=1000 * seconds / len(own),
     )  # fmt: skip
+    return global_only, with_stage
