@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from . import colour
+from . import ann_search, colour
 from . import head as head_module
 from . import refine as refine_module
+from .backends import ANN, BACKENDS, EXACT, BackendChoice
 from .catalogue import Catalogue, CatalogueItem
 from .checkpoint import Checkpoint, FinishedRows
 from .errors import BuildError, ImageDecodeError
@@ -65,6 +67,10 @@ class BuildReport:
     exact_items: bool = False
     local_computed: int = 0
     local_seconds: float = 0.0
+    #: the search backend written (recommender/backends.py); for ann, what was done to its index, in how long
+    backend: str = EXACT
+    search_note: str = ""
+    search_seconds: float = 0.0
 
 
 def resolve_refine(refine: str, catalogue: Catalogue) -> str:
@@ -159,6 +165,7 @@ class _Plan:
     on_runtime: Callable[[RuntimeReport], None] | None
     exact_items: bool | None
     on_local: Callable[[int], None] | None
+    search: BackendChoice
 
 
 def build_index(
@@ -182,6 +189,7 @@ def build_index(
     on_runtime: Callable[[RuntimeReport], None] | None = None,
     exact_items: bool | None = None,
     on_local: Callable[[int], None] | None = None,
+    search: BackendChoice | None = None,
 ) -> BuildReport:
     """Index ``catalogue`` into ``out_dir`` (atomically replacing an earlier index or an empty folder).
 
@@ -206,11 +214,18 @@ def build_index(
     ``exact_items``: store every product's local features (recommender/local_features.py) so that
     queries can verify the very product in a photo; ``None``: what the updated index has, else on.
     ``on_local(count)`` is called when the keypoints of ``count`` photos start being made.
+    ``search``: the search backend (recommender/backends.py) and its parameters; by default what the
+    updated index has, else exact. An ann index is updated in place where its clusters still fit.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     if batch_size < 1:
         raise BuildError("--batch-size must be at least 1")
+    search = search or BackendChoice()
+    if search.backend not in (None, *BACKENDS):
+        raise BuildError(f"Unknown search backend {search.backend!r}: choose one of {', '.join(BACKENDS)}.")
+    if any(value is not None and value < 1 for value in (search.nlist, search.nprobe)):
+        raise BuildError("--ann-nlist and --ann-nprobe must be at least 1")
     if head not in (None, head_module.AUTO) or not update:
         head = resolve_head(head, refine, catalogue)  # fail fast, before the lock; an update's default waits for the earlier index
     check_output(out_dir, catalogue)
@@ -219,7 +234,7 @@ def build_index(
         remove_stale_siblings(out_dir)
         plan = _Plan(
             batch_size, update, checkpoint_every, refine, head, head_settings, runtime, precision,
-            on_start, on_progress, on_head, on_runtime, exact_items, on_local,
+            on_start, on_progress, on_head, on_runtime, exact_items, on_local, search,
         )  # fmt: skip
         report = _build_locked(catalogue, out_dir, extractor, plan)
     report.seconds = time.perf_counter() - started
@@ -343,9 +358,46 @@ def _write_index(
         writer.commit(
             catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
-            local_features=local,
+            local_features=local, search=_search_backend(plan.search, rows, earlier, earlier_rows, report),
         )  # fmt: skip
     report.count = len(rows)
+
+
+def _search_backend(
+    choice: BackendChoice, rows: list[CatalogueItem], earlier: CatalogueIndex | None, earlier_rows: dict[str, int], report: BuildReport
+) -> Callable[[Path, np.ndarray], dict[str, Any]] | None:
+    """What writes the index's search backend once its vectors are final (None: the exact search needs nothing)."""
+    report.backend = choice.backend or (earlier.manifest.backend if earlier is not None else EXACT)
+    if report.backend != ANN:
+        return None
+    asked = choice.nlist is not None or choice.nprobe is not None
+
+    def write_ann(staging: Path, vectors: np.ndarray) -> dict[str, Any]:
+        started = time.perf_counter()
+        settings = ann_search.AnnSettings.for_count(len(vectors), nlist=choice.nlist, nprobe=choice.nprobe)
+        if earlier is not None and earlier.ann is not None:
+            previous = ann_search.AnnIndex.load(earlier.directory, earlier.manifest.search, len(earlier), earlier.manifest.vector_dim, mmap=False)
+            earlier_row = np.array([earlier_rows.get(item.id, -1) for item in rows], dtype=np.int64)
+            ann, report.search_note = ann_search.update(
+                previous, vectors, earlier_row, _kept_vectors_unchanged(vectors, earlier.vectors, earlier_row), settings if asked else None
+            )
+        else:
+            ann = ann_search.build(vectors, settings)
+            report.search_note = "built"
+        ann.save(staging)
+        report.search_seconds = time.perf_counter() - started
+        return ann.describe()
+
+    return write_ann
+
+
+def _kept_vectors_unchanged(vectors: np.ndarray, earlier_vectors: np.ndarray, earlier_row: np.ndarray, sample: int = 1024) -> bool:
+    """Whether the products an update keeps have the vectors they had (plain features do; a refinement
+    or a head learned again does not), judged on a seeded sample of them."""
+    kept = np.flatnonzero(earlier_row >= 0)
+    if len(kept) > sample:
+        kept = np.sort(np.random.default_rng(0).choice(kept, size=sample, replace=False))
+    return bool(np.array_equal(vectors[kept], earlier_vectors[earlier_row[kept]]))
 
 
 def _local_features(

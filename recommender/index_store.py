@@ -9,6 +9,7 @@ Layout of an index directory (no pickle anywhere)::
     refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
     head*.json/npy  or the learned embedding head, when built with --head labels (recommender/head.py)
     local_*.npy     the products' SIFT keypoints for exact-item search (recommender/local_features.py)
+    ann.faiss, ann_rows.npy  the approximate search index, when built with --backend ann (recommender/ann_search.py)
     products.csv    id, image (relative to the manifest's images_root), then the styles.csv columns
     skipped.csv     photos that could not be read at build time, with the reason
 
@@ -32,13 +33,14 @@ import numpy as np
 from . import colour
 from . import head as head_module
 from . import refine as refine_module
+from .ann_search import AnnIndex
 from .catalogue import ID_COLUMN, Catalogue, CatalogueItem
 from .confinement import ImageConfinement
 from .errors import IndexCorruptError, IndexNotFoundError
 from .fileio import read_json, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
 from .head import EmbeddingHead
 from .local_features import LocalFeatureStore
-from .manifest import NO_REFINEMENT, TENSORFLOW_RUNTIME, CatalogueSummary, Manifest, ModelIdentity
+from .manifest import ANN_BACKEND, EXACT_BACKEND, NO_REFINEMENT, TENSORFLOW_RUNTIME, CatalogueSummary, Manifest, ModelIdentity
 from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
 from .onnx_model import file_sha256
 from .refine import LabelCentroids
@@ -74,6 +76,8 @@ class CatalogueIndex:
     head: EmbeddingHead | None = None
     #: the products' keypoints for exact-item search, or None for an index built without them
     local_features: LocalFeatureStore | None = None
+    #: the approximate search index (``--backend ann``), or None for the exact search
+    ann: AnnIndex | None = None
 
     def __len__(self) -> int:
         return len(self.products)
@@ -159,6 +163,14 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         local_features = LocalFeatureStore.load(directory, len(vectors), mmap=mmap)
         if local_features is None:
             raise IndexCorruptError(f"The index at {directory} lacks the local features its manifest lists. Rebuild it.")
+    ann = None
+    if manifest.backend == ANN_BACKEND:
+        ann = AnnIndex.load(directory, manifest.search, len(vectors), vector_dim, mmap=mmap)
+    elif manifest.backend != EXACT_BACKEND:
+        raise IndexCorruptError(
+            f"The index at {directory} was built for the search backend {manifest.backend!r}, which this version does not serve. "
+            "Rebuild it with --backend exact or ann."
+        )
     if head is not None and (head.feature_dim != manifest.model.feature_dim or head.vector_dim != vector_dim):
         raise IndexCorruptError(
             f"The embedding head at {directory} maps {head.feature_dim} to {head.vector_dim} values; the manifest says "
@@ -166,7 +178,7 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
         )
     return CatalogueIndex(
         directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns,
-        features=features, colours=colours, refiner=refiner, head=head, local_features=local_features,
+        features=features, colours=colours, refiner=refiner, head=head, local_features=local_features, ann=ann,
     )  # fmt: skip
 
 
@@ -283,6 +295,7 @@ class IndexWriter:
         runtime: Mapping[str, Any] | None = None,
         runtime_model: Path | None = None,
         local_features: LocalFeatureStore | None = None,
+        search: Callable[[Path, np.ndarray], Mapping[str, Any]] | None = None,
     ) -> Manifest:
         """Write the search vectors, products.csv, skipped.csv and the manifest, then swap the index in.
 
@@ -292,7 +305,8 @@ class IndexWriter:
         head that makes the search vectors (the writer must keep its features). ``runtime`` describes
         how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
         its SHA-256 recorded). ``local_features``, the products' keypoints (row-aligned), are stored
-        for exact-item search. Returns the manifest written.
+        for exact-item search. ``search(staging, vectors)``, given the finished search vectors, writes
+        a search backend's own files and returns the manifest's ``search`` entry. Returns the manifest written.
         """
         assert self._staging is not None and self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
         assert len(items) == self.count, f"{len(items)} products for {self.count} rows"
@@ -321,6 +335,7 @@ class IndexWriter:
             assert len(local_features) == self.count, f"{len(local_features)} keypoint sets for {self.count} rows"
             local_features.save(staging)
             local_details = {**local_features.describe(), "keypoints": int(local_features.offsets[-1])}
+        search_details = dict(search(staging, np.load(staging / VECTORS, mmap_mode="r", allow_pickle=False))) if search else {}
         now = utc_timestamp()
         manifest = Manifest(
             model=model,
@@ -340,6 +355,7 @@ class IndexWriter:
             ),
             runtime=runtime_details,
             local_features=local_details,
+            search=search_details,
         )
         write_json_atomic(staging / MANIFEST, manifest.to_json())
         swap_into_place(staging, self.out_dir)

@@ -20,6 +20,10 @@ FORMAT_VERSION = 1
 NO_REFINEMENT = "none"
 #: :attr:`ModelIdentity.runtime` of Keras/TensorFlow vectors (every index built before runtimes existed)
 TENSORFLOW_RUNTIME = "tensorflow"
+#: :attr:`Manifest.backend` of an index searched by scanning every vector (every index built before backends existed)
+EXACT_BACKEND = "exact"
+#: :attr:`Manifest.backend` of an index with an approximate (faiss) search index (recommender/ann_search.py)
+ANN_BACKEND = "ann"
 
 
 @dataclass(frozen=True)
@@ -122,11 +126,19 @@ class Manifest:
     runtime: Mapping[str, Any] = field(default_factory=lambda: {"name": TENSORFLOW_RUNTIME})
     #: the products' stored local features for exact-item search (recommender/local_features.py), empty without
     local_features: Mapping[str, Any] = field(default_factory=dict)
+    #: the search backend the index was built for (recommender/backends.py): empty for the exact search,
+    #: else ``{"backend": "ann", ...}`` with its files and parameters
+    search: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
     def refinement_method(self) -> str:
         return str(self.refinement.get("method", NO_REFINEMENT))
+
+    @property
+    def backend(self) -> str:
+        """``exact`` (every index built before backends existed) or ``ann``."""
+        return str(self.search.get("backend", EXACT_BACKEND))
 
     @property
     def backbone(self) -> str:
@@ -151,6 +163,8 @@ class Manifest:
             data["runtime_details"] = dict(self.runtime)
         if self.local_features:
             data["local_features"] = dict(self.local_features)
+        if self.search:
+            data["search"] = dict(self.search)
         if self.updated_at is not None:
             data["updated_at"] = self.updated_at
         return data
@@ -182,6 +196,7 @@ class Manifest:
                 catalogue=CatalogueSummary.from_json(data.get("catalogue") or {}),
                 runtime=dict(data.get("runtime_details") or {"name": TENSORFLOW_RUNTIME}),
                 local_features=dict(data.get("local_features") or {}),
+                search=dict(data.get("search") or {}),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise IndexCorruptError(f"{source} holds a malformed value ({exc}). Rebuild the index.") from exc

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .backends import BackendChoice
 from .builder import BuildReport, build_index
 from .catalogue import Catalogue, load_catalogue
 from .errors import ModelLoadError
@@ -68,6 +69,7 @@ def build_from_folder(
     runtime: str | None = None,
     precision: str | None = None,
     exact_items: bool | None = None,
+    search: BackendChoice | None = None,
 ) -> BuildReport:
     """Index the catalogue at ``images`` (labels from ``styles``) into ``out_dir``.
 
@@ -100,6 +102,7 @@ def build_from_folder(
             on_runtime=events.runtime_ready,
             exact_items=exact_items,
             on_local=events.local_features,
+            search=search,
         )
 
 

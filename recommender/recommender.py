@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .backends import Searcher, open_searcher
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
@@ -33,7 +34,6 @@ from .local_features import LocalFeatures, query_features
 from .manifest import TENSORFLOW_RUNTIME, Manifest
 from .onnx_model import FP32, ONNX, OnnxExtractor
 from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
-from .search import ExactSearcher
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 #: Label columns shown under a product's name, in this order, when the catalogue has them.
@@ -141,7 +141,7 @@ class Recommender:
         self.max_pixels = max_pixels
         self.index: CatalogueIndex | None = None
         self.extractor: FeatureExtractor | None = None
-        self.searcher: ExactSearcher | None = None
+        self.searcher: Searcher | None = None
         self.verifier: Verifier | None = None
         self._masks: dict[CanonicalWhere, np.ndarray] = {}
 
@@ -156,7 +156,7 @@ class Recommender:
         extractor.load()
         index.manifest.model.check_matches(extractor.identity)
         self.index, self.extractor = index, extractor
-        self.searcher = ExactSearcher().fit(index.vectors)
+        self.searcher = open_searcher(index)
         self.verifier = Verifier(index.local_features) if index.local_features is not None else None
         self._masks = {}
         return self
@@ -173,7 +173,7 @@ class Recommender:
     def __len__(self) -> int:
         return len(self._loaded()[0])
 
-    def _loaded(self) -> tuple[CatalogueIndex, FeatureExtractor, ExactSearcher]:
+    def _loaded(self) -> tuple[CatalogueIndex, FeatureExtractor, Searcher]:
         if self.index is None or self.extractor is None or self.searcher is None:
             raise NotLoadedError("Recommender.load() must be called first")
         return self.index, self.extractor, self.searcher

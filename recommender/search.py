@@ -100,7 +100,7 @@ class ExactSearcher:
         else:
             rows, similarities = self._search_sklearn(queries, wanted)
         if exclude is not None:
-            rows, similarities = _drop_excluded(rows, similarities, np.asarray(exclude), k)
+            rows, similarities = drop_excluded(rows, similarities, np.asarray(exclude), k)
         return rows[:, :k], similarities[:, :k]
 
     def candidates(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +135,8 @@ class ExactSearcher:
         return rows, np.take_along_axis(top_scores, order, axis=1)
 
 
-def _drop_excluded(rows: np.ndarray, similarities: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def drop_excluded(rows: np.ndarray, similarities: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's ``exclude`` row from its results, keeping at most ``k`` (every backend's leave-one-out)."""
     keep = rows != exclude.reshape(-1, 1)
     width = int(min(k, keep.sum(axis=1).min(initial=k)))
     out_rows = np.empty((len(rows), width), dtype=rows.dtype)
