@@ -20,6 +20,7 @@ from telegram.error import BadRequest, NetworkError, TelegramError
 from telegram.ext import ApplicationHandlerStop, InvalidCallbackData
 
 from recommender import ImageDecodeError, Match, Query
+from recommender.errors import SearchUnavailableError
 
 from .album import send_album
 from .config import TELEGRAM_DOWNLOAD_LIMIT
@@ -61,6 +62,7 @@ TOO_MANY_WAITING = (
 )
 TOO_FAST_MESSAGES = "You're sending messages faster than I can answer 🙂 I'll stay quiet for {seconds} s."
 BUSY = "Telegram is slow to hand me your photo right now. Please try again in a minute."
+SEARCH_DOWN = "My catalogue search is not answering right now. Please try again in a minute."
 NOTHING_MORE = "That's everything similar I have in the catalogue."
 NO_PHOTOS = "Sorry, I found similar products but could not load their photos. Please try again later."
 
@@ -268,6 +270,8 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
     except TimeoutError:
         log.warning("Analysing a photo of chat %s took over %.0fs; asked to retry.", chat_id, ANALYSIS_TIMEOUT_S)
         return BUSY
+    except SearchUnavailableError:  # logged where it happened
+        return SEARCH_DOWN
     except NetworkError as exc:  # getFile or the download failed after its retries (not a refusal)
         log.warning("Could not download a photo of chat %s (%s: %s); asked to retry.", chat_id, type(exc).__name__, exc)
         return BUSY
@@ -282,7 +286,12 @@ async def _answer_next_page(context: BotContext, message: Message, page: NextPag
     runtime = context.runtime
     async with runtime.analysis:
         query = Query(page.vector, page.pinned)
-        matches = await runtime.inference.page(query, page.offset, PAGE)
+        try:
+            matches = await runtime.inference.page(query, page.offset, PAGE)
+        except SearchUnavailableError as exc:
+            log.warning("Next page for chat %s: %s", message.chat_id, exc)
+            await reply(context.bot, message, SEARCH_DOWN)
+            return
     await _send_page(context, message, query, matches, page.offset)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from recommender import Match, Query, QueryPhoto, Recommender
+from recommender.errors import SearchUnavailableError
 from recommender.exact_match import crops_per_photo
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,11 @@ class InferenceService:
                     pages = None
                 else:
                     pages = self._first_pages(batch, vectors)
+            except SearchUnavailableError as exc:  # a Milvus server away: the shoppers are asked to retry, no traceback
+                log.warning("Search unavailable for a batch of %d: %s", len(batch), exc)
+                for request in batch:
+                    _deliver(request, _set_exception, exc)
+                continue
             except Exception as exc:
                 log.exception("inference failed for a batch of %d", len(batch))
                 for request in batch:
@@ -178,6 +184,10 @@ class InferenceService:
         try:
             query = self.recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
             page = self.recommender.answer([query], request.page_size)[0] if request.page_size > 0 else []
+        except SearchUnavailableError as exc:
+            log.warning("Search unavailable: %s", exc)
+            _deliver(request, _set_exception, exc)
+            return
         except Exception as exc:
             log.exception("exact-item verification failed")
             _deliver(request, _set_exception, exc)

@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexCorruptError, NotLoadedError
+from .filters import CanonicalWhere
 from .manifest import ANN_BACKEND
 from .search import drop_excluded
 
@@ -124,7 +125,8 @@ class AnnIndex:
             if mmap:
                 # faiss maps the lists as OnDiskInvertedLists, which starts 32 prefetch threads per search
                 # (4 ms of a 0.15 ms query): the pages are read when touched instead
-                lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+                ivf: Any = faiss.extract_index_ivf(index)
+                lists = faiss.downcast_InvertedLists(ivf.invlists)
                 if hasattr(lists, "prefetch_nthread"):
                     lists.prefetch_nthread = 0
             rows = np.load(directory / ANN_ROWS, allow_pickle=False)
@@ -170,6 +172,11 @@ def update(
         return build(vectors, settings), "clusters trained again (new settings)"
     if not earlier.trained_on / RETRAIN_FACTOR <= count <= earlier.trained_on * RETRAIN_FACTOR:
         return build(vectors, AnnSettings.for_count(count)), f"clusters trained again ({earlier.trained_on} products trained them, now {count})"
+    if vectors.shape[1] != earlier.index.d:  # a refinement or head added or dropped: the clusters live in another space
+        had = earlier.settings
+        return build(vectors, AnnSettings.for_count(count, nlist=had.nlist, nprobe=had.nprobe, rerank=had.rerank)), (
+            f"clusters trained again (vectors of {vectors.shape[1]} values, not {earlier.index.d})"
+        )
     settings = earlier.settings
     index = earlier.index
     if not unchanged:
@@ -238,8 +245,9 @@ class AnnSearcher:
         return False
 
     def search(
-        self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None,
+        where: CanonicalWhere = (),
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Top-``k`` rows and cosine similarities per query, as :meth:`ExactSearcher.search` gives them."""
         if self._vectors is None:
             raise NotLoadedError("AnnSearcher.search called before fit")
@@ -297,7 +305,8 @@ class AnnSearcher:
         products as an unfiltered search would scan (``nprobe / nlist`` of the catalogue, and at
         least ``fetch``); a selector skips the others inside them.
         """
-        settings, index = self.ann.settings, self.ann.index
+        settings = self.ann.settings
+        index: Any = self.ann.index  # faiss' typing knows nothing of search_preassigned_c
         by_id, per_list = self._filter_by_id(allowed)
         quantizer_scores, order = faiss.extract_index_ivf(index).quantizer.search(queries, settings.nlist)
         wanted_scanned = max(fetch, math.ceil(self.size * settings.nprobe / settings.nlist))
@@ -340,7 +349,7 @@ class AnnSearcher:
     def _list_of_id(self) -> np.ndarray:
         """The cluster each faiss id is stored in (read once from the inverted lists)."""
         if self._lists is None:
-            invlists = faiss.extract_index_ivf(self.ann.index).invlists
+            invlists: Any = faiss.extract_index_ivf(self.ann.index).invlists
             lists = np.zeros(len(self.ann.rows), dtype=np.int64)
             for number in range(invlists.nlist):
                 size = invlists.list_size(number)

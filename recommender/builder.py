@@ -23,7 +23,7 @@ import numpy as np
 from . import ann_search, colour
 from . import head as head_module
 from . import refine as refine_module
-from .backends import ANN, BACKENDS, EXACT, BackendChoice
+from .backends import ANN, BACKENDS, EXACT, MILVUS, BackendChoice
 from .catalogue import Catalogue, CatalogueItem
 from .checkpoint import Checkpoint, FinishedRows
 from .errors import BuildError, ImageDecodeError
@@ -32,6 +32,8 @@ from .fileio import os_error_text
 from .images import load_image
 from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
 from .local_features import LocalFeatureStore, compute_rows
+from .manifest import Manifest
+from .milvus_search import MilvusPlan, MilvusWriter, milvus_identity
 from .onnx_export import PhotoSample, RuntimeReport, prepare_onnx
 from .onnx_model import FP32, INT8, ONNX, TENSORFLOW, OnnxExtractor
 from .output_folder import check_output, output_lock, partial_dir_for, remove_stale_siblings
@@ -355,24 +357,31 @@ def _write_index(
             trained = _train_head(catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size)
         wanted = plan.exact_items if plan.exact_items is not None else (earlier is None or earlier.local_features is not None)
         local = _local_features(catalogue, rows, earlier, earlier_rows, report, plan.on_local) if wanted else None
-        writer.commit(
+        written = writer.commit(
             catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
-            local_features=local, search=_search_backend(plan.search, rows, earlier, earlier_rows, report),
+            local_features=local, search=_search_backend(plan.search, out_dir, rows, earlier, earlier_rows, report),
         )  # fmt: skip
     report.count = len(rows)
+    if earlier is not None and earlier.manifest.backend == MILVUS:
+        warning = MilvusWriter.drop_replaced(earlier.manifest.search, written.search, out_dir)
+        if warning:
+            report.search_note += f"; {warning}"
 
 
 def _search_backend(
-    choice: BackendChoice, rows: list[CatalogueItem], earlier: CatalogueIndex | None, earlier_rows: dict[str, int], report: BuildReport
-) -> Callable[[Path, np.ndarray], dict[str, Any]] | None:
+    choice: BackendChoice, out_dir: Path, rows: list[CatalogueItem], earlier: CatalogueIndex | None, earlier_rows: dict[str, int],
+    report: BuildReport,
+) -> Callable[[Path, np.ndarray, Manifest], dict[str, Any]] | None:  # fmt: skip
     """What writes the index's search backend once its vectors are final (None: the exact search needs nothing)."""
     report.backend = choice.backend or (earlier.manifest.backend if earlier is not None else EXACT)
+    if report.backend == MILVUS:
+        return _milvus_writer(choice, out_dir, rows, earlier, earlier_rows, report)
     if report.backend != ANN:
         return None
     asked = choice.nlist is not None or choice.nprobe is not None
 
-    def write_ann(staging: Path, vectors: np.ndarray) -> dict[str, Any]:
+    def write_ann(staging: Path, vectors: np.ndarray, manifest: Manifest) -> dict[str, Any]:
         started = time.perf_counter()
         settings = ann_search.AnnSettings.for_count(len(vectors), nlist=choice.nlist, nprobe=choice.nprobe)
         if earlier is not None and earlier.ann is not None:
@@ -383,12 +392,34 @@ def _search_backend(
             )
         else:
             ann = ann_search.build(vectors, settings)
-            report.search_note = "built"
+            report.search_note = f"faiss index IVF{settings.nlist},SQ8 built (nprobe {settings.nprobe})"
         ann.save(staging)
         report.search_seconds = time.perf_counter() - started
         return ann.describe()
 
     return write_ann
+
+
+def _milvus_writer(
+    choice: BackendChoice, out_dir: Path, rows: list[CatalogueItem], earlier: CatalogueIndex | None, earlier_rows: dict[str, int],
+    report: BuildReport,
+) -> Callable[[Path, np.ndarray, Manifest], dict[str, Any]]:  # fmt: skip
+    had = dict(earlier.manifest.search) if earlier is not None and earlier.manifest.backend == MILVUS else None
+    uri = choice.milvus_uri if choice.milvus_uri is not None else str((had or {}).get("uri", ""))
+    milvus_plan = MilvusPlan(uri=uri, collection=choice.milvus_collection)
+
+    def write_milvus(staging: Path, vectors: np.ndarray, manifest: Manifest) -> dict[str, Any]:
+        started = time.perf_counter()
+        earlier_row = np.array([earlier_rows.get(item.id, -1) for item in rows], dtype=np.int64)
+        unchanged = earlier is not None and _kept_vectors_unchanged(vectors, earlier.vectors, earlier_row)
+        entry, report.search_note = MilvusWriter(milvus_plan, out_dir, milvus_identity(manifest)).write(
+            staging, vectors, [item.id for item in rows], [item.labels for item in rows], list(manifest.catalogue.columns),
+            had, earlier.ids() if earlier is not None and had is not None else None, unchanged,
+        )  # fmt: skip
+        report.search_seconds = time.perf_counter() - started
+        return entry
+
+    return write_milvus
 
 
 def _kept_vectors_unchanged(vectors: np.ndarray, earlier_vectors: np.ndarray, earlier_row: np.ndarray, sample: int = 1024) -> bool:

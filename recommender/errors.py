@@ -52,6 +52,14 @@ class ModelMismatchError(CatalogueIndexError):
     """The extractor asked for does not produce the features stored in the index."""
 
 
+class SearchBackendError(CatalogueIndexError):
+    """The index's search backend (a Milvus server or collection) cannot be opened or written; the message says why."""
+
+
+class SearchUnavailableError(LookalikeError):
+    """A search backend that answered before did not answer now (a Milvus server went away): try again later."""
+
+
 class FilterError(LookalikeError, ValueError):
     """A search filter names a column the catalogue does not have, or is malformed; the message says which columns exist."""
 

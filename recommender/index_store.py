@@ -40,7 +40,16 @@ from .errors import IndexCorruptError, IndexNotFoundError
 from .fileio import read_json, swap_into_place, temporary_sibling, utc_timestamp, write_json_atomic
 from .head import EmbeddingHead
 from .local_features import LocalFeatureStore
-from .manifest import ANN_BACKEND, EXACT_BACKEND, NO_REFINEMENT, TENSORFLOW_RUNTIME, CatalogueSummary, Manifest, ModelIdentity
+from .manifest import (
+    ANN_BACKEND,
+    EXACT_BACKEND,
+    MILVUS_BACKEND,
+    NO_REFINEMENT,
+    TENSORFLOW_RUNTIME,
+    CatalogueSummary,
+    Manifest,
+    ModelIdentity,
+)
 from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
 from .onnx_model import file_sha256
 from .refine import LabelCentroids
@@ -166,10 +175,14 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
     ann = None
     if manifest.backend == ANN_BACKEND:
         ann = AnnIndex.load(directory, manifest.search, len(vectors), vector_dim, mmap=mmap)
+    elif manifest.backend == MILVUS_BACKEND:
+        uri = str(manifest.search.get("uri", ""))
+        if not uri and not (directory / "milvus.db").is_dir():
+            raise IndexCorruptError(f"The index at {directory} lacks milvus.db, the Milvus Lite collection its manifest lists. Rebuild it.")
     elif manifest.backend != EXACT_BACKEND:
         raise IndexCorruptError(
             f"The index at {directory} was built for the search backend {manifest.backend!r}, which this version does not serve. "
-            "Rebuild it with --backend exact or ann."
+            "Rebuild it with --backend exact, ann or milvus."
         )
     if head is not None and (head.feature_dim != manifest.model.feature_dim or head.vector_dim != vector_dim):
         raise IndexCorruptError(
@@ -295,7 +308,7 @@ class IndexWriter:
         runtime: Mapping[str, Any] | None = None,
         runtime_model: Path | None = None,
         local_features: LocalFeatureStore | None = None,
-        search: Callable[[Path, np.ndarray], Mapping[str, Any]] | None = None,
+        search: Callable[[Path, np.ndarray, Manifest], Mapping[str, Any]] | None = None,
     ) -> Manifest:
         """Write the search vectors, products.csv, skipped.csv and the manifest, then swap the index in.
 
@@ -305,8 +318,9 @@ class IndexWriter:
         head that makes the search vectors (the writer must keep its features). ``runtime`` describes
         how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
         its SHA-256 recorded). ``local_features``, the products' keypoints (row-aligned), are stored
-        for exact-item search. ``search(staging, vectors)``, given the finished search vectors, writes
-        a search backend's own files and returns the manifest's ``search`` entry. Returns the manifest written.
+        for exact-item search. ``search(staging, vectors, manifest)``, given the finished search vectors
+        and the manifest about to be written, writes a search backend's own files (or collection) and
+        returns the manifest's ``search`` entry. Returns the manifest written.
         """
         assert self._staging is not None and self._features is not None and self._colours is not None, "use IndexWriter as a context manager"
         assert len(items) == self.count, f"{len(items)} products for {self.count} rows"
@@ -335,7 +349,6 @@ class IndexWriter:
             assert len(local_features) == self.count, f"{len(local_features)} keypoint sets for {self.count} rows"
             local_features.save(staging)
             local_details = {**local_features.describe(), "keypoints": int(local_features.offsets[-1])}
-        search_details = dict(search(staging, np.load(staging / VECTORS, mmap_mode="r", allow_pickle=False))) if search else {}
         now = utc_timestamp()
         manifest = Manifest(
             model=model,
@@ -355,8 +368,11 @@ class IndexWriter:
             ),
             runtime=runtime_details,
             local_features=local_details,
-            search=search_details,
         )
+        if search is not None:
+            vectors = np.load(staging / VECTORS, mmap_mode="r", allow_pickle=False)
+            manifest = manifest.updated(search=dict(search(staging, vectors, manifest)))
+            del vectors
         write_json_atomic(staging / MANIFEST, manifest.to_json())
         swap_into_place(staging, self.out_dir)
         self._staging = None

@@ -24,6 +24,8 @@ TENSORFLOW_RUNTIME = "tensorflow"
 EXACT_BACKEND = "exact"
 #: :attr:`Manifest.backend` of an index with an approximate (faiss) search index (recommender/ann_search.py)
 ANN_BACKEND = "ann"
+#: :attr:`Manifest.backend` of an index whose vectors live in a Milvus collection (recommender/milvus_search.py)
+MILVUS_BACKEND = "milvus"
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ class Recommender:
         allowed = self.allowed(where)
         pinned = [[row for row in query.pinned if allowed is None or allowed[row]] for query in queries]
         vectors = np.stack([query.vector for query in queries])
-        rows, scores = searcher.search(vectors, k + offset + max(len(p) for p in pinned), allowed=allowed)
+        rows, scores = searcher.search(vectors, k + offset + max(len(p) for p in pinned), allowed=allowed, where=canonical(where))
         pages = []
         for query, vector, first, found, similarity in zip(queries, vectors, pinned, rows, scores):
             exact = query.exact and bool(first) and first[0] == query.pinned[0]

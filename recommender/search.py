@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from .errors import NotLoadedError
+from .filters import CanonicalWhere
 from .projected_search import ProjectedSearch
 
 #: Below this many queries the matrix-product path is faster than ``kneighbors``.
@@ -74,14 +75,16 @@ class ExactSearcher:
         return 0 if self._vectors is None else len(self._vectors)
 
     def search(
-        self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None,
+        where: CanonicalWhere = (),
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Top-``k`` rows and cosine similarities for each query (``(Q, k)`` arrays).
 
         ``exclude`` (one row number per query, or -1) removes that catalogue row from the query's
         results, e.g. the query item itself in leave-one-out evaluation. ``allowed`` (a bool mask
         over the rows, :mod:`recommender.filters`) keeps only those rows: the exact top ``k``
-        among them, fewer when fewer pass, ``(Q, 0)`` when none does.
+        among them, fewer when fewer pass, ``(Q, 0)`` when none does. ``where``, the filter that
+        made the mask, is for backends that filter inside an engine (Milvus); the mask says it all here.
         """
         if self._vectors is None:
             raise NotLoadedError("ExactSearcher.search called before fit")

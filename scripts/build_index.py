@@ -81,14 +81,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backend",
-        choices=["exact", "ann"],
+        choices=["exact", "ann", "milvus"],
         default=None,
         help="how the bot searches the catalogue: exact (every vector compared; right up to a few hundred thousand "
-        "products) or ann (faiss' inverted file with exact re-scoring: for catalogues of hundreds of thousands to "
-        "millions, recall@5 about 0.99). Default: exact for a new index; with --update, what the index has",
+        "products), ann (faiss' inverted file with exact re-scoring, in the bot's process: hundreds of thousands to "
+        "millions) or milvus (a Milvus collection: embedded Milvus Lite, or a server for catalogues beyond one "
+        "machine; see --milvus-uri). Default: exact for a new index; with --update, what the index has",
     )
     parser.add_argument("--ann-nlist", type=positive_int, help="ann: clusters of the inverted file (default about 4*sqrt(products))")
     parser.add_argument("--ann-nprobe", type=positive_int, help="ann: clusters each query scans (default nlist/64, at least 8)")
+    parser.add_argument(
+        "--milvus-uri",
+        help="milvus: a local path (Milvus Lite there) or http(s)://host:19530 (a Milvus server; its token from the "
+        "MILVUS_TOKEN environment variable). Default: Milvus Lite in milvus.db inside the index (with --update, "
+        "what the index has)",
+    )
+    parser.add_argument("--milvus-collection", help="milvus: the collection's name on a server (default: from --out)")
     parser.add_argument("--update", action="store_true", help="add new photos to an existing index, reusing old vectors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=512, help="save progress every N images (default 512)")
     parser.add_argument("--wait", action="store_true", help="if another build is running on --out, wait for it instead of stopping")
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime=args.runtime,
             precision=args.precision,
             exact_items=None if args.exact_items is None else args.exact_items == "on",
-            search=BackendChoice(args.backend, args.ann_nlist, args.ann_nprobe),
+            search=BackendChoice(args.backend, args.ann_nlist, args.ann_nprobe, args.milvus_uri, args.milvus_collection),
             lock_wait=None if args.wait else 0.0,
             events=events,
         )
@@ -214,7 +222,7 @@ def _print_report(report: BuildReport) -> None:
         print(f"Exact-item search: keypoints of {report.local_computed} photos made in {report.local_seconds:.1f}s"
               f"{f', {report.count - report.local_computed} reused' if report.local_computed < report.count else ''}.")
     if report.search_note:
-        print(f"Search: {report.backend}, its index {report.search_note} in {report.search_seconds:.1f}s.")
+        print(f"Search backend {report.backend}: {report.search_note} in {report.search_seconds:.1f}s.")
     if report.skipped:
         print(f"Skipped {len(report.skipped)} unreadable image(s) (listed in {report.out_dir / 'skipped.csv'}):")
         for item_id, reason in report.skipped[:20]:

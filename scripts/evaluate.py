@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recommender import head as head_module
     from recommender import load_catalogue, load_index, refine
+    from recommender.backends import EXACT, open_searcher
     from recommender.evaluation import protocols, report
 
     started = time.perf_counter()
@@ -125,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{args.index} stores no colour histograms (built before the refinement existed): rebuild it to use --compare.")
 
     k = args.k
+    # the whole index is searched as the bot searches it; a held-out split re-indexes its part exactly
+    served = open_searcher(index) if index.manifest.backend != EXACT else None
+    if served is not None:
+        print(f"Searching the whole index through its {index.manifest.backend} backend, as the bot does.")
     weights = refiner.weights if refiner is not None else None
     evaluations: dict[str, Evaluation] = {}
     split: dict[str, object] = {}
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             shopper_pool = photos
             shopper = embed_shopper_queries(extractor, photos, index, labelled_rows, shopper_pool, args.seed)
         query_vectors = None if shopper is None else shopper.features
-        evaluations["index"] = protocols.leave_one_out("plain", vectors, labels, labelled_rows, k=k, query_vectors=query_vectors)
+        evaluations["index"] = protocols.leave_one_out("plain", vectors, labels, labelled_rows, k=k, query_vectors=query_vectors, searcher=served)
     else:
         mode = "held-out"
         groups = [labels[row].get(report.GROUP_LABEL, "") for row in labelled_rows]
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             global_only, exact = protocols.verified_exact_items(Recommender(args.index).load(), shot_bytes, exact_rows, k=k)
         else:
             shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
-            exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k)
+            exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k, searcher=served)
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends import Searcher
 from ..head import HeadSettings, train_head
 from ..recommender import Recommender
 from ..refine import LabelCentroids
@@ -82,14 +83,16 @@ def leave_one_out(
     k: int = 5,
     min_items: int = 5,
     query_vectors: np.ndarray | None = None,
+    searcher: Searcher | None = None,
 ) -> Evaluation:
     """Every row in ``query_rows`` queries the whole index, its own row excluded.
 
     The query is the row's stored vector, or row i of ``query_vectors`` when given (e.g. the
-    vector of its shopper photo).
+    vector of its shopper photo). ``searcher``: the index's own backend (recommender/backends.py),
+    so the figures are what the bot serves; None: the exact search over ``vectors``.
     """
     queries = np.asarray(query_rows, dtype=np.int64)
-    searcher = ExactSearcher().fit(vectors)
+    searcher = searcher or ExactSearcher().fit(vectors)
     asked = np.asarray(vectors)[queries] if query_vectors is None else np.asarray(query_vectors)
     if len(asked) != len(queries):
         raise ValueError(f"{len(asked)} query vectors for {len(queries)} query rows")
@@ -270,12 +273,13 @@ def exact_item_rows(count: int, wanted: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=wanted, replace=False)).astype(np.int64)
 
 
-def exact_items(vectors: np.ndarray, query_vectors: np.ndarray, query_rows: Rows, k: int = 5) -> ExactItems:
-    """Search the whole of ``vectors`` with each query; where does the query's own row come?"""
+def exact_items(vectors: np.ndarray, query_vectors: np.ndarray, query_rows: Rows, k: int = 5, searcher: Searcher | None = None) -> ExactItems:
+    """Search the whole of ``vectors`` with each query (through ``searcher``, the index's backend, when
+    given); where does the query's own row come?"""
     own = np.asarray(query_rows, dtype=np.int64)
     if len(own) == 0:
         return ExactItems(0, k, 0.0, 0.0, 0.0)
-    rows, _ = ExactSearcher().fit(vectors).search(query_vectors, k)
+    rows, _ = (searcher or ExactSearcher().fit(vectors)).search(query_vectors, k)
     hits = rows == own[:, None]
     return _recall(np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0), k)
 
