@@ -61,6 +61,11 @@ class Generator:
 
     def draw(self, count: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
         """``count`` vectors and whether each is a woman's product; ``stream`` seeds an independent draw."""
+        vectors, first = self.draw_from(count, stream)
+        return vectors, self.women[first]
+
+    def draw_from(self, count: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` vectors and the real product each one inherits its labels from."""
         rng = np.random.default_rng([self.seed, stream])
         first = rng.integers(0, len(self.vectors), count)
         types = self.type_of[first]
@@ -68,7 +73,7 @@ class Generator:
         weight = rng.uniform(0.0, 1.0, (count, 1)).astype(np.float32)
         noise = rng.standard_normal((count, self.vectors.shape[1]), dtype=np.float32) * self.spread[types]
         mixed = weight * self.vectors[first] + (1 - weight) * self.vectors[second] + noise
-        return mixed / np.linalg.norm(mixed, axis=1, keepdims=True), self.women[first]
+        return mixed / np.linalg.norm(mixed, axis=1, keepdims=True), first
 
 
 def neighbour_similarity(vectors: np.ndarray) -> tuple[float, float]:
@@ -144,9 +149,10 @@ def _children() -> list[Path]:
     return found
 
 
-def measure(backend: str, work: str, dim: int, size: int) -> dict[str, Any]:
-    """In a fresh process: build the backend on the written set, load it as the bot does, query it."""
-    from threadpoolctl import threadpool_limits
+def measure(backend: str, work: str, dim: int, size: int, nprobes: list[int] | None = None) -> list[dict[str, Any]]:
+    """In a fresh process: build the backend on the written set, load it as the bot does, query it
+    (ann: once per ``nprobes`` value when given, else with its default)."""
+    import dataclasses
 
     from recommender import ann_search
     from recommender.search import ExactSearcher
@@ -177,7 +183,20 @@ def measure(backend: str, work: str, dim: int, size: int) -> dict[str, Any]:
         searcher = ExactSearcher().fit(vectors)
         searcher.prepare_projection()  # what the bot does after start-up
     result["load_s"] = time.perf_counter() - started
-    with threadpool_limits(1):  # the bot searches on one BLAS thread
+    if backend != "ann" or not nprobes:
+        return [{**result, **_queries(searcher, queries, women, base)}]
+    results = []
+    for nprobe in nprobes:
+        searcher.ann.settings = dataclasses.replace(searcher.ann.settings, nprobe=nprobe)
+        results.append({**result, "settings": searcher.ann.settings.to_json(), **_queries(searcher, queries, women, base)})
+    return results
+
+
+def _queries(searcher: Any, queries: np.ndarray, women: np.ndarray, base: float) -> dict[str, Any]:
+    """One query at a time (p50, p95), batches, and the filtered answers, on one BLAS thread as the bot searches."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
         searcher.search(queries[:1], K)
         single = []
         rows = np.empty((len(queries), K), dtype=np.int64)
@@ -192,11 +211,10 @@ def measure(backend: str, work: str, dim: int, size: int) -> dict[str, Any]:
         where = (("gender", frozenset({FILTER_VALUE.casefold()})),)
         filtered = searcher.search(queries, K, allowed=women, where=where)[0]
     resident, _ = _memory()
-    result.update(
+    return dict(
         p50_ms=float(np.percentile(single, 50)), p95_ms=float(np.percentile(single, 95)), batch_qps=batched,
         memory_mb=resident - base, rows=rows.tolist(), filtered_rows=filtered.tolist(),
     )  # fmt: skip
-    return result
 
 
 def _milvus(folder: Path, vectors: np.ndarray, women: np.ndarray, dim: int, size: int, result: dict[str, Any]) -> Any:
@@ -223,9 +241,9 @@ def _milvus(folder: Path, vectors: np.ndarray, women: np.ndarray, dim: int, size
     return MilvusSearcher(manifest.updated(search=entry), store, ids).fit(vectors)
 
 
-def in_fresh_process(backend: str, work: Path, dim: int, size: int) -> dict[str, Any]:
+def in_fresh_process(backend: str, work: Path, dim: int, size: int, nprobes: list[int] | None) -> list[dict[str, Any]]:
     with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply(measure, (backend, str(work), dim, size))
+        return pool.apply(measure, (backend, str(work), dim, size, nprobes))
 
 
 def load_seed(index: Path) -> tuple[np.ndarray, list[str], list[str]]:
@@ -235,6 +253,41 @@ def load_seed(index: Path) -> tuple[np.ndarray, list[str], list[str]]:
     if len(products) != len(vectors) or not products or "articleType" not in products[0]:
         sys.exit(f"{index} must be an index with articleType labels (products.csv) matching its vectors.npy")
     return vectors, [p["articleType"] for p in products], [p.get(FILTER_COLUMN, "") for p in products]
+
+
+def write_servable_index(seed: Path, generator: Generator, size: int, out: Path, backend: str) -> None:
+    """An index the bot can serve (``benchmarks/bot_latency.py --index OUT``): ``size`` generated vectors,
+    each product row a copy of the real product its vector came from (its photo, its labels, the id
+    suffixed), the seed's own model, and the search backend built as a build would."""
+    from recommender import ann_search
+    from recommender.fileio import read_json, write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=False)
+    with (seed / "products.csv").open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns, products = list(reader.fieldnames or []), list(reader)
+    vectors = np.lib.format.open_memmap(out / "vectors.npy", mode="w+", dtype=np.float32, shape=(size, generator.vectors.shape[1]))
+    with (out / "products.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        for block, start in enumerate(range(0, size, _BLOCK)):
+            drawn, first = generator.draw_from(min(_BLOCK, size - start), stream=5000 + block)
+            vectors[start : start + len(drawn)] = drawn
+            for offset, source in enumerate(first.tolist()):
+                writer.writerow({**products[source], "id": f"{products[source]['id']}-{start + offset}"})
+    vectors.flush()
+    manifest = read_json(seed / "manifest.json")
+    manifest.update(count=size, vector_dim=generator.vectors.shape[1])
+    manifest.pop("local_features", None)
+    manifest.pop("search", None)
+    if (seed / "model.onnx").exists():
+        (out / "model.onnx").write_bytes((seed / "model.onnx").read_bytes())
+    if backend == "ann":
+        built = ann_search.build(vectors, ann_search.AnnSettings.for_count(size))
+        built.save(out)
+        manifest["search"] = built.describe()
+    (out / "skipped.csv").write_text("id,reason\n")
+    write_json_atomic(out / "manifest.json", manifest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,11 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/lookalike-scale"), help="folder for the generated sets (GBs)")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds; later steps are skipped once over")
     parser.add_argument("--json", type=Path, help="write every figure here too")
+    parser.add_argument("--ann-nprobe", type=int, nargs="+", help="ann: measure each of these nprobe values (one build)")
+    parser.add_argument("--write-index", type=Path, metavar="OUT",
+                        help="instead: write a bot-servable index of the first --sizes products to OUT (for bot_latency.py)")
+    parser.add_argument("--index-backend", default="ann", choices=["exact", "ann"], help="with --write-index")  # fmt: skip
     args = parser.parse_args(argv)
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     seed_vectors, types, genders = load_seed(args.index)
     generator = Generator(seed_vectors, types, genders, args.spread)
+    if args.write_index:
+        write_servable_index(args.index, generator, args.sizes[0], args.write_index, args.index_backend)
+        print(f"Wrote a {args.index_backend} index of {args.sizes[0]:,} generated products to {args.write_index}.")
+        return 0
     real = neighbour_similarity(seed_vectors)
     fake = neighbour_similarity(generator.draw(len(seed_vectors), stream=1)[0])
     print(f"Seed: {len(seed_vectors)} real vectors of {seed_vectors.shape[1]} values from {args.index}.")
@@ -278,11 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             truth_women = exact_top(vectors, np.load(args.work / f"queries-{dim}.npy"), women)
             del vectors
             for backend in args.backends:
-                result = in_fresh_process(backend, args.work, dim, size)
-                result["recall_at_5"] = recall(np.asarray(result.pop("rows")), truth)
-                result["filtered_recall_at_5"] = recall(np.asarray(result.pop("filtered_rows")), truth_women)
-                results.append(result)
-                print(_line(result), flush=True)
+                for result in in_fresh_process(backend, args.work, dim, size, args.ann_nprobe):
+                    result["recall_at_5"] = recall(np.asarray(result.pop("rows")), truth)
+                    result["filtered_recall_at_5"] = recall(np.asarray(result.pop("filtered_rows")), truth_women)
+                    results.append(result)
+                    print(_line(result), flush=True)
             path.unlink()
     if args.json:
         args.json.write_text(json.dumps({"seed_neighbour_similarity": real, "generated_neighbour_similarity": fake,
@@ -293,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line(r: dict[str, Any]) -> str:
     built = f"built in {r['build_s']:.0f}s (peak {r['build_peak_mb']:,.0f} MB, files {r['file_mb']:,.0f} MB), " if r["backend"] != "exact" else ""
+    if r["backend"] == "ann":
+        built = f"nlist {r['settings']['nlist']} nprobe {r['settings']['nprobe']}, " + built
     return (
         f"{r['dim']}-d, {r['size']:>9,} {r['backend']:>5}: {built}loaded in {r['load_s']:.1f}s, "
         f"one query p50 {r['p50_ms']:.2f} ms / p95 {r['p95_ms']:.2f} ms, batches of {BATCH}: {r['batch_qps']:,.0f} q/s, "

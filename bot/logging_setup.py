@@ -46,3 +46,6 @@ def setup_logging(level: str, token: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     for noisy in ("tensorflow", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pymilvus logs a full traceback per failed call (about 80 lines while a Milvus server is away);
+    # the search backend logs one line per failure itself (bot/inference.py)
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)

@@ -26,11 +26,11 @@ from . import refine as refine_module
 from .backends import ANN, BACKENDS, EXACT, MILVUS, BackendChoice
 from .catalogue import Catalogue, CatalogueItem
 from .checkpoint import Checkpoint, FinishedRows
-from .errors import BuildError, ImageDecodeError
+from .errors import BuildError, ImageDecodeError, LookalikeError
 from .extractor import FeatureExtractor
-from .fileio import os_error_text
+from .fileio import os_error_text, read_json
 from .images import load_image
-from .index_store import CatalogueIndex, IndexWriter, index_exists, load_index
+from .index_store import MANIFEST, CatalogueIndex, IndexWriter, index_exists, load_index
 from .local_features import LocalFeatureStore, compute_rows
 from .manifest import Manifest
 from .milvus_search import MilvusPlan, MilvusWriter, milvus_identity
@@ -337,6 +337,7 @@ def _write_index(
     if not rows:
         raise BuildError(f"None of the {len(catalogue)} images could be read; nothing to index. See the skipped list above.")
     model = extractor.identity
+    replaced = earlier.manifest if earlier is not None else _replaced_manifest(out_dir)  # read before the swap
     headed = report.head != head_module.NONE
     recolour = earlier is not None and _colour_method(earlier) != colour.DEFAULT_METHOD
     with IndexWriter(out_dir, len(rows), model.feature_dim, refine=report.refinement, keep_features=headed) as writer:
@@ -363,10 +364,19 @@ def _write_index(
             local_features=local, search=_search_backend(plan.search, out_dir, rows, earlier, earlier_rows, report),
         )  # fmt: skip
     report.count = len(rows)
-    if earlier is not None and earlier.manifest.backend == MILVUS:
-        warning = MilvusWriter.drop_replaced(earlier.manifest.search, written.search, out_dir)
+    if replaced is not None and replaced.backend == MILVUS:
+        warning = MilvusWriter.drop_replaced(replaced.search, written.search, out_dir)
         if warning:
             report.search_note += f"; {warning}"
+
+
+def _replaced_manifest(out_dir: Path) -> Manifest | None:
+    """The manifest of the index a fresh build replaces (a collection it has on a Milvus server is dropped
+    after the swap, as an update's is); None where there is none, or none readable."""
+    try:
+        return Manifest.from_json(read_json(out_dir / MANIFEST), out_dir / MANIFEST)
+    except (OSError, ValueError, LookalikeError):
+        return None
 
 
 def _search_backend(
@@ -415,6 +425,7 @@ def _milvus_writer(
         entry, report.search_note = MilvusWriter(milvus_plan, out_dir, milvus_identity(manifest)).write(
             staging, vectors, [item.id for item in rows], [item.labels for item in rows], list(manifest.catalogue.columns),
             had, earlier.ids() if earlier is not None and had is not None else None, unchanged,
+            earlier_labels=earlier.products if earlier is not None and had is not None else None,
         )  # fmt: skip
         report.search_seconds = time.perf_counter() - started
         return entry

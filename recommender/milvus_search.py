@@ -55,6 +55,8 @@ SEARCH_TIMEOUT_S = 10.0
 #: nprobe that makes Milvus scan every cluster (it caps nprobe at 65536 and at the clusters it has)
 ALL_CLUSTERS = 65_536
 TOKEN_VARIABLE = "MILVUS_TOKEN"
+#: Milvus' error code for a search of a collection that is not loaded (a restarted server loads none)
+_NOT_LOADED = 101
 
 
 def is_server(uri: str) -> bool:
@@ -148,10 +150,12 @@ class MilvusWriter:
         earlier: Mapping[str, Any] | None,
         earlier_ids: Sequence[str] | None,
         unchanged: bool,
+        earlier_labels: Sequence[Mapping[str, str]] | None = None,
     ) -> tuple[dict[str, Any], str]:
         """Write the collection for ``vectors`` (row i = product ``ids[i]``); ``earlier``: the updated
         index's manifest entry (its collection is updated in place where it can be), ``earlier_ids``
-        its products, ``unchanged``: whether kept products kept their vectors. Returns (entry, note)."""
+        its products (``earlier_labels``: their labels, row by row), ``unchanged``: whether kept products kept
+        their vectors. Returns (entry, note)."""
         settings = AnnSettings.for_count(len(vectors))
         # Milvus' clusters want more probes than faiss' for the same recall (4k: 0.975 at 8, 0.998 at 32 of 64)
         settings = AnnSettings(settings.nlist, max(32, settings.nlist // 32), 0)
@@ -173,7 +177,7 @@ class MilvusWriter:
                 and client.has_collection(name) and dict(earlier.get("fields") or {}) == fields
             )  # fmt: skip
             if in_place:
-                note = self._update(client, name, vectors, ids, labels, fields, earlier_ids or [])
+                note = self._update(client, name, vectors, ids, labels, fields, earlier_ids or [], earlier_labels)
             else:
                 if not inside:
                     name = f"{name.rsplit('__', 1)[0]}__{_stamp()}"  # a new collection; the earlier one is dropped after the swap
@@ -183,6 +187,7 @@ class MilvusWriter:
                 self._insert(client, name, vectors, np.arange(len(ids)), ids, labels, fields)
                 note = f"collection {name!r} written ({len(ids)} products)"
             client.flush(name)
+            _wait_indexed(client, name)
             described = json.dumps({**self.identity, "count": len(ids)}, sort_keys=True)
             client.alter_collection_properties(name, {"lookalike.index": described})
         except SearchBackendError:
@@ -227,17 +232,26 @@ class MilvusWriter:
 
     def _update(
         self, client: Any, name: str, vectors: np.ndarray, ids: Sequence[str], labels: Sequence[Mapping[str, str]],
-        fields: Mapping[str, str], earlier_ids: Sequence[str],
+        fields: Mapping[str, str], earlier_ids: Sequence[str], earlier_labels: Sequence[Mapping[str, str]] | None = None,
     ) -> str:  # fmt: skip
-        """Delete the products that left, add the new ones; kept ones stay as they are."""
+        """Delete the products that left, add the new ones and write again the kept ones whose labels
+        changed (the filters run on the collection's copy of them); the other kept ones stay as they are."""
         before = set(earlier_ids)
         now = set(ids)
         gone = [item for item in earlier_ids if item not in now]
         for start in range(0, len(gone), _BATCH):
             client.delete(name, ids=gone[start : start + _BATCH])
-        new_rows = np.asarray([row for row, item in enumerate(ids) if item not in before], dtype=np.int64)
-        self._insert(client, name, vectors, new_rows, ids, labels, fields, upsert=True)
-        return f"collection {name!r} updated in place: {len(new_rows)} added, {len(gone)} removed"
+        new_rows = [row for row, item in enumerate(ids) if item not in before]
+        relabelled: list[int] = []
+        if earlier_labels is not None:
+            def stored(row_labels: Mapping[str, str]) -> list[str]:
+                return [_folded(row_labels.get(column) or "") for column in fields]
+
+            had = {item: stored(row_labels) for item, row_labels in zip(earlier_ids, earlier_labels) if item in now}
+            relabelled = [row for row, item in enumerate(ids) if item in had and had[item] != stored(labels[row])]
+        self._insert(client, name, vectors, np.asarray(sorted(new_rows + relabelled), dtype=np.int64), ids, labels, fields, upsert=True)
+        note = f"collection {name!r} updated in place: {len(new_rows)} added, {len(gone)} removed"
+        return note + (f", {len(relabelled)} relabelled" if relabelled else "")
 
     @staticmethod
     def drop_replaced(earlier: Mapping[str, Any], current: Mapping[str, Any], out_dir: Path) -> str | None:
@@ -257,6 +271,18 @@ class MilvusWriter:
         except Exception as exc:
             return f"the replaced collection {earlier.get('collection')!r} at {uri} could not be dropped ({_message(exc)}); drop it by hand"
         return None
+
+
+def _wait_indexed(client: Any, name: str, timeout: float = 3600.0) -> None:
+    """Until Milvus has indexed every flushed row: a segment still waiting is searched vector by vector."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = client.describe_index(name, VECTOR_FIELD) or {}
+        if described.get("state") == "Finished" or int(described.get("pending_index_rows", 0)) == 0:
+            return
+        time.sleep(0.5)
 
 
 def _collection_name(out_dir: Path) -> str:
@@ -372,11 +398,20 @@ class MilvusSearcher:
         return self.search(queries, k, allowed=allowed)
 
     def _search(self, queries: np.ndarray, wanted: int, expression: str, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            hits = self._client.search(
+        def ask() -> Any:
+            return self._client.search(
                 self.collection, data=[query for query in queries], filter=expression, limit=wanted,
                 search_params={"metric_type": "IP", "params": {"nprobe": nprobe}}, timeout=SEARCH_TIMEOUT_S,
             )  # fmt: skip
+
+        try:
+            try:
+                hits = ask()
+            except Exception as exc:
+                if getattr(exc, "code", None) != _NOT_LOADED:
+                    raise
+                self._client.load_collection(self.collection, timeout=SEARCH_TIMEOUT_S)  # a restarted server forgot what was loaded
+                hits = ask()
         except Exception as exc:  # pymilvus' own exceptions and gRPC's: the server is gone or refused
             raise SearchUnavailableError(f"The catalogue search (Milvus at {self.uri}) did not answer: {_message(exc)}") from exc
         rows = np.full((len(queries), wanted), -1, dtype=np.int64)
@@ -390,13 +425,18 @@ class MilvusSearcher:
     def _expression(self, where: CanonicalWhere, allowed: np.ndarray | None) -> str:
         """The Milvus filter: the ``where`` columns it stores, else the rows of ``allowed`` by id."""
         if where and all(column in self.fields for column, _ in where):
-            return " and ".join(f"{self.fields[column]} in {json.dumps(sorted(values))}" for column, values in where)
+            return " and ".join(f"{self.fields[column]} in {_literal(sorted(values))}" for column, values in where)
         if allowed is None:
             return ""
         kept = np.flatnonzero(allowed)
         if len(kept) <= len(allowed) - len(kept):
-            return f"{ID_FIELD} in {json.dumps([self.ids[row] for row in kept])}"
-        return f"{ID_FIELD} not in {json.dumps([self.ids[row] for row in np.flatnonzero(~allowed)])}"
+            return f"{ID_FIELD} in {_literal([self.ids[row] for row in kept])}"
+        return f"{ID_FIELD} not in {_literal([self.ids[row] for row in np.flatnonzero(~allowed)])}"
+
+
+def _literal(values: Sequence[str]) -> str:
+    """A list of strings as a Milvus expression writes it: JSON, with non-ASCII characters as they are (Milvus refuses JSON's u-escapes)."""
+    return json.dumps(list(values), ensure_ascii=False)
 
 
 def milvus_identity(manifest: Manifest) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class BuiltIndex:
 #: Fixtures that read ../shared; tests using them get the ``shared`` marker (``-m "not shared"``).
 SHARED_FIXTURES = frozenset(
     {"mobilenet_real", "fashion_catalogue", "fashion_subset", "fashion_index", "fashion_index_refined",
-     "fashion_recommender", "fashion_recommender_refined"}
+     "fashion_recommender", "fashion_recommender_refined", "fashion_index_4k"}
 )  # fmt: skip
 
 
@@ -178,6 +178,18 @@ def fashion_index(fashion_subset, mobilenet_real, tmp_path_factory) -> BuiltInde
     Read-only: copy before changing it.
     """
     return _plain_index(fashion_subset, mobilenet_real, tmp_path_factory, "fashion-index")
+
+
+@pytest.fixture(scope="session")
+def fashion_index_4k(fashion_catalogue, mobilenet_real, tmp_path_factory) -> Path:
+    """All 4,000 real products, plain MobileNetV2 vectors, exact search, no keypoints: the base the
+    search-backend tests derive their ann and milvus indexes from with ``--update`` (no photo extracted
+    again). About 50 s on 2 cores. Read-only: copy before changing it."""
+    from recommender import build_index
+
+    path = tmp_path_factory.mktemp("fashion-index-4k") / "index"
+    build_index(fashion_catalogue, path, mobilenet_real, batch_size=64, refine="none", head="none", exact_items=False)
+    return path
 
 
 @pytest.fixture(scope="session")
