@@ -30,7 +30,7 @@ import numpy as np
 from .errors import IndexCorruptError, NotLoadedError
 from .filters import CanonicalWhere
 from .manifest import ANN_BACKEND
-from .search import drop_excluded
+from .search import drop_excluded, no_rows, search_request
 
 ANN_FILE = "ann.faiss"
 ANN_ROWS = "ann_rows.npy"
@@ -252,13 +252,9 @@ class AnnSearcher:
         """Top-``k`` rows and cosine similarities per query, as :meth:`ExactSearcher.search` gives them."""
         if self._vectors is None:
             raise NotLoadedError("AnnSearcher.search called before fit")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        available = self.size if allowed is None else int(np.count_nonzero(allowed))
-        if available == 0:
-            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        wanted = min(k + (1 if exclude is not None else 0), available)
+        queries, wanted, available = search_request(queries, k, self.size, exclude, allowed)
+        if wanted == 0:
+            return no_rows(len(queries))
         if allowed is not None and available <= self.exact_below:
             rows, similarities = self._exact(queries, wanted, np.flatnonzero(allowed))
         else:

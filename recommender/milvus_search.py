@@ -39,6 +39,7 @@ from .ann_search import AnnSettings
 from .errors import SearchBackendError, SearchUnavailableError
 from .filters import CanonicalWhere
 from .manifest import MILVUS_BACKEND, Manifest
+from .search import drop_excluded, no_rows, search_request
 
 #: Milvus Lite's folder inside an index directory (the default)
 LOCAL_DB = "milvus.db"
@@ -370,17 +371,13 @@ class MilvusSearcher:
         self, queries: np.ndarray, k: int = 5, *, exclude: np.ndarray | None = None, allowed: np.ndarray | None = None,
         where: CanonicalWhere = (),
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        from .search import drop_excluded
-
+        """Top-``k`` rows and cosine similarities per query, as :meth:`ExactSearcher.search` gives them;
+        :class:`SearchUnavailableError` when Milvus does not answer."""
         if self._client is None:
             raise SearchUnavailableError("The catalogue search is not connected.")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        available = self.size if allowed is None else int(np.count_nonzero(allowed))
-        if available == 0:
-            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        wanted = min(k + (1 if exclude is not None else 0), available)
+        queries, wanted, _ = search_request(queries, k, self.size, exclude, allowed)
+        if wanted == 0:
+            return no_rows(len(queries))
         expression = self._expression(where, allowed)
         # A filter's products crowd a few clusters (shoes in the shoe clusters), so a filtered search
         # scans them all: over the passing products only, which Milvus selects first.

@@ -88,13 +88,9 @@ class ExactSearcher:
         """
         if self._vectors is None:
             raise NotLoadedError("ExactSearcher.search called before fit")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        available = self.size if allowed is None else int(np.count_nonzero(allowed))
-        if available == 0:
-            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        wanted = min(k + (1 if exclude is not None else 0), available)
+        queries, wanted, _ = search_request(queries, k, self.size, exclude, allowed)
+        if wanted == 0:
+            return no_rows(len(queries))
         projected = self._projected  # once: another thread may set it meanwhile
         if projected is not None and projected.pays():
             rows, similarities = projected.search(queries, wanted, allowed)
@@ -136,6 +132,23 @@ class ExactSearcher:
         order = np.argsort(-top_scores, axis=1, kind="stable")
         rows = np.take_along_axis(top, order, axis=1).astype(np.int64)
         return rows, np.take_along_axis(top_scores, order, axis=1)
+
+
+def search_request(
+    queries: np.ndarray, k: int, size: int, exclude: np.ndarray | None, allowed: np.ndarray | None
+) -> tuple[np.ndarray, int, int]:
+    """Every backend's start of a search: the queries as float32 rows, how many rows to fetch (``k``,
+    one more when each query excludes a row, at most the rows allowed) and how many rows are allowed."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    available = size if allowed is None else int(np.count_nonzero(allowed))
+    return queries, min(k + (1 if exclude is not None else 0), available), available
+
+
+def no_rows(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The answer of ``count`` queries when no row may be returned: ``(count, 0)`` arrays."""
+    return np.zeros((count, 0), dtype=np.int64), np.zeros((count, 0), dtype=np.float32)
 
 
 def drop_excluded(rows: np.ndarray, similarities: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
