@@ -77,10 +77,10 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
     runtime = await start_runtime(application, settings, recommender)
     manifest = recommender.manifest
     log.info(
-        "Ready: @%s serving %d products (%s, %s weights, %d-d, runtime %s, TensorFlow %s), %d cached photo file_ids; "
-        "start-up took %.1fs.",
+        "Ready: @%s serving %d products (%s, %s weights, %d-d, runtime %s, TensorFlow %s, search %s), %d cached photo "
+        "file_ids; start-up took %.1fs.",
         application.bot.username, len(recommender), manifest.model.backbone, manifest.weights, manifest.model.feature_dim,
-        manifest.model.runtime, "loaded" if "tensorflow" in sys.modules else "not loaded",
+        manifest.model.runtime, "loaded" if "tensorflow" in sys.modules else "not loaded", manifest.backend,
         len(runtime.file_ids), time.perf_counter() - started,
     )
 

@@ -34,6 +34,8 @@ class Settings:
     max_batch: int = 16
     index_backbone: str = "resnet50"
     index_weights: str = "imagenet"
+    #: the search backend of an index the bot builds at its first start (None: the build's default, exact)
+    index_backend: str | None = None
     log_level: str = "INFO"
     #: INDEX_DIR / CATALOGUE_DIR were set by the operator (not derived from DATA_DIR or defaults):
     #: then they must exist, and the bot never falls back to the demo catalogue.
@@ -84,6 +86,9 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}.")
     data = Path(env.get("DATA_DIR", "data"))
+    index_backend = env.get("INDEX_BACKEND", "").strip().lower() or None
+    if index_backend not in (None, "exact", "ann", "milvus"):
+        raise ConfigError(f"INDEX_BACKEND must be exact, ann or milvus, got {index_backend!r}.")
     return Settings(
         token=token,
         index_dir=Path(env.get("INDEX_DIR") or data / "index"),
@@ -101,6 +106,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         max_batch=_int(env, "MAX_BATCH", 16, minimum=1),
         index_backbone=env.get("INDEX_BACKBONE", "resnet50").strip() or "resnet50",
         index_weights=env.get("INDEX_WEIGHTS", "imagenet").strip() or "imagenet",
+        index_backend=index_backend,
         log_level=log_level,
         index_dir_configured=bool(env.get("INDEX_DIR")),
         catalogue_dir_configured=bool(env.get("CATALOGUE_DIR")),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recommender import head as head_module
+from recommender.backends import BackendChoice
 from recommender.builder import AUTO as AUTO_RUNTIME_OPTION
 from recommender.catalogue import Catalogue, find_catalogue
 from recommender.demo import make_demo_catalogue
@@ -111,6 +112,7 @@ def _build(images: Path, styles: Path | None, settings: Settings, *, demo: bool)
         head=head_module.NONE if demo else head_module.AUTO,
         runtime=None if demo else AUTO_RUNTIME_OPTION,
         exact_items=not demo,
+        search=BackendChoice(settings.index_backend),
         events=BuildEvents(model_fallback=_log_fallback, building=_log_building, head_training=_log_head_training),
     )
     log.info("Index ready: %d products in %.0fs (%d unreadable photos skipped).", report.count, report.seconds, len(report.skipped))

@@ -153,6 +153,13 @@ def test_start_and_help_explain_the_bot(api: FakeBotApi, bot: BotProcess) -> Non
     assert all("photo" in text and "similar" in text for text in answers)
 
 
+def test_the_bot_serves_the_search_backend_it_was_asked_for(bot: BotProcess) -> None:
+    """``INDEX_BACKEND=ann`` or ``milvus`` in the environment runs this whole module against a bot whose
+    demo index was built with that backend (the module passes unchanged on each); by default, exact."""
+    expected = os.environ.get("INDEX_BACKEND", "").strip().lower() or "exact"
+    assert f"search {expected})" in bot.output()
+
+
 def test_photo_gets_album_of_five_captioned_products(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
     product = catalogue[10]
     api.user_sends_photo(photo_of(data_dir, product["id"]), chat_id=2002)

@@ -22,8 +22,11 @@ def test_settings_read_every_variable() -> None:
             "RATE_LIMIT_PER_MINUTE": "5",
             "TELEGRAM_API_BASE_URL": "http://localhost:8081/bot",
             "LOG_LEVEL": "debug",
+            "INDEX_BACKEND": " Milvus ",
         }
     )
+    assert settings.index_backend == "milvus"
+    assert load_settings({"TELEGRAM_BOT_TOKEN": TOKEN}).index_backend is None  # the build's own default
     assert settings.index_dir == Path("/srv/index")
     assert settings.allowed_user_ids == frozenset({1, 2, 3})
     assert settings.rate_limit_per_minute == 5
@@ -39,6 +42,7 @@ def test_settings_read_every_variable() -> None:
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "ALLOWED_USER_IDS": "alice"}, "ALLOWED_USER_IDS"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "RATE_LIMIT_PER_MINUTE": "many"}, "RATE_LIMIT_PER_MINUTE must be a whole number"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "INDEX_BACKEND": "faiss"}, "INDEX_BACKEND must be exact, ann or milvus"),
     ],
 )
 def test_bad_settings_give_one_clear_message(env: dict[str, str], message: str) -> None:
