@@ -20,6 +20,8 @@ never costs recall.
 from __future__ import annotations
 
 import math
+import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +215,37 @@ def _add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, rows: np.ndar
         index.add_with_ids(np.ascontiguousarray(block, dtype=np.float32), ids[part])
 
 
+class _RowReader:
+    """Reads single rows of a memory-mapped ``vectors.npy`` with ``pread``, mapping none of it.
+
+    Re-scoring reads 32 scattered rows per query. Through the map, each touch mapped a whole
+    page-cache folio around the row (up to 2 MB on this machine's kernel, with an 8 MB read-ahead):
+    at 1M products the bot's resident memory grew by 52 MB a query, 1.5 GB after 30 photos, and
+    ``MADV_RANDOM`` did not help. Read this way, the rows cost 32 small reads and no memory.
+    """
+
+    def __init__(self, path: str, offset: int, dim: int) -> None:
+        self.descriptor = os.open(path, os.O_RDONLY)
+        self.offset = offset
+        self.dim = dim
+        weakref.finalize(self, os.close, self.descriptor)
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> _RowReader | None:
+        """A reader for a memory map of a whole float32 .npy file; None for vectors in memory (indexed directly)."""
+        if isinstance(vectors, np.memmap) and vectors.filename and vectors.dtype == np.float32 and vectors.flags.c_contiguous:
+            return cls(str(vectors.filename), int(vectors.offset), int(vectors.shape[1]))
+        return None
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        size = 4 * self.dim
+        for position, row in enumerate(rows.tolist()):
+            if os.preadv(self.descriptor, [memoryview(out[position]).cast("B")], self.offset + row * size) != size:
+                raise IndexCorruptError("vectors.npy is shorter than its header says. Rebuild the index.")
+        return out
+
+
 class AnnSearcher:
     """Searches an :class:`AnnIndex`, re-scoring its candidates from the stored vectors.
 
@@ -224,6 +257,7 @@ class AnnSearcher:
         self.ann = ann
         self.exact_below = exact_below
         self._vectors: np.ndarray | None = None
+        self._rows: _RowReader | None = None
         self._lists: np.ndarray | None = None
         self._filter_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -231,6 +265,7 @@ class AnnSearcher:
         if len(vectors) != self.ann.count:
             raise ValueError(f"{len(vectors)} vectors for an ann index of {self.ann.count}")
         self._vectors = vectors
+        self._rows = _RowReader.of(vectors)
         return self
 
     @property
@@ -287,7 +322,8 @@ class AnnSearcher:
                 rows, similarities = self._exact(query[None], wanted, subset)
             else:
                 candidates = np.sort(candidates)  # ascending rows: a memory map reads them in order
-                scores = np.asarray(self._vectors[candidates] @ query, dtype=np.float32)
+                found_vectors = self._rows.read(candidates) if self._rows is not None else self._vectors[candidates]
+                scores = np.asarray(found_vectors @ query, dtype=np.float32)
                 order = np.argsort(-scores, kind="stable")[:wanted]
                 rows, similarities = candidates[order][None], scores[order][None]
             out_rows[i], out_similarities[i] = rows[0], similarities[0]
