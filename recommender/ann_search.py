@@ -167,11 +167,12 @@ def update(
     ``earlier_row[r]`` is the earlier row of new row ``r`` (-1: a new product). ``unchanged``: the
     kept products' vectors are what they were (no refinement or head re-learned them), so only the
     removed products leave and the new ones are added. Otherwise the clusters are kept and every
-    vector is encoded again. A catalogue that grew or shrank ``RETRAIN_FACTOR`` times, or other
-    ``settings`` (None: the earlier index's), train the clusters again: a full build.
+    vector is encoded again. A catalogue that grew or shrank ``RETRAIN_FACTOR`` times, or ``settings``
+    (None: the earlier index's) with another ``nlist``, train the clusters again: a full build; another
+    ``nprobe`` or ``rerank`` only changes how the kept clusters are searched.
     """
     count = len(vectors)
-    if settings is not None and settings != earlier.settings:
+    if settings is not None and settings.nlist != earlier.settings.nlist:
         return build(vectors, settings), "clusters trained again (new settings)"
     if not earlier.trained_on / RETRAIN_FACTOR <= count <= earlier.trained_on * RETRAIN_FACTOR:
         return build(vectors, AnnSettings.for_count(count)), f"clusters trained again ({earlier.trained_on} products trained them, now {count})"
@@ -180,7 +181,7 @@ def update(
         return build(vectors, AnnSettings.for_count(count, nlist=had.nlist, nprobe=had.nprobe, rerank=had.rerank)), (
             f"clusters trained again (vectors of {vectors.shape[1]} values, not {earlier.index.d})"
         )
-    settings = earlier.settings
+    settings = settings or earlier.settings
     index = earlier.index
     if not unchanged:
         index.reset()  # keeps the trained clusters and quantiser

@@ -394,6 +394,11 @@ def _search_backend(
     def write_ann(staging: Path, vectors: np.ndarray, manifest: Manifest) -> dict[str, Any]:
         started = time.perf_counter()
         settings = ann_search.AnnSettings.for_count(len(vectors), nlist=choice.nlist, nprobe=choice.nprobe)
+        if earlier is not None and earlier.ann is not None and asked:  # what was not asked stays as the index has it
+            had = earlier.ann.settings
+            nlist = had.nlist if choice.nlist is None else choice.nlist
+            nprobe = choice.nprobe if choice.nprobe is not None else had.nprobe if nlist == had.nlist else None
+            settings = ann_search.AnnSettings.for_count(len(vectors), nlist=nlist, nprobe=nprobe, rerank=had.rerank)
         if earlier is not None and earlier.ann is not None:
             previous = ann_search.AnnIndex.load(earlier.directory, earlier.manifest.search, len(earlier), earlier.manifest.vector_dim, mmap=False)
             earlier_row = np.array([earlier_rows.get(item.id, -1) for item in rows], dtype=np.int64)

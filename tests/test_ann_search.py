@@ -383,6 +383,18 @@ def test_update_asking_other_ann_settings_trains_again(ann_copy, demo_catalogue,
     assert_answers_as_exact(after)
 
 
+def test_update_asking_only_other_probes_keeps_the_clusters(ann_copy, demo_catalogue, mobilenet_random):
+    """--update --ann-nprobe: how many clusters a query scans is a search setting; nothing is trained again."""
+    catalogue = demo_rows(demo_catalogue, BASE)
+    had = load_index(ann_copy).manifest.search
+    report = update(catalogue, ann_copy, mobilenet_random, search=BackendChoice("ann", nprobe=1))
+    assert "trained" not in report.search_note and "0 added, 0 removed" in report.search_note
+    after = load_index(ann_copy)
+    assert (after.manifest.search["nlist"], after.manifest.search["nprobe"]) == (had["nlist"], 1)
+    assert after.ann is not None and after.ann.settings.nprobe == 1 and after.ann.trained_on == had["trained_on"]
+    assert_consistent_ann(after)
+
+
 def test_update_to_the_exact_backend_drops_the_ann_files(ann_copy, demo_catalogue, mobilenet_random):
     """--update --backend exact: no stale ann files that a later loader could take for current."""
     report = update(demo_rows(demo_catalogue, UPDATED), ann_copy, mobilenet_random, search=BackendChoice("exact"))
