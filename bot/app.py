@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
@@ -23,6 +24,7 @@ from telegram.ext import (
 )
 
 from recommender import LookalikeError, Recommender
+from recommender.errors import ConfigError
 
 from . import handlers
 from .chat_queue import ChatQueues
@@ -31,6 +33,7 @@ from .context import CONTEXT_TYPES, BotApplication, BotRuntime
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
 from .logging_setup import setup_logging
+from .metrics import MetricsServer
 from .pages import MAX_BUTTONS, NextPage
 from .rate_limit import RateLimiter
 from .retry import RetryingRequest
@@ -64,8 +67,28 @@ async def start_runtime(application: BotApplication, settings: Settings, recomme
         ),
         analysis=asyncio.Semaphore(settings.max_concurrent_updates),
     )
+    runtime.metrics.index_products.set(len(recommender))
+    runtime.metrics.watch_file_ids(lambda: (file_ids.hits, file_ids.misses))
+    inference.on_batch = runtime.metrics.batch_photos.observe
     await application.bot.set_my_commands(COMMANDS)
     return runtime
+
+
+def health(runtime: BotRuntime, recommender: Recommender) -> dict[str, Any]:
+    """What /healthz says: ok when the model and index are loaded and the inference thread runs."""
+    loaded = recommender.extractor is not None and recommender.index is not None
+    last = runtime.metrics.last_update
+    return {
+        "ok": loaded and runtime.inference.running,
+        "model_loaded": recommender.extractor is not None,
+        "index_loaded": recommender.index is not None,
+        "inference_running": runtime.inference.running,
+        "products": len(recommender) if loaded else 0,
+        "search_backend": recommender.manifest.backend if loaded else None,
+        "last_update_at": last or None,
+        "seconds_since_last_update": round(time.time() - last, 1) if last else None,
+        "uptime_seconds": round(time.time() - runtime.metrics.started, 1),
+    }
 
 
 async def post_init(application: BotApplication, settings: Settings) -> None:
@@ -76,6 +99,13 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
     ).load()
     runtime = await start_runtime(application, settings, recommender)
     manifest = recommender.manifest
+    if settings.metrics_port:
+        try:
+            runtime.metrics_server = MetricsServer(runtime.metrics, lambda: health(runtime, recommender), settings.metrics_host, settings.metrics_port).start()
+        except OSError as exc:
+            raise ConfigError(f"Cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror or exc}): "
+                              "is the port taken? Set METRICS_PORT to a free port, or unset it.") from exc  # fmt: skip
+        log.info("Serving /metrics and /healthz on http://%s:%d.", settings.metrics_host, runtime.metrics_server.port)
     log.info(
         "Ready: @%s serving %d products (%s, %s weights, %d-d, runtime %s, TensorFlow %s, search %s), %d cached photo "
         "file_ids; start-up took %.1fs.",
@@ -158,6 +188,8 @@ async def post_shutdown(application: BotApplication) -> None:
         await runtime.queues.close()  # normally done in post_stop already
         await runtime.file_ids.save()
         runtime.inference.stop()
+        if runtime.metrics_server is not None:
+            runtime.metrics_server.stop()
         log.info("Embedded %d photos in %d forward passes.", runtime.inference.images, runtime.inference.batches)
     log.info("Stopped cleanly.")
 

@@ -37,6 +37,9 @@ class Settings:
     #: the search backend of an index the bot builds at its first start (None: the build's default, exact)
     index_backend: str | None = None
     log_level: str = "INFO"
+    #: where /metrics and /healthz are served (METRICS_PORT; 0: not served) and on which address
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     #: INDEX_DIR / CATALOGUE_DIR were set by the operator (not derived from DATA_DIR or defaults):
     #: then they must exist, and the bot never falls back to the demo catalogue.
     index_dir_configured: bool = False
@@ -54,6 +57,13 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
     return value
+
+
+def _port(env: dict[str, str], name: str) -> int:
+    port = _int(env, name, 0)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), or 0 or unset for none; got {port}.")
+    return port
 
 
 def _user_ids(raw: str) -> frozenset[int]:
@@ -108,6 +118,8 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         index_weights=env.get("INDEX_WEIGHTS", "imagenet").strip() or "imagenet",
         index_backend=index_backend,
         log_level=log_level,
+        metrics_port=_port(env, "METRICS_PORT"),
+        metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
         index_dir_configured=bool(env.get("INDEX_DIR")),
         catalogue_dir_configured=bool(env.get("CATALOGUE_DIR")),
     )

@@ -19,6 +19,7 @@ from .chat_queue import ChatQueues
 from .config import Settings
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
+from .metrics import BotMetrics, MetricsServer
 from .rate_limit import BurstNotices, RateLimiter
 
 
@@ -39,6 +40,10 @@ class BotRuntime:
     analysis: asyncio.Semaphore
     #: when a refused chat is told to slow down
     notices: BurstNotices = field(default_factory=BurstNotices)
+    #: what /metrics reports (counted whether or not METRICS_PORT serves it)
+    metrics: BotMetrics = field(default_factory=BotMetrics)
+    #: the /metrics and /healthz server, when METRICS_PORT is set
+    metrics_server: MetricsServer | None = None
 
 
 @dataclass

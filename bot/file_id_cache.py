@@ -77,6 +77,9 @@ class FileIdCache:
         self.journal = path.with_name(path.name + ".journal")
         self.bot_id = bot_id
         self._entries: _Entries = {}
+        #: lookups that found a usable file_id, and those that did not (an upload follows), for /metrics
+        self.hits = 0
+        self.misses = 0
         self._pending: list[str] = []  # journal lines not yet written
         self._journal_lines = 0
         self._needs_compaction = True  # until a snapshot of this bot is known to exist
@@ -102,7 +105,12 @@ class FileIdCache:
     def get(self, key: str) -> str | None:
         product, stamp = _split(key)
         entry = self._entries.get(product)
-        return entry[1] if entry is not None and entry[0] == stamp else None
+        found = entry[1] if entry is not None and entry[0] == stamp else None
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
 
     def put(self, key: str, file_id: str) -> None:
         if _put(self._entries, key, file_id):

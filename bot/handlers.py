@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType
@@ -112,8 +114,10 @@ def _tell_once(context: BotContext, chat_id: int, text: str) -> None:
         log.debug("Dropped a message from chat %s (burst already told to slow down).", chat_id)
 
 
-def _queue_answer(update: Update, context: BotContext, message: Message, job: Job) -> None:
+def _queue_answer(update: Update, context: BotContext, message: Message, job: Job, photo: bool = False) -> None:
     if not context.runtime.queues.submit(message.chat_id, job, update):
+        if photo:
+            context.runtime.metrics.refused("too_many_waiting")
         _tell_once(context, message.chat_id, TOO_MANY_WAITING)
 
 
@@ -143,6 +147,7 @@ def _chatter(update: Update, context: BotContext, text: str) -> None:
 async def gate(update: Update, context: BotContext) -> None:
     """Runs before every handler: a private bot answers only its allowed users."""
     runtime = context.runtime
+    runtime.metrics.last_update = time.time()
     allowed = runtime.settings.allowed_user_ids
     user = update.effective_user
     if allowed and (user is None or user.id not in allowed):
@@ -175,8 +180,11 @@ async def on_image(update: Update, context: BotContext) -> None:
     if found is None:
         await on_other(update, context)
         return
+    received = time.monotonic()
     if _within_limit(context, context.runtime.rate_limiter, update, message, TOO_FAST_PHOTOS):
-        _queue_answer(update, context, message, lambda: _answer_photo(context, message, found))
+        _queue_answer(update, context, message, lambda: _answer_photo(context, message, found, received), photo=True)
+    else:
+        context.runtime.metrics.refused("rate_limited")
 
 
 async def on_next_page(update: Update, context: BotContext) -> None:
@@ -191,6 +199,7 @@ async def on_next_page(update: Update, context: BotContext) -> None:
     message, page = query.message, query.data
     wait = runtime.rate_limiter.retry_in(_user_id(update, message))
     if wait > 0:
+        runtime.metrics.refused("rate_limited", photo=False)
         text = TOO_FAST_PHOTOS.format(seconds=int(wait) + 1) if runtime.notices.should_tell(message.chat_id) else None
         runtime.queues.spawn(_answer_query(query, text))
         return
@@ -225,6 +234,8 @@ async def on_error(update: object, context: BotContext) -> None:
         chat = update.effective_chat
         where = f" (update {update.update_id}, chat {chat.id if chat else '?'})"
     log.error("Unhandled error%s: %s", where, context.error, exc_info=context.error)
+    if context.bot_data.runtime is not None:
+        context.bot_data.runtime.metrics.refused("failed", photo=False)
     if isinstance(update, Update) and update.effective_message:
         message = update.effective_message
         try:
@@ -234,16 +245,30 @@ async def on_error(update: object, context: BotContext) -> None:
 
 
 # ---------------------------------------------------------------------------------- answers
-async def _answer_photo(context: BotContext, message: Message, found: tuple[str, int | None]) -> None:
+@dataclass(frozen=True)
+class _Refusal:
+    """What a shopper is told instead of an album, and why (``lookalike_refusals_total{reason}``)."""
+
+    reason: str
+    text: str
+
+
+async def _answer_photo(context: BotContext, message: Message, found: tuple[str, int | None], received: float) -> None:
+    """The photo's album (``received``: ``time.monotonic()`` when its update reached the bot), or a refusal."""
+    metrics = context.runtime.metrics
     answer = await _first_page(context, message, found)
-    if isinstance(answer, str):
-        await reply(context.bot, message, answer, quote=True)
+    if isinstance(answer, _Refusal):
+        metrics.refused(answer.reason)
+        await reply(context.bot, message, answer.text, quote=True)
         return
     query, matches = answer
-    await _send_page(context, message, query, matches, 0)
+    if await _send_page(context, message, query, matches, 0):
+        metrics.answered(time.monotonic() - received)
+    else:
+        metrics.refused("no_photos")
 
 
-async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> str | tuple[Query, list[Match]]:
+async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> _Refusal | tuple[Query, list[Match]]:
     """The photo's query and first page of matches, or the polite refusal to send instead."""
     runtime = context.runtime
     chat_id = message.chat_id
@@ -251,7 +276,7 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
     file_id, size = found
     limit = min(runtime.settings.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT)
     if size is not None and size > limit:
-        return str(ImageTooBig(size, limit))
+        return _Refusal("too_big", str(ImageTooBig(size, limit)))
     try:
         # The wait for a slot counts too: behind a crowd of slow downloads the shopper hears "busy",
         # not silence.
@@ -261,20 +286,20 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
             del data
             return answer
     except ImageTooBig as exc:
-        return str(exc)
+        return _Refusal("too_big", str(exc))
     except ImageDecodeError as exc:
-        return f"I couldn't use that image: {exc} Please send a normal photo (JPEG, PNG or WebP)."
+        return _Refusal("not_an_image", f"I couldn't use that image: {exc} Please send a normal photo (JPEG, PNG or WebP).")
     except BadRequest as exc:  # e.g. Telegram's "file is too big" on getFile
         log.info("getFile refused for chat %s: %s", chat_id, exc)
-        return "I couldn't download that image; it may be too big. Please send a smaller photo."
+        return _Refusal("download_failed", "I couldn't download that image; it may be too big. Please send a smaller photo.")
     except TimeoutError:
         log.warning("Analysing a photo of chat %s took over %.0fs; asked to retry.", chat_id, ANALYSIS_TIMEOUT_S)
-        return BUSY
+        return _Refusal("busy", BUSY)
     except SearchUnavailableError:  # logged where it happened
-        return SEARCH_DOWN
+        return _Refusal("search_down", SEARCH_DOWN)
     except NetworkError as exc:  # getFile or the download failed after its retries (not a refusal)
         log.warning("Could not download a photo of chat %s (%s: %s); asked to retry.", chat_id, type(exc).__name__, exc)
-        return BUSY
+        return _Refusal("busy", BUSY)
 
 
 async def _answer_next_page(context: BotContext, message: Message, page: NextPage) -> None:
@@ -290,19 +315,21 @@ async def _answer_next_page(context: BotContext, message: Message, page: NextPag
             matches = await runtime.inference.page(query, page.offset, PAGE)
         except SearchUnavailableError as exc:
             log.warning("Next page for chat %s: %s", message.chat_id, exc)
+            runtime.metrics.refused("search_down", photo=False)
             await reply(context.bot, message, SEARCH_DOWN)
             return
     await _send_page(context, message, query, matches, page.offset)
 
 
-async def _send_page(context: BotContext, message: Message, query: Query, matches: list[Match], offset: int) -> None:
-    """The album of ``matches`` (products from ``offset`` on), then the prompt with a "Next 5" button."""
+async def _send_page(context: BotContext, message: Message, query: Query, matches: list[Match], offset: int) -> bool:
+    """The album of ``matches`` (products from ``offset`` on), then the prompt with a "Next 5" button.
+    False when there was no album to send (no matches, or none of their photos could be sent)."""
     runtime = context.runtime
     chat_id = message.chat_id
     first = offset == 0
     if not matches:
         await reply(context.bot, message, NOTHING_MORE, quote=first)
-        return
+        return False
     # Albums answer the shopper's photo; a deleted photo is fine (the bot's Defaults allow it).
     reply_to = message.message_id if first else None
     try:
@@ -318,9 +345,10 @@ async def _send_page(context: BotContext, message: Message, query: Query, matche
         sent = None
     if sent is not None and not sent:
         await reply(context.bot, message, NO_PHOTOS, quote=first)
-        return
+        return False
     following = next_page(query.vector, offset, len(matches), runtime.catalogue_size, query.pinned)
     if following is not None:
         keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)]])
         shown = f"{offset + 1}-{following.offset}"
         await reply(context.bot, message, f"Products {shown} most similar to your photo. Want to see more?", quote=first, reply_markup=keyboard)
+    return True

@@ -67,6 +67,8 @@ class InferenceService:
         #: photos embedded and forward passes run, for the shutdown log (batching at work)
         self.images = 0
         self.batches = 0
+        #: called with each forward pass's number of photos (the bot's metrics), on the inference thread
+        self.on_batch: Callable[[int], None] | None = None
 
     def start(self) -> None:
         if self._blas_limit is None:  # process-wide: the bot's only BLAS user is the search
@@ -168,9 +170,16 @@ class InferenceService:
                 continue
             self.batches += 1
             self.images += len(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             if pages is not None:
                 for request, vector, page in zip(batch, vectors, pages):
                     _deliver(request, _set_result, (Query(vector), page))
+
+    @property
+    def running(self) -> bool:
+        """The inference thread is alive (for /healthz)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _photos_per_batch(self) -> int:
         """Photos per forward pass: with exact-item search each brings its crops, and the pass stays at

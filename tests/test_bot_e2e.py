@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot import handlers
 from recommender.recommender import EXACT_MATCH_LINE
@@ -102,9 +107,20 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bot-data")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
-def bot(api: FakeBotApi, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotProcess]:
-    process = BotProcess(api, data_dir, tmp_path_factory.mktemp("logs") / "bot.log")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def bot(api: FakeBotApi, data_dir: Path, metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotProcess]:
+    process = BotProcess(api, data_dir, tmp_path_factory.mktemp("logs") / "bot.log", METRICS_PORT=str(metrics_port))
     try:
         process.wait_ready()
         yield process
@@ -398,6 +414,77 @@ def test_a_download_that_keeps_failing_gets_a_busy_answer_not_silence(api: FakeB
     api.user_sends_photo(photo_of(data_dir, catalogue[7]["id"]), chat_id=chat)
     assert len(wait_albums(api, chat)[0].items) == 5
 
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed by the Prometheus client's own parser: {(sample name, labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }  # fmt: skip
+
+
+def wait_scrape(port: int, ready, timeout: float = ANSWER_TIMEOUT):
+    """Scrape until ``ready(samples)``: the counters move just after the album is sent, not before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(port)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
+def test_metrics_and_health_are_served(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue, metrics_port: int) -> None:
+    """METRICS_PORT: /metrics in the Prometheus text format counts the album, its time, the forward pass and
+    the file-id cache, and a refusal with its reason; /healthz says the model and index are loaded."""
+    album_key = ("lookalike_photos_total", (("outcome", "album"),))
+    refused_key = ("lookalike_photos_total", (("outcome", "refused"),))
+    not_an_image = ("lookalike_refusals_total", (("reason", "not_an_image"),))
+    cache = [("lookalike_file_id_cache_total", (("result", result),)) for result in ("hit", "miss")]
+    before = scrape(metrics_port)
+    assert before[("lookalike_index_products", ())] == len(catalogue)
+
+    api.user_sends_photo(photo_of(data_dir, catalogue[12]["id"]), chat_id=2990)
+    wait_albums(api, 2990)
+    after = wait_scrape(metrics_port, lambda s: s[album_key] > before[album_key])
+    assert after[album_key] == before[album_key] + 1
+    assert after[("lookalike_photo_to_album_seconds_count", ())] == before[("lookalike_photo_to_album_seconds_count", ())] + 1
+    assert after[("lookalike_photo_to_album_seconds_sum", ())] > before[("lookalike_photo_to_album_seconds_sum", ())]
+    assert after[("lookalike_forward_pass_photos_count", ())] > before[("lookalike_forward_pass_photos_count", ())]
+    assert sum(after[key] for key in cache) >= sum(before[key] for key in cache) + 5  # one lookup per album photo
+
+    api.user_sends_document(b"\xff\xd8\xff\xe0 broken jpeg", "broken.jpg", "image/jpeg", chat_id=2990)
+    wait_text(api, 2990, 2)
+    refused = wait_scrape(metrics_port, lambda s: s[not_an_image] > after[not_an_image])
+    assert refused[not_an_image] == after[not_an_image] + 1 and refused[refused_key] == after[refused_key] + 1
+    assert refused[album_key] == after[album_key]
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as response:
+        health = json.loads(response.read())
+    assert health["ok"] and health["model_loaded"] and health["index_loaded"] and health["inference_running"]
+    assert health["products"] == len(catalogue) and health["search_backend"] in ("exact", "ann", "milvus")
+    assert health["seconds_since_last_update"] is not None and health["seconds_since_last_update"] < ANSWER_TIMEOUT
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/elsewhere", timeout=10)
+    assert missing.value.code == 404
+
+
+def test_a_taken_metrics_port_is_one_clear_message(api: FakeBotApi, bot: BotProcess, data_dir: Path, tmp_path: Path) -> None:
+    """A second bot on the first one's index whose METRICS_PORT is taken stops at start: exit 2, one line, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        second = BotProcess(api, data_dir, tmp_path / "second.log", METRICS_PORT=str(port))
+        try:
+            code = second.process.wait(timeout=START_TIMEOUT)
+        finally:
+            second.stop()
+    output = second.output()
+    assert code == 2, output[-3000:]
+    assert f"Cannot serve /metrics on 127.0.0.1:{port}" in output and "Traceback" not in output
 
 def test_token_never_appears_in_logs(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
     api.user_sends_photo(photo_of(data_dir, catalogue[3]["id"]), chat_id=2701)

@@ -23,8 +23,10 @@ def test_settings_read_every_variable() -> None:
             "TELEGRAM_API_BASE_URL": "http://localhost:8081/bot",
             "LOG_LEVEL": "debug",
             "INDEX_BACKEND": " Milvus ",
+            "METRICS_PORT": "9100",
         }
     )
+    assert (settings.metrics_port, settings.metrics_host) == (9100, "127.0.0.1")
     assert settings.index_backend == "milvus"
     assert load_settings({"TELEGRAM_BOT_TOKEN": TOKEN}).index_backend is None  # the build's own default
     assert settings.index_dir == Path("/srv/index")
@@ -43,6 +45,7 @@ def test_settings_read_every_variable() -> None:
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "RATE_LIMIT_PER_MINUTE": "many"}, "RATE_LIMIT_PER_MINUTE must be a whole number"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "INDEX_BACKEND": "faiss"}, "INDEX_BACKEND must be exact, ann or milvus"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "METRICS_PORT": "70000"}, "METRICS_PORT must be a TCP port"),
     ],
 )
 def test_bad_settings_give_one_clear_message(env: dict[str, str], message: str) -> None:
