@@ -36,6 +36,7 @@ from .logging_setup import setup_logging
 from .metrics import MetricsServer
 from .pages import MAX_BUTTONS, NextPage
 from .rate_limit import RateLimiter
+from .reload import IndexReloader
 from .retry import RetryingRequest
 from .startup import ensure_index
 
@@ -45,7 +46,7 @@ log = logging.getLogger("bot")
 #: the whole stop (saving the file_id cache included) stays well under 10 s.
 SHUTDOWN_GRACE_S = 3.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-COMMANDS = [("start", "What this bot does"), ("help", "How to use it")]
+COMMANDS = [("start", "What this bot does"), ("help", "How to use it"), ("similar", "Similar products for the photo you reply to")]
 
 
 async def start_runtime(application: BotApplication, settings: Settings, recommender: Recommender) -> BotRuntime:
@@ -106,6 +107,12 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
             raise ConfigError(f"Cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror or exc}): "
                               "is the port taken? Set METRICS_PORT to a free port, or unset it.") from exc  # fmt: skip
         log.info("Serving /metrics and /healthz on http://%s:%d.", settings.metrics_host, runtime.metrics_server.port)
+    reloader = runtime.reloader = IndexReloader(
+        settings.index_dir, runtime, lambda: Recommender(settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).load()
+    )
+    if settings.index_check_seconds:
+        reloader.watch(settings.index_check_seconds)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: runtime.queues.spawn(reloader.reload("SIGHUP")))
     log.info(
         "Ready: @%s serving %d products (%s, %s weights, %d-d, runtime %s, TensorFlow %s, search %s), %d cached photo "
         "file_ids; start-up took %.1fs.",
@@ -175,6 +182,9 @@ async def post_stop(application: BotApplication) -> None:
     """
     state = application.bot_data
     state.stopped = True
+    if state.runtime is not None and state.runtime.reloader is not None:
+        state.runtime.reloader.stop()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     if state.runtime is not None:
         since = state.stopping_since if state.stopping_since is not None else time.monotonic()
         await state.runtime.queues.close(deadline=since + SHUTDOWN_GRACE_S)
@@ -228,6 +238,8 @@ def build_application(settings: Settings, *, max_buttons: int = MAX_BUTTONS) -> 
     # Only new messages are requests: editing an earlier photo's caption must not answer it again.
     new = filters.UpdateType.MESSAGE
     application.add_handler(CommandHandler(["start", "help"], handlers.start, filters=new))
+    application.add_handler(CommandHandler(["stats", "reload"], handlers.admin, filters=new))
+    application.add_handler(CommandHandler("similar", handlers.similar, filters=new))
     application.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), handlers.on_image))
     application.add_handler(CallbackQueryHandler(handlers.on_next_page, pattern=NextPage))
     # Every other press (InvalidCallbackData: forgotten or forged) is answered too, so its spinner stops.

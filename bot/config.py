@@ -40,6 +40,10 @@ class Settings:
     #: where /metrics and /healthz are served (METRICS_PORT; 0: not served) and on which address
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    #: users who may /reload the index and read /stats
+    admin_user_ids: frozenset[int] = field(default_factory=frozenset)
+    #: seconds between looks at the index folder for a rebuilt index (0: only on SIGHUP or /reload)
+    index_check_seconds: int = 30
     #: INDEX_DIR / CATALOGUE_DIR were set by the operator (not derived from DATA_DIR or defaults):
     #: then they must exist, and the bot never falls back to the demo catalogue.
     index_dir_configured: bool = False
@@ -66,14 +70,14 @@ def _port(env: dict[str, str], name: str) -> int:
     return port
 
 
-def _user_ids(raw: str) -> frozenset[int]:
+def _user_ids(raw: str, name: str = "ALLOWED_USER_IDS") -> frozenset[int]:
     ids = set()
     for part in raw.replace(";", ",").split(","):
         part = part.strip()
         if not part:
             continue
         if not part.lstrip("-").isdigit():
-            raise ConfigError(f"ALLOWED_USER_IDS must be comma-separated numeric Telegram user ids; {part!r} is not one.")
+            raise ConfigError(f"{name} must be comma-separated numeric Telegram user ids; {part!r} is not one.")
         ids.add(int(part))
     return frozenset(ids)
 
@@ -119,6 +123,8 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         index_backend=index_backend,
         log_level=log_level,
         metrics_port=_port(env, "METRICS_PORT"),
+        admin_user_ids=_user_ids(env.get("ADMIN_USER_IDS", ""), "ADMIN_USER_IDS"),
+        index_check_seconds=_int(env, "INDEX_CHECK_SECONDS", 30),
         metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
         index_dir_configured=bool(env.get("INDEX_DIR")),
         catalogue_dir_configured=bool(env.get("CATALOGUE_DIR")),

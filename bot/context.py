@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram.ext import Application, CallbackContext, ContextTypes, ExtBot
 
@@ -21,6 +21,9 @@ from .file_id_cache import FileIdCache
 from .inference import InferenceService
 from .metrics import BotMetrics, MetricsServer
 from .rate_limit import BurstNotices, RateLimiter
+
+if TYPE_CHECKING:
+    from .reload import IndexReloader
 
 
 @dataclass
@@ -44,6 +47,8 @@ class BotRuntime:
     metrics: BotMetrics = field(default_factory=BotMetrics)
     #: the /metrics and /healthz server, when METRICS_PORT is set
     metrics_server: MetricsServer | None = None
+    #: serves a rebuilt index without a restart (bot/reload.py)
+    reloader: IndexReloader | None = None
 
 
 @dataclass

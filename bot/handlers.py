@@ -26,8 +26,10 @@ from recommender.errors import SearchUnavailableError
 
 from .album import send_album
 from .config import TELEGRAM_DOWNLOAD_LIMIT
-from .context import BotContext
+from .context import BotContext, BotRuntime
 from .downloads import ImageTooBig, download_image, image_file
+from .inference import Answer, Expired
+from .metrics import REFUSAL_REASONS
 from .pages import PAGE, NextPage, next_page
 from .rate_limit import RateLimiter
 from .retry import telegram_may_have_acted
@@ -48,7 +50,8 @@ HELP = (
     "products from our catalogue.\n\n"
     "• Send it as a photo, or as a file (JPEG/PNG/WebP) for full quality.\n"
     "• Several photos at once? I'll answer each one, in order.\n"
-    "• Tap “Next 5” under an answer to see more.\n\n"
+    "• Tap “Next 5” under an answer to see more.\n"
+    "• In a group, mention me in a photo's caption, reply to me, or reply to a photo with /similar.\n\n"
     "/help shows this message again."
 )
 SEND_A_PHOTO = "I can only search with pictures 🙂 Please send a photo of a garment, shoe or accessory."
@@ -65,6 +68,7 @@ TOO_MANY_WAITING = (
 TOO_FAST_MESSAGES = "You're sending messages faster than I can answer 🙂 I'll stay quiet for {seconds} s."
 BUSY = "Telegram is slow to hand me your photo right now. Please try again in a minute."
 SEARCH_DOWN = "My catalogue search is not answering right now. Please try again in a minute."
+SIMILAR_HOW = "Reply to a photo with /similar, or send a photo with /similar as its caption, and I'll find similar products."
 NOTHING_MORE = "That's everything similar I have in the catalogue."
 NO_PHOTOS = "Sorry, I found similar products but could not load their photos. Please try again later."
 
@@ -162,20 +166,106 @@ async def start(update: Update, context: BotContext) -> None:
     _chatter(update, context, HELP)
 
 
+async def admin(update: Update, context: BotContext) -> None:
+    """``/stats`` and ``/reload`` for ADMIN_USER_IDS; anyone else gets the help, as for any command."""
+    message, user, runtime = update.effective_message, update.effective_user, context.runtime
+    if message is None or user is None or user.id not in runtime.settings.admin_user_ids:
+        _chatter(update, context, HELP)
+        return
+    command = (message.text or "").split()[0].lstrip("/").split("@")[0].lower()
+
+    async def answer() -> None:
+        if command == "reload" and runtime.reloader is not None:
+            text = await runtime.reloader.reload(f"/reload by admin {user.id}")
+        else:
+            text = stats_text(runtime)
+        await reply(context.bot, message, text)
+
+    runtime.queues.spawn(answer(), message.chat_id)
+
+
+def stats_text(runtime: BotRuntime) -> str:
+    """The figures /metrics serves, as an admin reads them in a chat."""
+    registry = runtime.metrics.registry
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    albums, refused = value("lookalike_photos_total", outcome="album"), value("lookalike_photos_total", outcome="refused")
+    reasons = [(reason, value("lookalike_refusals_total", reason=reason)) for reason in REFUSAL_REASONS]
+    timed = value("lookalike_photo_to_album_seconds_count")
+    passes = value("lookalike_forward_pass_photos_count")
+    manifest = runtime.inference.recommender.manifest
+    lines = [
+        f"Catalogue: {runtime.catalogue_size} products (search {manifest.backend}, index generation {runtime.inference.generation}).",
+        f"Photos: {albums:.0f} answered with an album, {refused:.0f} refused.",
+        "Refusals: " + (", ".join(f"{reason} {count:.0f}" for reason, count in reasons if count) or "none") + ".",
+        f"Photo → album: {1000 * value('lookalike_photo_to_album_seconds_sum') / timed:.0f} ms on average." if timed else "Photo → album: no album yet.",
+        f"Forward passes: {passes:.0f}, {value('lookalike_forward_pass_photos_sum') / passes:.1f} photos each." if passes else "Forward passes: none yet.",
+        f"Album photos: {runtime.file_ids.hits} sent by cached file_id, {runtime.file_ids.misses} uploaded.",
+        f"Up {(time.time() - runtime.metrics.started) / 3600:.1f} h.",
+    ]
+    return "\n".join(lines)
+
+
 async def on_text(update: Update, context: BotContext) -> None:
+    message = update.effective_message
+    if message is not None and _in_group(message) and not _addressed(message, context):
+        return  # group chatter is not for the bot
     _chatter(update, context, TEXT_REPLY)
 
 
 async def on_other(update: Update, context: BotContext) -> None:
-    """Stickers, voice, video, non-image files...: never silence (within the chatter limit)."""
+    """Stickers, voice, video, non-image files...: never silence (within the chatter limit), except in groups."""
+    message = update.effective_message
+    if message is not None and _in_group(message) and not _addressed(message, context):
+        return
     _chatter(update, context, SEND_A_PHOTO)
 
 
-async def on_image(update: Update, context: BotContext) -> None:
-    """A photo or image file: answer with an album of the most similar products."""
+def _in_group(message: Message) -> bool:
+    return message.chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
+
+
+def _addressed(message: Message, context: BotContext) -> bool:
+    """In a group the bot answers only what is meant for it, so it never floods the chat: a mention of
+    it, a reply to one of its messages, or ``/similar`` (a photo's caption, or a reply to a photo)."""
+    text = (message.caption or message.text or "").strip()
+    username = context.bot.username
+    if username and f"@{username.lower()}" in text.lower():
+        return True
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == context.bot.id:
+        return True
+    first = text.split()[0].lower() if text else ""
+    return first.split("@")[0] == "/similar"
+
+
+async def similar(update: Update, context: BotContext) -> None:
+    """``/similar`` replying to a photo (or as a photo's caption): that photo's album, in groups and in private."""
     message = update.effective_message
     if message is None:
         return
+    target = message.reply_to_message if image_file(message) is None else message
+    if target is None or image_file(target) is None:
+        _chatter(update, context, SIMILAR_HOW)
+        return
+    await _photo(update, context, target)
+
+
+async def on_image(update: Update, context: BotContext) -> None:
+    """A photo or image file: answer with an album of the most similar products (in a group: when asked)."""
+    message = update.effective_message
+    if message is None:
+        return
+    if _in_group(message) and not _addressed(message, context):
+        log.debug("A photo in group %s not meant for the bot.", message.chat_id)
+        return
+    await _photo(update, context, message)
+
+
+async def _photo(update: Update, context: BotContext, message: Message) -> None:
+    """Answer ``message``'s photo (the update's own message, or the one a ``/similar`` replies to)."""
     found = image_file(message)
     if found is None:
         await on_other(update, context)
@@ -261,14 +351,14 @@ async def _answer_photo(context: BotContext, message: Message, found: tuple[str,
         metrics.refused(answer.reason)
         await reply(context.bot, message, answer.text, quote=True)
         return
-    query, matches = answer
-    if await _send_page(context, message, query, matches, 0):
+    query, matches, generation = answer
+    if await _send_page(context, message, query, matches, 0, generation):
         metrics.answered(time.monotonic() - received)
     else:
         metrics.refused("no_photos")
 
 
-async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> _Refusal | tuple[Query, list[Match]]:
+async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> _Refusal | Answer:
     """The photo's query and first page of matches, or the polite refusal to send instead."""
     runtime = context.runtime
     chat_id = message.chat_id
@@ -312,16 +402,19 @@ async def _answer_next_page(context: BotContext, message: Message, page: NextPag
     async with runtime.analysis:
         query = Query(page.vector, page.pinned)
         try:
-            matches = await runtime.inference.page(query, page.offset, PAGE)
+            matches = await runtime.inference.page(query, page.offset, PAGE, page.generation)
+        except Expired:  # the catalogue was reloaded since: its rows are other products
+            await reply(context.bot, message, EXPIRED)
+            return
         except SearchUnavailableError as exc:
             log.warning("Next page for chat %s: %s", message.chat_id, exc)
             runtime.metrics.refused("search_down", photo=False)
             await reply(context.bot, message, SEARCH_DOWN)
             return
-    await _send_page(context, message, query, matches, page.offset)
+    await _send_page(context, message, query, matches, page.offset, page.generation)
 
 
-async def _send_page(context: BotContext, message: Message, query: Query, matches: list[Match], offset: int) -> bool:
+async def _send_page(context: BotContext, message: Message, query: Query, matches: list[Match], offset: int, generation: int) -> bool:
     """The album of ``matches`` (products from ``offset`` on), then the prompt with a "Next 5" button.
     False when there was no album to send (no matches, or none of their photos could be sent)."""
     runtime = context.runtime
@@ -346,9 +439,18 @@ async def _send_page(context: BotContext, message: Message, query: Query, matche
     if sent is not None and not sent:
         await reply(context.bot, message, NO_PHOTOS, quote=first)
         return False
-    following = next_page(query.vector, offset, len(matches), runtime.catalogue_size, query.pinned)
+    following = next_page(query.vector, offset, len(matches), runtime.catalogue_size, query.pinned, generation)
+    # The catalogue's product pages, when it has a link column: button n opens the album's n-th product.
+    links = [InlineKeyboardButton(str(offset + number), url=match.link) for number, match in enumerate(matches, 1) if match.link]
+    rows = []
     if following is not None:
-        keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)]])
+        rows.append([InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)])
         shown = f"{offset + 1}-{following.offset}"
-        await reply(context.bot, message, f"Products {shown} most similar to your photo. Want to see more?", quote=first, reply_markup=keyboard)
+        text = f"Products {shown} most similar to your photo. Want to see more?"
+    else:
+        text = "Tap a number to open that product's page."
+    if links:
+        rows.append(links)
+    if rows:
+        await reply(context.bot, message, text, quote=first, reply_markup=InlineKeyboardMarkup(rows))
     return True

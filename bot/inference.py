@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -40,8 +40,20 @@ from recommender.exact_match import crops_per_photo
 log = logging.getLogger(__name__)
 
 
-#: What a request gets back: its query and, when it asked for one, its first page.
-_Answer = tuple[Query, list[Match]]
+class Answer(NamedTuple):
+    """What a photo gets back: its query, its first page when it asked for one, and the generation of
+    the index that answered (a "Next 5" button carries it: a reloaded index's rows are other products)."""
+
+    query: Query
+    page: list[Match]
+    generation: int
+
+
+_Answer = Answer
+
+
+class Expired(Exception):
+    """A page was asked of an index generation that a reload has replaced."""
 
 
 @dataclass
@@ -51,13 +63,17 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     #: matches wanted on the first page (0: the vector only)
     page_size: int = 0
+    #: the index generation that prepared the photo, and must embed and search it
+    recommender: Recommender | None = None
+    generation: int = 0
 
 
 class InferenceService:
     """``await embed_photo(bytes)`` → query; ``await page(query, offset, size)`` → one page of matches."""
 
     def __init__(self, recommender: Recommender, max_batch: int = 16) -> None:
-        self.recommender = recommender
+        #: the index served now and its generation (1, then +1 per reload), swapped together by :meth:`swap`
+        self._served: tuple[Recommender, int] = (recommender, 1)
         self.max_batch = max_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -70,11 +86,28 @@ class InferenceService:
         #: called with each forward pass's number of photos (the bot's metrics), on the inference thread
         self.on_batch: Callable[[int], None] | None = None
 
+    @property
+    def recommender(self) -> Recommender:
+        return self._served[0]
+
+    @property
+    def generation(self) -> int:
+        return self._served[1]
+
+    def swap(self, recommender: Recommender) -> int:
+        """Serve ``recommender`` from now on: photos already taken finish on the index that took them.
+        Returns the new generation."""
+        generation = self._served[1] + 1
+        self._served = (recommender, generation)  # one assignment: readers see the old pair or the new
+        if self._thread is not None:
+            threading.Thread(target=self._prepare_projection, args=(recommender,), name="search-projection", daemon=True).start()
+        return generation
+
     def start(self) -> None:
         if self._blas_limit is None:  # process-wide: the bot's only BLAS user is the search
             self._blas_limit = threadpool_limits(limits=1, user_api="blas")
         if self._projection is None and self.recommender.searcher is not None:
-            self._projection = threading.Thread(target=self._prepare_projection, name="search-projection", daemon=True)
+            self._projection = threading.Thread(target=self._prepare_projection, args=(self.recommender,), name="search-projection", daemon=True)
             self._projection.start()
         if self._decoders is None:
             self._decoders = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode")
@@ -104,8 +137,8 @@ class InferenceService:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
 
-    def _prepare_projection(self) -> None:
-        searcher = self.recommender.searcher
+    def _prepare_projection(self, recommender: Recommender) -> None:
+        searcher = recommender.searcher
         started = time.perf_counter()
         try:
             if searcher is not None and searcher.prepare_projection():
@@ -115,21 +148,25 @@ class InferenceService:
 
     async def embed_photo(self, data: bytes | bytearray) -> Query:
         """The query of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
-        query, _ = await self.embed_and_page(data, 0)
-        return query
+        return (await self.embed_and_page(data, 0)).query
 
     async def embed_and_page(self, data: bytes | bytearray, size: int = 5) -> _Answer:
         """The query of one photo and its ``size`` best matches, searched with its batch."""
         loop = asyncio.get_running_loop()
-        photo = await loop.run_in_executor(self._decoders, self.recommender.prepare, data)
+        recommender, generation = self._served
+        photo = await loop.run_in_executor(self._decoders, recommender.prepare, data)
         future: asyncio.Future[_Answer] = loop.create_future()
-        self._queue.put(_Request(photo, future, loop, size))
+        self._queue.put(_Request(photo, future, loop, size, recommender, generation))
         return await future
 
-    async def page(self, query: Query, offset: int = 0, size: int = 5) -> list[Match]:
-        """The ``size`` products most similar to ``query`` after the first ``offset`` (fewer at the end)."""
+    async def page(self, query: Query, offset: int = 0, size: int = 5, generation: int | None = None) -> list[Match]:
+        """The ``size`` products most similar to ``query`` after the first ``offset`` (fewer at the end);
+        :class:`Expired` when ``generation`` (the index that answered the photo) is no longer served."""
+        recommender, serving = self._served
+        if generation is not None and generation != serving:
+            raise Expired(f"index generation {generation} was replaced by {serving}")
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(None, self.recommender.answer, [query], size, offset)
+        results = await loop.run_in_executor(None, recommender.answer, [query], size, offset)
         return results[0]
 
     def _run(self) -> None:
@@ -148,33 +185,40 @@ class InferenceService:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            try:
-                embedded, crop_vectors = self.recommender.embed_photos([request.photo for request in batch])
-                # Copies, not row views: a kept vector must not keep its whole batch alive.
-                vectors = [vector.copy() for vector in embedded]
-                if self.recommender.finds_exact_items and self._decoders is not None:
-                    for request, vector, crops in zip(batch, vectors, crop_vectors):
-                        self._decoders.submit(self._verify_and_deliver, request, vector, crops)
-                    pages = None
-                else:
-                    pages = self._first_pages(batch, vectors)
-            except SearchUnavailableError as exc:  # a Milvus server away: the shoppers are asked to retry, no traceback
-                log.warning("Search unavailable for a batch of %d: %s", len(batch), exc)
-                for request in batch:
-                    _deliver(request, _set_exception, exc)
-                continue
-            except Exception as exc:
-                log.exception("inference failed for a batch of %d", len(batch))
-                for request in batch:
-                    _deliver(request, _set_exception, exc)
-                continue
-            self.batches += 1
-            self.images += len(batch)
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            if pages is not None:
-                for request, vector, page in zip(batch, vectors, pages):
-                    _deliver(request, _set_result, (Query(vector), page))
+            for group in _by_index(batch):
+                self._embed_and_search(group)
+
+    def _embed_and_search(self, batch: list[_Request]) -> None:
+        """One forward pass and search for photos that one index generation took."""
+        recommender = batch[0].recommender or self.recommender
+        generation = batch[0].generation
+        try:
+            embedded, crop_vectors = recommender.embed_photos([request.photo for request in batch])
+            # Copies, not row views: a kept vector must not keep its whole batch alive.
+            vectors = [vector.copy() for vector in embedded]
+            if recommender.finds_exact_items and self._decoders is not None:
+                for request, vector, crops in zip(batch, vectors, crop_vectors):
+                    self._decoders.submit(self._verify_and_deliver, request, vector, crops)
+                pages = None
+            else:
+                pages = self._first_pages(recommender, batch, vectors)
+        except SearchUnavailableError as exc:  # a Milvus server away: the shoppers are asked to retry, no traceback
+            log.warning("Search unavailable for a batch of %d: %s", len(batch), exc)
+            for request in batch:
+                _deliver(request, _set_exception, exc)
+            return
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d", len(batch))
+            for request in batch:
+                _deliver(request, _set_exception, exc)
+            return
+        self.batches += 1
+        self.images += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        if pages is not None:
+            for request, vector, page in zip(batch, vectors, pages):
+                _deliver(request, _set_result, Answer(Query(vector), page, generation))
 
     @property
     def running(self) -> bool:
@@ -191,8 +235,9 @@ class InferenceService:
     def _verify_and_deliver(self, request: _Request, vector: np.ndarray, crops: np.ndarray | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""
         try:
-            query = self.recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
-            page = self.recommender.answer([query], request.page_size)[0] if request.page_size > 0 else []
+            recommender = request.recommender or self.recommender
+            query = recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
+            page = recommender.answer([query], request.page_size)[0] if request.page_size > 0 else []
         except SearchUnavailableError as exc:
             log.warning("Search unavailable: %s", exc)
             _deliver(request, _set_exception, exc)
@@ -201,17 +246,25 @@ class InferenceService:
             log.exception("exact-item verification failed")
             _deliver(request, _set_exception, exc)
             return
-        _deliver(request, _set_result, (query, page))
+        _deliver(request, _set_result, Answer(query, page, request.generation))
 
-    def _first_pages(self, batch: list[_Request], vectors: list[np.ndarray]) -> list[list[Match]]:
+    def _first_pages(self, recommender: Recommender, batch: list[_Request], vectors: list[np.ndarray]) -> list[list[Match]]:
         """Every request's first page from one search over the batch's vectors."""
         wanted = [position for position, request in enumerate(batch) if request.page_size > 0]
         pages: list[list[Match]] = [[] for _ in batch]
         if wanted:
             size = max(batch[position].page_size for position in wanted)
-            for position, matches in zip(wanted, self.recommender.matches(np.stack([vectors[p] for p in wanted]), size, 0)):
+            for position, matches in zip(wanted, recommender.matches(np.stack([vectors[p] for p in wanted]), size, 0)):
                 pages[position] = matches[: batch[position].page_size]
         return pages
+
+
+def _by_index(batch: list[_Request]) -> list[list[_Request]]:
+    """The batch split by the index generation that took each photo (one group, but around a reload)."""
+    groups: dict[int, list[_Request]] = {}
+    for request in batch:
+        groups.setdefault(request.generation, []).append(request)
+    return list(groups.values())
 
 
 def _deliver(request: _Request, setter: Callable[[asyncio.Future[_Answer], Any], None], value: Any) -> None:

@@ -30,6 +30,9 @@ class NextPage:
     vector: np.ndarray
     offset: int
     pinned: tuple[int, ...] = ()
+    #: the index generation that answered the photo (bot/inference.py): after a reload its rows are
+    #: other products, so the button then says the search has expired
+    generation: int = 1
 
     def __post_init__(self) -> None:
         # A row of an inference batch would keep the whole batch alive while the button is cached.
@@ -37,9 +40,11 @@ class NextPage:
             object.__setattr__(self, "vector", self.vector.copy())
 
 
-def next_page(vector: np.ndarray, offset: int, shown: int, catalogue_size: int, pinned: tuple[int, ...] = ()) -> NextPage | None:
+def next_page(
+    vector: np.ndarray, offset: int, shown: int, catalogue_size: int, pinned: tuple[int, ...] = (), generation: int = 1
+) -> NextPage | None:
     """The page after ``shown`` products from ``offset``, or None when there is nothing more to offer."""
     following = offset + shown
     if shown == PAGE and following < min(catalogue_size, MAX_RESULTS):
-        return NextPage(vector, following, pinned)
+        return NextPage(vector, following, pinned, generation)
     return None

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ann_search, colour
+from . import ann_search, colour, shop_links
 from . import head as head_module
 from . import refine as refine_module
 from .backends import ANN, BACKENDS, EXACT, MILVUS, BackendChoice
@@ -71,6 +71,8 @@ class BuildReport:
     local_seconds: float = 0.0
     #: the search backend written (recommender/backends.py); for ann, what was done to its index, in how long
     backend: str = EXACT
+    #: link / price values of products.csv that were malformed and left out: (id, column, value)
+    shop_problems: list[tuple[str, str, str]] = field(default_factory=list)
     search_note: str = ""
     search_seconds: float = 0.0
 
@@ -334,6 +336,7 @@ def _write_index(
 ) -> None:
     """Gather every product's row, from the earlier index or the checkpoint, in catalogue order."""
     rows = [item for item in catalogue.items if item.id in earlier_rows or item.id in finished]
+    rows, report.shop_problems = shop_links.checked(rows)  # a malformed link or price never reaches a shopper
     if not rows:
         raise BuildError(f"None of the {len(catalogue)} images could be read; nothing to index. See the skipped list above.")
     model = extractor.identity

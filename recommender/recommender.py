@@ -34,6 +34,7 @@ from .local_features import LocalFeatures, query_features
 from .manifest import TENSORFLOW_RUNTIME, Manifest
 from .onnx_model import FP32, ONNX, OnnxExtractor
 from .onnx_model import MODEL_FILE as ONNX_MODEL_FILE
+from .shop_links import LINK, clean_link, price_text
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO
 #: Label columns shown under a product's name, in this order, when the catalogue has them.
@@ -59,11 +60,18 @@ class Match:
     exact: bool = False
 
     def caption(self) -> str:
-        """Display name plus category and colour, e.g. "Puma Men Red Jersey\nTshirts · Red · Men";
-        an exact match says so on a first line of its own."""
+        """Display name plus category and colour, e.g. "Puma Men Red Jersey\nTshirts · Red · Men",
+        and the price when the catalogue has one; an exact match says so on a first line of its own."""
         details = " · ".join(self.labels[c] for c in CAPTION_COLUMNS if self.labels.get(c))
         text = f"{self.display_name}\n{details}" if details else self.display_name
+        price = price_text(dict(self.labels))
+        text = f"{text}\n{price}" if price else text
         return f"{EXACT_MATCH_LINE}\n{text}" if self.exact else text
+
+    @property
+    def link(self) -> str | None:
+        """The product's page (the catalogue's ``link`` column), when it has a valid one."""
+        return clean_link(self.labels.get(LINK))
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": round(self.score, 6), "exact_match": self.exact, **{k: v for k, v in self.labels.items() if k != "id"}}

@@ -223,6 +223,12 @@ def _print_report(report: BuildReport) -> None:
               f"{f', {report.count - report.local_computed} reused' if report.local_computed < report.count else ''}.")
     if report.search_note:
         print(f"Search backend {report.backend}: {report.search_note} in {report.search_seconds:.1f}s.")
+    if report.shop_problems:
+        print(f"{len(report.shop_problems)} malformed link or price value(s) left out (shoppers never see them):")
+        for item_id, column, value in report.shop_problems[:20]:
+            print(f"  {item_id}: {column} {value[:80]!r}")
+        if len(report.shop_problems) > 20:
+            print(f"  ... and {len(report.shop_problems) - 20} more")
     if report.skipped:
         print(f"Skipped {len(report.skipped)} unreadable image(s) (listed in {report.out_dir / 'skipped.csv'}):")
         for item_id, reason in report.skipped[:20]:

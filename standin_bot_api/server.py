@@ -439,6 +439,8 @@ class FakeBotApi:
                 "username": f"shopper{user_id}", "language_code": "en"})
 
     def _chat(self, chat_id: int) -> JSON:
+        if chat_id < 0:  # a group chat (Telegram's group ids are negative); members write as themselves
+            return {"id": chat_id, "type": "supergroup", "title": f"Group {-chat_id}"}
         with self._lock:
             user = self._users.get(chat_id)
         if user is None:
@@ -466,9 +468,17 @@ class FakeBotApi:
         self._notify()
         return update
 
-    def _user_message(self, chat_id: int, user_id: int | None, **content: Any) -> JSON:
+    def _user_message(self, chat_id: int, user_id: int | None, reply_to: JSON | None = None, **content: Any) -> JSON:
+        """A user's message; in a group (negative ``chat_id``) from ``user_id``; ``reply_to``: the message
+        (an update or a message dict, the bot's own included) it replies to."""
+        if chat_id < 0 and user_id is None:
+            raise ValueError("a group message needs the user_id of its sender")
         user = self._user(chat_id if user_id is None else user_id)
-        self._user(chat_id)
+        if chat_id > 0:
+            self._user(chat_id)
+        if reply_to is not None:
+            replied = reply_to.get("message", reply_to)
+            content["reply_to_message"] = {k: v for k, v in replied.items() if k != "reply_to_message"}
         return self._push("message", self._message(chat_id, user, **content))
 
     def user_deletes(self, message: Any) -> None:
@@ -492,23 +502,26 @@ class FakeBotApi:
         return self._push("edited_message", edited)
 
     def user_sends_text(self, text: str, chat_id: int = DEFAULT_CHAT,
-                        user_id: int | None = None) -> JSON:
-        """A text message; "/cmd ..." gets a ``bot_command`` entity."""
+                        user_id: int | None = None, reply_to: JSON | None = None) -> JSON:
+        """A text message; "/cmd ..." gets a ``bot_command`` entity; ``reply_to`` a message it answers."""
         entities = None
         if text.startswith("/"):
             entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
-        return self._user_message(chat_id, user_id, text=text, entities=entities)
+        return self._user_message(chat_id, user_id, reply_to, text=text, entities=entities)
 
     def user_sends_photo(self, image_bytes: bytes, chat_id: int = DEFAULT_CHAT,
                          user_id: int | None = None, caption: str | None = None,
-                         media_group_id: str | None = None) -> JSON:
+                         media_group_id: str | None = None, reply_to: JSON | None = None) -> JSON:
         """A compressed photo; ``photo`` holds 90px/320px thumbnails and the original."""
         try:
             sizes = self._photo_sizes(image_bytes)
         except ApiError as err:
             raise ValueError(f"not an image: {err.description}") from None
-        return self._user_message(chat_id, user_id, photo=sizes, caption=caption,
-                                  media_group_id=media_group_id)
+        entities = None
+        if caption and caption.startswith("/"):
+            entities = [{"type": "bot_command", "offset": 0, "length": len(caption.split()[0])}]
+        return self._user_message(chat_id, user_id, reply_to, photo=sizes, caption=caption,
+                                  caption_entities=entities, media_group_id=media_group_id)
 
     def user_sends_album(self, images: list[bytes], chat_id: int = DEFAULT_CHAT,
                          user_id: int | None = None, caption: str | None = None) -> list[JSON]:

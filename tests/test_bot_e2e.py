@@ -415,6 +415,29 @@ def test_a_download_that_keeps_failing_gets_a_busy_answer_not_silence(api: FakeB
     assert len(wait_albums(api, chat)[0].items) == 5
 
 
+def test_in_a_group_the_bot_answers_only_what_is_meant_for_it(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    """A group chat is not flooded: a photo or text not meant for the bot gets nothing; a photo that
+    mentions it, /similar replying to a photo or as its caption, and a reply to the bot are answered."""
+    group, member = -5001, 5002
+    photo = photo_of(data_dir, catalogue[8]["id"])
+    plain = api.user_sends_photo(photo, chat_id=group, user_id=member)  # members sharing photos among themselves
+    api.user_sends_text("nice dress!", chat_id=group, user_id=member)
+    api.user_sends_photo(photo, chat_id=group, user_id=member, caption="@test_fashion_bot anything like this?")
+    assert len(wait_albums(api, group, 1)[0].items) == 5
+    api.user_sends_text("/similar", chat_id=group, user_id=member, reply_to=plain)
+    wait_albums(api, group, 2)
+    api.user_sends_photo(photo, chat_id=group, user_id=member, caption="/similar")
+    wait_albums(api, group, 3)
+    api.user_sends_text("/similar", chat_id=group, user_id=member)  # replying to nothing
+    api.wait_for(lambda s: handlers.SIMILAR_HOW in texts(s, group), timeout=ANSWER_TIMEOUT)
+    prompt = api.sent_messages(group)[-2]
+    api.user_sends_text("thanks!", chat_id=group, user_id=member, reply_to=prompt)
+    api.wait_for(lambda s: handlers.TEXT_REPLY in texts(s, group), timeout=ANSWER_TIMEOUT)
+    # One chat, one queue: everything sent before the last answer has been handled by now.
+    assert len(api.albums(group)) == 3
+    said = texts(api, group)
+    assert said.count(handlers.TEXT_REPLY) == 1 and handlers.SEND_A_PHOTO not in said
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """/metrics parsed by the Prometheus client's own parser: {(sample name, labels): value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:

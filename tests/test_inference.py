@@ -47,7 +47,7 @@ async def test_a_batch_gets_its_first_pages_from_one_search(demo_recommender, de
     finally:
         service.stop()
     assert service.images == len(photos)
-    for (query, page), size in zip(answers, (5, 3, 5, 0, 5, 1)):
+    for (query, page, _), size in zip(answers, (5, 3, 5, 0, 5, 1)):
         assert [m.id for m in page] == [m.id for m in demo_recommender.answer([query], size, 0)[0]] if size else page == []
 
 
@@ -78,7 +78,7 @@ async def test_the_service_searches_on_one_blas_thread_and_switches_to_the_proje
         service.stop()
     assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == blas_threads  # restored
     plain = ExactSearcher().fit(demo_recommender.index.vectors)
-    for query, page in answers:
+    for query, page, _ in answers:
         rows, _ = plain.search(query.vector, 5 + len(query.pinned))
         expected = [*query.pinned, *(row for row in rows[0].tolist() if row not in query.pinned)][:5]
         assert [m.row for m in page] == expected
