@@ -245,7 +245,7 @@ def build_application(settings: Settings, *, max_buttons: int = MAX_BUTTONS) -> 
     # Every other press (InvalidCallbackData: forgotten or forged) is answered too, so its spinner stops.
     application.add_handler(CallbackQueryHandler(handlers.on_expired_button))
     application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, handlers.on_text))
-    application.add_handler(MessageHandler(new & filters.COMMAND, handlers.start))
+    application.add_handler(MessageHandler(new & filters.COMMAND, handlers.on_command))
     application.add_handler(MessageHandler(new, handlers.on_other))
     application.add_error_handler(handlers.on_error)
     return application

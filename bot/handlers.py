@@ -22,13 +22,13 @@ from telegram.error import BadRequest, NetworkError, TelegramError
 from telegram.ext import ApplicationHandlerStop, InvalidCallbackData
 
 from recommender import ImageDecodeError, Match, Query
-from recommender.errors import SearchUnavailableError
+from recommender.errors import ExpiredSearchError, SearchUnavailableError
 
 from .album import send_album
 from .config import TELEGRAM_DOWNLOAD_LIMIT
 from .context import BotContext, BotRuntime
 from .downloads import ImageTooBig, download_image, image_file
-from .inference import Answer, Expired
+from .inference import Answer
 from .metrics import REFUSAL_REASONS
 from .pages import PAGE, NextPage, next_page
 from .rate_limit import RateLimiter
@@ -206,6 +206,15 @@ def stats_text(runtime: BotRuntime) -> str:
         f"Up {(time.time() - runtime.metrics.started) / 3600:.1f} h.",
     ]
     return "\n".join(lines)
+
+
+async def on_command(update: Update, context: BotContext) -> None:
+    """Any other command gets the help; in a group only one addressed to this bot (``/cmd@thisbot``),
+    never another bot's."""
+    message = update.effective_message
+    if message is not None and _in_group(message) and not _addressed(message, context):
+        return
+    _chatter(update, context, HELP)
 
 
 async def on_text(update: Update, context: BotContext) -> None:
@@ -403,7 +412,7 @@ async def _answer_next_page(context: BotContext, message: Message, page: NextPag
         query = Query(page.vector, page.pinned)
         try:
             matches = await runtime.inference.page(query, page.offset, PAGE, page.generation)
-        except Expired:  # the catalogue was reloaded since: its rows are other products
+        except ExpiredSearchError:  # the catalogue was reloaded since: its rows are other products
             await reply(context.bot, message, EXPIRED)
             return
         except SearchUnavailableError as exc:

@@ -34,7 +34,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from recommender import Match, Query, QueryPhoto, Recommender
-from recommender.errors import SearchUnavailableError
+from recommender.errors import ExpiredSearchError, SearchUnavailableError
 from recommender.exact_match import crops_per_photo
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,6 @@ class Answer(NamedTuple):
 
 _Answer = Answer
 
-
-class Expired(Exception):
-    """A page was asked of an index generation that a reload has replaced."""
 
 
 @dataclass
@@ -161,10 +158,10 @@ class InferenceService:
 
     async def page(self, query: Query, offset: int = 0, size: int = 5, generation: int | None = None) -> list[Match]:
         """The ``size`` products most similar to ``query`` after the first ``offset`` (fewer at the end);
-        :class:`Expired` when ``generation`` (the index that answered the photo) is no longer served."""
+        :class:`ExpiredSearchError` when ``generation`` (the index that answered the photo) is no longer served."""
         recommender, serving = self._served
         if generation is not None and generation != serving:
-            raise Expired(f"index generation {generation} was replaced by {serving}")
+            raise ExpiredSearchError(f"index generation {generation} was replaced by {serving}")
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(None, recommender.answer, [query], size, offset)
         return results[0]

@@ -60,6 +60,10 @@ class SearchUnavailableError(LookalikeError):
     """A search backend that answered before did not answer now (a Milvus server went away): try again later."""
 
 
+class ExpiredSearchError(LookalikeError):
+    """A "Next 5" page was asked of an index generation that a reload has replaced (its rows are other products now)."""
+
+
 class FilterError(LookalikeError, ValueError):
     """A search filter names a column the catalogue does not have, or is malformed; the message says which columns exist."""
 

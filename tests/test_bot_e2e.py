@@ -422,6 +422,7 @@ def test_in_a_group_the_bot_answers_only_what_is_meant_for_it(api: FakeBotApi, b
     photo = photo_of(data_dir, catalogue[8]["id"])
     plain = api.user_sends_photo(photo, chat_id=group, user_id=member)  # members sharing photos among themselves
     api.user_sends_text("nice dress!", chat_id=group, user_id=member)
+    api.user_sends_text("/start@some_other_bot", chat_id=group, user_id=member)  # another bot's command
     api.user_sends_photo(photo, chat_id=group, user_id=member, caption="@test_fashion_bot anything like this?")
     assert len(wait_albums(api, group, 1)[0].items) == 5
     api.user_sends_text("/similar", chat_id=group, user_id=member, reply_to=plain)
@@ -436,7 +437,7 @@ def test_in_a_group_the_bot_answers_only_what_is_meant_for_it(api: FakeBotApi, b
     # One chat, one queue: everything sent before the last answer has been handled by now.
     assert len(api.albums(group)) == 3
     said = texts(api, group)
-    assert said.count(handlers.TEXT_REPLY) == 1 and handlers.SEND_A_PHOTO not in said
+    assert said.count(handlers.TEXT_REPLY) == 1 and handlers.SEND_A_PHOTO not in said and handlers.HELP not in said
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """/metrics parsed by the Prometheus client's own parser: {(sample name, labels): value}."""

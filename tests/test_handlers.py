@@ -131,7 +131,7 @@ async def test_start_and_help_explain_the_bot(serve: Serve) -> None:
         served.api.user_sends_text("/help", chat_id=10)
         assert await served.answers(10, 2) == [handlers.HELP, handlers.HELP]
         (commands,) = served.api.commands.values()  # set at start-up
-        assert [c["command"] for c in commands] == ["start", "help"]
+        assert [c["command"] for c in commands] == ["start", "help", "similar"]
 
 
 async def test_photo_gets_an_album_and_a_next_five_button(serve: Serve) -> None:
