@@ -32,7 +32,7 @@ import numpy as np
 from .errors import IndexCorruptError, NotLoadedError
 from .filters import CanonicalWhere
 from .manifest import ANN_BACKEND
-from .search import drop_excluded, no_rows, search_request
+from .search import drop_excluded, no_rows, search_request, top_k
 
 ANN_FILE = "ann.faiss"
 ANN_ROWS = "ann_rows.npy"
@@ -398,11 +398,6 @@ class AnnSearcher:
         """The exact top ``wanted`` among ``subset`` (all rows when None), read from the stored vectors."""
         assert self._vectors is not None
         vectors = self._vectors if subset is None else self._vectors[subset]
-        scores = np.asarray(queries @ np.asarray(vectors).T, dtype=np.float32)
-        top = np.argpartition(-scores, wanted - 1, axis=1)[:, :wanted] if wanted < scores.shape[1] else np.argsort(-scores, axis=1)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        rows = top if subset is None else subset[top]
-        return rows.astype(np.int64), np.take_along_axis(top_scores, order, axis=1)
+        top, scores = top_k(np.asarray(queries @ np.asarray(vectors).T, dtype=np.float32), wanted)
+        return (top if subset is None else subset[top]).astype(np.int64), scores
 

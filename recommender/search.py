@@ -124,14 +124,19 @@ class ExactSearcher:
         scores = queries @ self._vectors.T
         if allowed is not None:
             scores[:, ~allowed] = -np.inf  # k never exceeds the rows allowed: none of these is picked
-        if k < scores.shape[1]:
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(scores.shape[1]), (len(scores), scores.shape[1]))
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        rows = np.take_along_axis(top, order, axis=1).astype(np.int64)
-        return rows, np.take_along_axis(top_scores, order, axis=1)
+        return top_k(scores, k)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of ``scores`` and their scores, best first (ties in column order)."""
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(scores.shape[1]), (len(scores), scores.shape[1]))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    rows = np.take_along_axis(top, order, axis=1).astype(np.int64)
+    return rows, np.take_along_axis(top_scores, order, axis=1)
 
 
 def search_request(
