@@ -59,8 +59,9 @@ _PHOTO_REFUSED = re.compile(
 _REPLY_GONE = re.compile(r"(message to be )?repl(ied|y) (message )?not found", re.IGNORECASE)
 
 
-def caption_for(match: Match) -> str:
-    text = match.caption()
+def caption_for(match: Match, header: str | None = None) -> str:
+    """The product's caption, under ``header`` (the album's active filter) when given."""
+    text = f"{header}\n{match.caption()}" if header else match.caption()
     return text if len(text) <= CAPTION_LIMIT else text[: CAPTION_LIMIT - 1] + "…"
 
 
@@ -72,6 +73,8 @@ class _Item:
     key: str
     file_id: str | None = None
     upload: PhotoUpload | None = None
+    #: a first line above the caption (the album's first item names the active filter)
+    header: str | None = None
 
     def photo(self) -> tuple[str | bytes, str | None]:
         """What to send: (file_id, no file name) or (the upload's bytes, its file name)."""
@@ -83,7 +86,7 @@ class _Item:
 
     def media(self) -> InputMediaPhoto:
         photo, filename = self.photo()
-        return InputMediaPhoto(photo, caption=caption_for(self.match), filename=filename)
+        return InputMediaPhoto(photo, caption=caption_for(self.match, self.header), filename=filename)
 
 
 async def _upload_for(match: Match, photo_dir: Path | None, force_copy: bool = False) -> PhotoUpload | None:
@@ -117,10 +120,12 @@ async def send_album(
     reply_to: int | None = None,
     *,
     photo_dir: Path | None = None,
+    header: str | None = None,
     read_timeout: float = ALBUM_READ_TIMEOUT,
     write_timeout: float = ALBUM_WRITE_TIMEOUT,
 ) -> list[Message]:
-    """Send the matches' photos (an album for 2-10, a single photo for one) with captions.
+    """Send the matches' photos (an album for 2-10, a single photo for one) with captions; ``header``
+    heads the first photo's caption, which Telegram shows under the album.
 
     Returns the messages sent: fewer than the matches when some photos could not be sent, empty
     when none could. Per-photo refusals never raise; other Telegram errors do. ``photo_dir``
@@ -132,6 +137,8 @@ async def send_album(
     for _ in range(3 * len(items) + 2):
         if not items:
             return []
+        for position, item in enumerate(items):  # the first photo still sent heads the album
+            item.header = header if position == 0 else None
         try:
             messages = await _send(bot, chat_id, items, reply, read_timeout, write_timeout)
         except BadRequest as exc:
@@ -158,7 +165,7 @@ async def _send(
         item = items[0]
         photo, filename = item.photo()
         message = await bot.send_photo(
-            chat_id, photo, caption=caption_for(item.match), filename=filename, reply_parameters=reply,
+            chat_id, photo, caption=caption_for(item.match, item.header), filename=filename, reply_parameters=reply,
             read_timeout=read_timeout, write_timeout=write_timeout,
         )
         return [message]

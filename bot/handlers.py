@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatType
@@ -22,7 +22,9 @@ from telegram.error import BadRequest, NetworkError, TelegramError
 from telegram.ext import ApplicationHandlerStop, InvalidCallbackData
 
 from recommender import ImageDecodeError, Match, Query
-from recommender.errors import ExpiredSearchError, SearchUnavailableError
+from recommender.errors import ExpiredSearchError, FilterError, SearchUnavailableError
+from recommender.filter_words import Named
+from recommender.filters import Where
 
 from .album import send_album
 from .config import TELEGRAM_DOWNLOAD_LIMIT
@@ -33,6 +35,7 @@ from .metrics import REFUSAL_REASONS
 from .pages import PAGE, NextPage, next_page
 from .rate_limit import RateLimiter
 from .retry import telegram_may_have_acted
+from .shopper_filters import CLEAR, GENDER, describe, filter_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ HELP = (
     "• Send it as a photo, or as a file (JPEG/PNG/WebP) for full quality.\n"
     "• Several photos at once? I'll answer each one, in order.\n"
     "• Tap “Next 5” under an answer to see more.\n"
+    "• Narrow it down: add words to the photo's caption (“women”, “red”, “shoes”), or tap the buttons "
+    "under an answer (a gender, or the same kind of product only).\n"
     "• In a group, mention me in a photo's caption, reply to me, or reply to a photo with /similar.\n\n"
     "/help shows this message again."
 )
@@ -70,6 +75,7 @@ BUSY = "Telegram is slow to hand me your photo right now. Please try again in a 
 SEARCH_DOWN = "My catalogue search is not answering right now. Please try again in a minute."
 SIMILAR_HOW = "Reply to a photo with /similar, or send a photo with /similar as its caption, and I'll find similar products."
 NOTHING_MORE = "That's everything similar I have in the catalogue."
+NO_MATCH = "Nothing in the catalogue matches {filter}. Tap below to see all products instead."
 NO_PHOTOS = "Sorry, I found similar products but could not load their photos. Please try again later."
 
 Job = Callable[[], Awaitable[None]]
@@ -259,7 +265,8 @@ async def similar(update: Update, context: BotContext) -> None:
     if target is None or image_file(target) is None:
         _chatter(update, context, SIMILAR_HOW)
         return
-    await _photo(update, context, target)
+    # "/similar women" narrows the answer, whether it is the photo's caption or a reply to the photo.
+    await _photo(update, context, target, message.text or message.caption)
 
 
 async def on_image(update: Update, context: BotContext) -> None:
@@ -270,18 +277,19 @@ async def on_image(update: Update, context: BotContext) -> None:
     if _in_group(message) and not _addressed(message, context):
         log.debug("A photo in group %s not meant for the bot.", message.chat_id)
         return
-    await _photo(update, context, message)
+    await _photo(update, context, message, message.caption)
 
 
-async def _photo(update: Update, context: BotContext, message: Message) -> None:
-    """Answer ``message``'s photo (the update's own message, or the one a ``/similar`` replies to)."""
+async def _photo(update: Update, context: BotContext, message: Message, words: str | None) -> None:
+    """Answer ``message``'s photo (the update's own message, or the one a ``/similar`` replies to);
+    ``words`` (its caption, or the command's text) may name a filter."""
     found = image_file(message)
     if found is None:
         await on_other(update, context)
         return
     received = time.monotonic()
     if _within_limit(context, context.runtime.rate_limiter, update, message, TOO_FAST_PHOTOS):
-        _queue_answer(update, context, message, lambda: _answer_photo(context, message, found, received), photo=True)
+        _queue_answer(update, context, message, lambda: _answer_photo(context, message, found, received, words), photo=True)
     else:
         context.runtime.metrics.refused("rate_limited")
 
@@ -352,22 +360,34 @@ class _Refusal:
     text: str
 
 
-async def _answer_photo(context: BotContext, message: Message, found: tuple[str, int | None], received: float) -> None:
-    """The photo's album (``received``: ``time.monotonic()`` when its update reached the bot), or a refusal."""
+def _where(context: BotContext, named: tuple[Named, ...]) -> Where | None:
+    """The search filter of a shopper's named values (None: no filter)."""
+    return context.runtime.inference.recommender.filter_words.where(named) if named else None
+
+
+async def _answer_photo(
+    context: BotContext, message: Message, found: tuple[str, int | None], received: float, words: str | None
+) -> None:
+    """The photo's album (``received``: ``time.monotonic()`` when its update reached the bot), or a refusal;
+    the caption's ``words`` that name catalogue values ("women", "shoes") narrow it."""
     metrics = context.runtime.metrics
-    answer = await _first_page(context, message, found)
+    named = tuple(context.runtime.inference.recommender.filter_words.match(words)) if words else ()
+    if named:
+        metrics.filtered.labels("caption").inc()
+    answer = await _first_page(context, message, found, _where(context, named))
     if isinstance(answer, _Refusal):
         metrics.refused(answer.reason)
         await reply(context.bot, message, answer.text, quote=True)
         return
     query, matches, generation = answer
-    if await _send_page(context, message, query, matches, 0, generation):
+    page = NextPage(query.vector, 0, query.pinned, generation, named, exact=query.exact)
+    if await _send_page(context, message, page, matches, to_photo=True):
         metrics.answered(time.monotonic() - received)
     else:
-        metrics.refused("no_photos")
+        metrics.refused("no_photos" if matches else "no_match")
 
 
-async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None]) -> _Refusal | Answer:
+async def _first_page(context: BotContext, message: Message, found: tuple[str, int | None], where: Where | None) -> _Refusal | Answer:
     """The photo's query and first page of matches, or the polite refusal to send instead."""
     runtime = context.runtime
     chat_id = message.chat_id
@@ -381,7 +401,7 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
         # not silence.
         async with asyncio.timeout(ANALYSIS_TIMEOUT_S), runtime.analysis:
             data = await download_image(context.bot, file_id, size, limit)
-            answer = await runtime.inference.embed_and_page(data, PAGE)
+            answer = await runtime.inference.embed_and_page(data, PAGE, where)
             del data
             return answer
     except ImageTooBig as exc:
@@ -402,17 +422,22 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
 
 
 async def _answer_next_page(context: BotContext, message: Message, page: NextPage) -> None:
+    """A "Next 5" or filter button's page. The pressed prompt keeps only its product links: its
+    album stays on screen, and its other buttons would answer the same question again."""
     await _chat_action(context, message.chat_id)
+    kept = [row for row in message.reply_markup.inline_keyboard if all(button.url for button in row)] if message.reply_markup else []
     try:
-        await message.edit_reply_markup(reply_markup=None)
+        await message.edit_reply_markup(reply_markup=InlineKeyboardMarkup(kept) if kept else None)
     except TelegramError as exc:
-        log.debug("could not remove the old button: %s", exc)
+        log.debug("could not remove the old buttons: %s", exc)
     runtime = context.runtime
+    if page.offset == 0:  # a filter button
+        runtime.metrics.filtered.labels("button").inc()
     async with runtime.analysis:
-        query = Query(page.vector, page.pinned)
         try:
-            matches = await runtime.inference.page(query, page.offset, PAGE, page.generation)
-        except ExpiredSearchError:  # the catalogue was reloaded since: its rows are other products
+            query = Query(page.vector, page.pinned, page.exact)
+            matches = await runtime.inference.page(query, page.offset, PAGE, page.generation, _where(context, page.named))
+        except (ExpiredSearchError, FilterError):  # the catalogue was reloaded since: its rows are other products
             await reply(context.bot, message, EXPIRED)
             return
         except SearchUnavailableError as exc:
@@ -420,24 +445,30 @@ async def _answer_next_page(context: BotContext, message: Message, page: NextPag
             runtime.metrics.refused("search_down", photo=False)
             await reply(context.bot, message, SEARCH_DOWN)
             return
-    await _send_page(context, message, query, matches, page.offset, page.generation)
+    await _send_page(context, message, page, matches)
 
 
-async def _send_page(context: BotContext, message: Message, query: Query, matches: list[Match], offset: int, generation: int) -> bool:
-    """The album of ``matches`` (products from ``offset`` on), then the prompt with a "Next 5" button.
-    False when there was no album to send (no matches, or none of their photos could be sent)."""
+async def _send_page(context: BotContext, message: Message, page: NextPage, matches: list[Match], to_photo: bool = False) -> bool:
+    """The album of ``matches`` (products from ``page.offset`` on, among those passing ``page.named``), then
+    the prompt: "Next 5", the filter buttons and the products' links. ``to_photo``: the album answers the
+    shopper's photo (``message``) and replies to it. False when there was no album to send (nothing
+    matched, or none of the photos could be sent)."""
     runtime = context.runtime
     chat_id = message.chat_id
-    first = offset == 0
     if not matches:
-        await reply(context.bot, message, NOTHING_MORE, quote=first)
+        if page.named and page.offset == 0:  # the filter leaves nothing: say so, offer the whole catalogue
+            clear = InlineKeyboardMarkup([[InlineKeyboardButton(CLEAR, callback_data=replace(page, named=()))]])
+            await reply(context.bot, message, NO_MATCH.format(filter=describe(page.named)), quote=to_photo, reply_markup=clear)
+        else:
+            await reply(context.bot, message, NOTHING_MORE, quote=to_photo)
         return False
     # Albums answer the shopper's photo; a deleted photo is fine (the bot's Defaults allow it).
-    reply_to = message.message_id if first else None
+    header = f"🔎 {describe(page.named)}" if page.named else None
     try:
         sent = await send_album(
-            context.bot, chat_id, matches, runtime.file_ids, reply_to=reply_to, photo_dir=runtime.settings.telegram_photo_dir
-        )
+            context.bot, chat_id, matches, runtime.file_ids, reply_to=message.message_id if to_photo else None,
+            photo_dir=runtime.settings.telegram_photo_dir, header=header,
+        )  # fmt: skip
     except TelegramError as exc:
         if not telegram_may_have_acted(exc):
             raise
@@ -446,20 +477,39 @@ async def _send_page(context: BotContext, message: Message, query: Query, matche
         log.warning("Album for chat %s may or may not have arrived (%s: %s); not sending it again.", chat_id, type(exc).__name__, exc)
         sent = None
     if sent is not None and not sent:
-        await reply(context.bot, message, NO_PHOTOS, quote=first)
+        await reply(context.bot, message, NO_PHOTOS, quote=to_photo)
         return False
-    following = next_page(query.vector, offset, len(matches), runtime.catalogue_size, query.pinned, generation)
+    await reply_prompt(context, message, page, matches, to_photo)
+    return True
+
+
+async def reply_prompt(context: BotContext, message: Message, page: NextPage, matches: list[Match], to_photo: bool) -> None:
+    """The message under an album: which products it shows, "Next 5", the filter buttons, the product links."""
+    runtime = context.runtime
+    recommender = runtime.inference.recommender
+    words = recommender.filter_words
+    # "Only <kind>" narrows to the first album's top match's article type; later pages keep it.
+    kind = page.kind or (matches[0].labels.get(words.kind_column) if page.offset == 0 and words.kind_column else None)
+    shown = replace(page, kind=kind)
+    try:
+        available = recommender.passing(_where(context, page.named))
+    except FilterError:  # a reload changed the catalogue's columns; the page's buttons will say "expired"
+        available = runtime.catalogue_size
+    following = next_page(page.vector, page.offset, len(matches), available, page.pinned, page.generation, page.named, kind, page.exact)
     # The catalogue's product pages, when it has a link column: button n opens the album's n-th product.
-    links = [InlineKeyboardButton(str(offset + number), url=match.link) for number, match in enumerate(matches, 1) if match.link]
-    rows = []
-    if following is not None:
-        rows.append([InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)])
-        shown = f"{offset + 1}-{following.offset}"
-        text = f"Products {shown} most similar to your photo. Want to see more?"
-    else:
-        text = "Tap a number to open that product's page."
+    links = [InlineKeyboardButton(str(page.offset + number), url=match.link) for number, match in enumerate(matches, 1) if match.link]
+    rows = [[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)]] if following is not None else []
+    rows += filter_rows(shown, recommender.label_values(GENDER), words.kind_column)
     if links:
         rows.append(links)
-    if rows:
-        await reply(context.bot, message, text, quote=first, reply_markup=InlineKeyboardMarkup(rows))
-    return True
+    if not rows:
+        return
+    last = page.offset + len(matches)
+    shown_range = f"Products {page.offset + 1}-{last}" if len(matches) > 1 else f"Product {last}"
+    scope = f" ({describe(page.named)})" if page.named else ""
+    text = f"{shown_range} most similar to your photo{scope}."
+    if following is not None:
+        text += " Want to see more?"
+    elif links:
+        text += " Tap a number to open that product's page."
+    await reply(context.bot, message, text, quote=to_photo, reply_markup=InlineKeyboardMarkup(rows))

@@ -34,8 +34,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from recommender import Match, Query, QueryPhoto, Recommender
-from recommender.errors import ExpiredSearchError, SearchUnavailableError
+from recommender.errors import ExpiredSearchError, FilterError, SearchUnavailableError
 from recommender.exact_match import crops_per_photo
+from recommender.filters import Where, canonical
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class _Request:
     #: the index generation that prepared the photo, and must embed and search it
     recommender: Recommender | None = None
     generation: int = 0
+    #: the shopper's filter for the first page (the photo's caption words)
+    where: Where | None = None
 
 
 class InferenceService:
@@ -147,23 +150,26 @@ class InferenceService:
         """The query of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
         return (await self.embed_and_page(data, 0)).query
 
-    async def embed_and_page(self, data: bytes | bytearray, size: int = 5) -> _Answer:
-        """The query of one photo and its ``size`` best matches, searched with its batch."""
+    async def embed_and_page(self, data: bytes | bytearray, size: int = 5, where: Where | None = None) -> _Answer:
+        """The query of one photo and its ``size`` best matches among those passing ``where``, searched with its batch."""
         loop = asyncio.get_running_loop()
         recommender, generation = self._served
         photo = await loop.run_in_executor(self._decoders, recommender.prepare, data)
         future: asyncio.Future[_Answer] = loop.create_future()
-        self._queue.put(_Request(photo, future, loop, size, recommender, generation))
+        self._queue.put(_Request(photo, future, loop, size, recommender, generation, where))
         return await future
 
-    async def page(self, query: Query, offset: int = 0, size: int = 5, generation: int | None = None) -> list[Match]:
-        """The ``size`` products most similar to ``query`` after the first ``offset`` (fewer at the end);
-        :class:`ExpiredSearchError` when ``generation`` (the index that answered the photo) is no longer served."""
+    async def page(
+        self, query: Query, offset: int = 0, size: int = 5, generation: int | None = None, where: Where | None = None
+    ) -> list[Match]:
+        """The ``size`` products most similar to ``query`` after the first ``offset`` (fewer at the end) among
+        those passing ``where``; :class:`ExpiredSearchError` when ``generation`` (the index that answered the
+        photo) is no longer served."""
         recommender, serving = self._served
         if generation is not None and generation != serving:
             raise ExpiredSearchError(f"index generation {generation} was replaced by {serving}")
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(None, recommender.answer, [query], size, offset)
+        results = await loop.run_in_executor(None, recommender.answer, [query], size, offset, where)
         return results[0]
 
     def _run(self) -> None:
@@ -234,7 +240,7 @@ class InferenceService:
         try:
             recommender = request.recommender or self.recommender
             query = recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
-            page = recommender.answer([query], request.page_size)[0] if request.page_size > 0 else []
+            page = recommender.answer([query], request.page_size, 0, request.where)[0] if request.page_size > 0 else []
         except SearchUnavailableError as exc:
             log.warning("Search unavailable: %s", exc)
             _deliver(request, _set_exception, exc)
@@ -246,12 +252,21 @@ class InferenceService:
         _deliver(request, _set_result, Answer(query, page, request.generation))
 
     def _first_pages(self, recommender: Recommender, batch: list[_Request], vectors: list[np.ndarray]) -> list[list[Match]]:
-        """Every request's first page from one search over the batch's vectors."""
-        wanted = [position for position, request in enumerate(batch) if request.page_size > 0]
+        """Every request's first page from one search over the batch's vectors (one per filter in the batch)."""
+        by_filter: dict[Any, list[int]] = {}
+        for position, request in enumerate(batch):
+            if request.page_size > 0:
+                by_filter.setdefault(canonical(request.where), []).append(position)
         pages: list[list[Match]] = [[] for _ in batch]
-        if wanted:
+        for wanted in by_filter.values():
             size = max(batch[position].page_size for position in wanted)
-            for position, matches in zip(wanted, recommender.matches(np.stack([vectors[p] for p in wanted]), size, 0)):
+            where = batch[wanted[0]].where
+            try:
+                found = recommender.matches(np.stack([vectors[p] for p in wanted]), size, 0, where)
+            except FilterError as exc:  # a column the reloaded catalogue lacks: nothing passes
+                log.warning("A shopper's filter does not fit the catalogue: %s", exc)
+                continue
+            for position, matches in zip(wanted, found):
                 pages[position] = matches[: batch[position].page_size]
         return pages
 

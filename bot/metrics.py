@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: ``lookalike_refusals_total{reason=...}``: every answer that was not an album, and why
 REFUSAL_REASONS = (
     "rate_limited", "too_many_waiting", "too_big", "not_an_image", "download_failed", "busy", "search_down", "no_photos",
-    "failed",
+    "no_match", "failed",
 )  # fmt: skip
 
 
@@ -48,6 +48,12 @@ class BotMetrics:
         self.batch_photos = Histogram(
             "lookalike_forward_pass_photos", "Photos per forward pass of the model", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
         )
+        self.filtered = Counter(
+            "lookalike_filtered_searches", "Searches narrowed by the shopper: by the photo's caption words or a filter button",
+            ["source"], registry=self.registry,
+        )  # fmt: skip
+        for source in ("caption", "button"):
+            self.filtered.labels(source)
         self.index_products = Gauge("lookalike_index_products", "Products in the served index", registry=self.registry)
         #: ``time.time()`` of the last update handled (0: none yet), for /healthz
         self.last_update = 0.0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.recommender_helpers import FASHION_DIR, MOBILENET_WEIGHTS, SHARED
+from tests.served_bot import serve  # noqa: F401  (a fixture: the bot in the test's event loop)
 
 if TYPE_CHECKING:  # the engine (numpy, scikit-learn, TensorFlow) is imported only by tests that use it
     from recommender import BuildReport, Catalogue, CatalogueIndex, Recommender
