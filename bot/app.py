@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from telegram import Update
@@ -28,7 +31,7 @@ from recommender.errors import ConfigError
 
 from . import handlers
 from .chat_queue import ChatQueues
-from .config import Settings, load_settings
+from .config import WEBHOOK, Settings, load_settings
 from .context import CONTEXT_TYPES, BotApplication, BotRuntime
 from .file_id_cache import FileIdCache
 from .inference import InferenceService
@@ -39,6 +42,7 @@ from .rate_limit import RateLimiter
 from .reload import IndexReloader
 from .retry import RetryingRequest
 from .startup import ensure_index
+from .webhook import WebhookServer
 
 log = logging.getLogger("bot")
 
@@ -46,6 +50,8 @@ log = logging.getLogger("bot")
 #: the whole stop (saving the file_id cache included) stays well under 10 s.
 SHUTDOWN_GRACE_S = 3.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Updates Telegram may post at once (its maximum; each is only queued, so the server keeps up).
+MAX_WEBHOOK_CONNECTIONS = 40
 COMMANDS = [("start", "What this bot does"), ("help", "How to use it"), ("similar", "Similar products for the photo you reply to")]
 
 
@@ -75,8 +81,9 @@ async def start_runtime(application: BotApplication, settings: Settings, recomme
     return runtime
 
 
-def health(runtime: BotRuntime, recommender: Recommender) -> dict[str, Any]:
+def health(runtime: BotRuntime) -> dict[str, Any]:
     """What /healthz says: ok when the model and index are loaded and the inference thread runs."""
+    recommender = runtime.inference.recommender  # the index served now, after any reload
     loaded = recommender.extractor is not None and recommender.index is not None
     last = runtime.metrics.last_update
     return {
@@ -102,7 +109,7 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
     manifest = recommender.manifest
     if settings.metrics_port:
         try:
-            runtime.metrics_server = MetricsServer(runtime.metrics, lambda: health(runtime, recommender), settings.metrics_host, settings.metrics_port).start()
+            runtime.metrics_server = MetricsServer(runtime.metrics, lambda: health(runtime), settings.metrics_host, settings.metrics_port).start()
         except OSError as exc:
             raise ConfigError(f"Cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror or exc}): "
                               "is the port taken? Set METRICS_PORT to a free port, or unset it.") from exc  # fmt: skip
@@ -122,8 +129,9 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
     )
 
 
-def handle_stop_signals(application: BotApplication, loop: asyncio.AbstractEventLoop) -> None:
+def handle_stop_signals(application: BotApplication, loop: asyncio.AbstractEventLoop, stop: Callable[[], None] | None = None) -> None:
     """SIGTERM/SIGINT stop the bot once, gracefully and within seconds; repeats are only logged.
+    ``stop`` ends webhook mode (:func:`serve_webhook`); without it, ``run_polling`` is stopped.
 
     python-telegram-bot's own handler raises ``SystemExit`` from inside the event loop for every
     signal: a second SIGTERM (or Ctrl-C pressed twice) aborts the shutdown half-way, leaves
@@ -169,10 +177,42 @@ def handle_stop_signals(application: BotApplication, loop: asyncio.AbstractEvent
         log.info("%s received: stopping; answers in progress get %.0f s.", name, SHUTDOWN_GRACE_S)
         if state.runtime is not None:
             state.runtime.queues.stop_accepting()
-        stop_when_running()
+        (stop or stop_when_running)()
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def serve_webhook(application: BotApplication, settings: Settings, stop: asyncio.Event) -> None:
+    """Webhook mode from start to stop, in ``run_polling``'s order: initialise, ``post_init``, listen,
+    ``setWebhook`` with the secret, serve until ``stop``; then refuse new updates (Telegram keeps them),
+    ``post_stop`` (answers in progress finish), shut down, ``post_shutdown``."""
+    await application.initialize()
+    server: WebhookServer | None = None
+    try:
+        await post_init(application, settings)
+        runtime = application.bot_data.runtime
+        assert runtime is not None
+        server = await WebhookServer(application, settings, runtime.metrics, lambda: health(runtime)).start()
+        await application.bot.set_webhook(
+            server.url, secret_token=server.secret, allowed_updates=Update.ALL_TYPES, max_connections=MAX_WEBHOOK_CONNECTIONS
+        )
+        await application.start()
+        log.info(
+            "Webhook mode: Telegram posts updates to %s; listening on %s:%d (path %s, also /healthz and /metrics).",
+            server.url, server.host, server.port, server.path,
+        )  # fmt: skip
+        await stop.wait()
+        server.accepting = False
+        await application.stop()
+        await post_stop(application)
+    finally:
+        if server is not None:
+            await server.stop()
+        if application.running:
+            await application.stop()
+        await application.shutdown()
+        await post_shutdown(application)
 
 
 async def post_stop(application: BotApplication) -> None:
@@ -258,7 +298,12 @@ def main() -> int:
     except LookalikeError as exc:  # a missing or invalid setting
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.token)
+    made_up = settings.bot_mode == WEBHOOK and settings.webhook_secret is None
+    if made_up:  # Telegram must prove every update is its own
+        settings = dataclasses.replace(settings, webhook_secret=secrets.token_urlsafe(32))
+    setup_logging(settings.log_level, settings.token, [settings.webhook_secret] if settings.webhook_secret else [])
+    if made_up:
+        log.info("WEBHOOK_SECRET is not set: Telegram gets a secret token made up for this run.")
     # Opt in to python-telegram-bot's coming durations (RetryAfter.retry_after as a timedelta) rather
     # than a deprecation warning on every flood-control answer; bot.retry reads both forms.
     os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -268,8 +313,16 @@ def main() -> int:
         application = build_application(settings)
         loop = asyncio.new_event_loop()  # run_polling runs on the current loop: this one
         asyncio.set_event_loop(loop)
-        handle_stop_signals(application, loop)
-        application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False, stop_signals=None)
+        if settings.bot_mode == WEBHOOK:
+            stop = asyncio.Event()
+            handle_stop_signals(application, loop, stop.set)
+            try:
+                loop.run_until_complete(serve_webhook(application, settings, stop))
+            finally:
+                loop.close()
+        else:
+            handle_stop_signals(application, loop)
+            application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False, stop_signals=None)
         # Closing the loop restored the default handlers: a late repeat must not kill a clean exit.
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -12,6 +14,9 @@ from recommender.errors import ConfigError
 
 #: Telegram lets bots download files up to 20 MB.
 TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+POLLING, WEBHOOK = "polling", "webhook"
+#: Telegram's rule for a webhook's secret token: 1-256 of these characters.
+_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,37 @@ class Settings:
     #: then they must exist, and the bot never falls back to the demo catalogue.
     index_dir_configured: bool = False
     catalogue_dir_configured: bool = False
+    #: how updates arrive: "polling" (getUpdates) or "webhook" (Telegram POSTs them, bot/webhook.py)
+    bot_mode: str = POLLING
+    #: the public HTTPS address Telegram posts updates to; its path is the path the bot serves them on
+    webhook_url: str | None = None
+    #: the address the webhook server listens on (a reverse proxy in front terminates TLS)
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 8080
+    #: Telegram sends it with every update; a request without it is refused (None: made up at each start)
+    webhook_secret: str | None = field(default=None, repr=False)
+
+
+def _webhook(env: dict[str, str]) -> tuple[str, str | None, str, int, str | None]:
+    """BOT_MODE and the WEBHOOK_* settings, checked together: webhook mode needs its URL."""
+    mode = env.get("BOT_MODE", "").strip().lower() or POLLING
+    if mode not in (POLLING, WEBHOOK):
+        raise ConfigError(f"BOT_MODE must be polling or webhook, got {mode!r}.")
+    url = env.get("WEBHOOK_URL", "").strip() or None
+    if mode == WEBHOOK and url is None:
+        raise ConfigError("BOT_MODE=webhook needs WEBHOOK_URL: the public https:// address Telegram posts updates to.")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigError(f"WEBHOOK_URL must be an https:// address such as https://bot.example.com/telegram, got {url!r}.")
+    listen = env.get("WEBHOOK_LISTEN", "").strip() or "127.0.0.1:8080"
+    host, separator, port = listen.rpartition(":")
+    if not separator or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"WEBHOOK_LISTEN must be HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8443), got {listen!r}.")
+    secret = env.get("WEBHOOK_SECRET", "").strip() or None
+    if secret is not None and not _SECRET.fullmatch(secret):
+        raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule).")
+    return mode, url, host.strip("[]") or "0.0.0.0", int(port), secret
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -100,6 +136,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}.")
     data = Path(env.get("DATA_DIR", "data"))
+    bot_mode, webhook_url, webhook_host, webhook_port, webhook_secret = _webhook(env)
     index_backend = env.get("INDEX_BACKEND", "").strip().lower() or None
     if index_backend not in (None, "exact", "ann", "milvus"):
         raise ConfigError(f"INDEX_BACKEND must be exact, ann or milvus, got {index_backend!r}.")
@@ -128,4 +165,9 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
         index_dir_configured=bool(env.get("INDEX_DIR")),
         catalogue_dir_configured=bool(env.get("CATALOGUE_DIR")),
+        bot_mode=bot_mode,
+        webhook_url=webhook_url,
+        webhook_host=webhook_host,
+        webhook_port=webhook_port,
+        webhook_secret=webhook_secret,
     )

@@ -54,6 +54,12 @@ class BotMetrics:
         )  # fmt: skip
         for source in ("caption", "button"):
             self.filtered.labels(source)
+        self.webhook_refusals = Counter(
+            "lookalike_webhook_refusals", "Webhook requests refused: a wrong secret token (403) or not an update (400)",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        for reason in ("secret", "malformed"):
+            self.webhook_refusals.labels(reason)
         self.index_products = Gauge("lookalike_index_products", "Products in the served index", registry=self.registry)
         #: ``time.time()`` of the last update handled (0: none yet), for /healthz
         self.last_update = 0.0
@@ -68,6 +74,10 @@ class BotMetrics:
         self.refusals.labels(reason).inc()
         if photo:
             self.photos.labels("refused").inc()
+
+    def scrape(self) -> bytes:
+        """The ``/metrics`` body, in the Prometheus text format."""
+        return generate_latest(self.registry)
 
     def watch_file_ids(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Report ``counts()`` (hits, misses) of the file-id cache at each scrape."""
@@ -88,6 +98,11 @@ class _FileIdCollector:
         yield family
 
 
+def health_response(state: dict[str, Any]) -> tuple[int, str, bytes]:
+    """``/healthz``: (status, content type, body); 503 when not ok, so a load balancer or probe sees it."""
+    return 200 if state.get("ok") else 503, "application/json", json.dumps(state).encode()
+
+
 class MetricsServer:
     """``/metrics`` (Prometheus text format) and ``/healthz`` (JSON) on ``host:port``, on a daemon thread."""
 
@@ -98,10 +113,9 @@ class MetricsServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics_ref.registry))
+                    self._send(200, CONTENT_TYPE_LATEST, metrics_ref.scrape())
                 elif path == "/healthz":
-                    state = health_ref()
-                    self._send(200 if state.get("ok") else 503, "application/json", json.dumps(state).encode())
+                    self._send(*health_response(health_ref()))
                 else:
                     self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
 

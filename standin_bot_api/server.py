@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 from PIL import Image
 
@@ -175,6 +176,11 @@ class FakeBotApi:
         self._holding = 0
         self.commands: dict[str, list[JSON]] = {}
         self.webhook_url = ""
+        self.webhook_secret: str | None = None
+        #: (update_id, HTTP status or 0 for no answer) of every webhook delivery attempt, in order
+        self.webhook_deliveries: list[tuple[int, int]] = []
+        self._webhook_allowed: list[str] | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
         self._lock = threading.RLock()
         self._pending: list[JSON] = []
         self._files: dict[str, StoredFile] = {}
@@ -715,12 +721,57 @@ class FakeBotApi:
     def _api_deleteWebhook(self, p: JSON, f: dict[str, _Part]) -> bool:
         self._drop_if_asked(p)
         self.webhook_url = ""
+        self.webhook_secret = None
+        self._notify()
         return True
 
     def _api_setWebhook(self, p: JSON, f: dict[str, _Part]) -> bool:
+        """Like Telegram: from now on pending and new updates are POSTed to the URL (with the secret
+        token in ``X-Telegram-Bot-Api-Secret-Token``), in order, each until it is answered 2xx."""
         self._drop_if_asked(p)
-        self.webhook_url = str(p.get("url") or "")
+        url = str(p.get("url") or "")
+        if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise _bad("Bad Request: bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443")
+        secret = p.get("secret_token")
+        if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(secret)):
+            raise _bad("Bad Request: secret token contains unallowed characters")
+        self.webhook_url, self.webhook_secret = url, (str(secret) if secret is not None else None)
+        allowed = p.get("allowed_updates")
+        self._webhook_allowed = list(allowed) if allowed else None
+        if url and (self._webhook_task is None or self._webhook_task.done()):
+            self._webhook_task = asyncio.get_running_loop().create_task(self._deliver_webhooks())
+        self._notify()
         return True
+
+    async def _deliver_webhooks(self) -> None:
+        """POST pending updates to the webhook, oldest first; a refused or failed one is retried (as
+        Telegram does, sooner), so updates are never lost or reordered."""
+        assert self._wakeup is not None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while self.webhook_url and not self._closed:
+                self._wakeup.clear()
+                with self._lock:
+                    if self._webhook_allowed:
+                        self._pending = [u for u in self._pending if set(u) & set(self._webhook_allowed)]
+                    update = self._pending[0] if self._pending and not self._holding else None
+                    url, secret = self.webhook_url, self.webhook_secret
+                if update is None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), 0.5)
+                    continue
+                headers = {"X-Telegram-Bot-Api-Secret-Token": secret} if secret else {}
+                try:
+                    async with session.post(url, json=update, headers=headers) as response:
+                        status = response.status
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    status = 0
+                self.webhook_deliveries.append((update["update_id"], status))
+                if 200 <= status < 300:
+                    with self._lock:
+                        self._pending = [u for u in self._pending if u is not update]
+                        self.delivered_at.setdefault(update["update_id"], time.perf_counter())
+                else:
+                    await asyncio.sleep(0.2)
 
     def _api_getWebhookInfo(self, p: JSON, f: dict[str, _Part]) -> JSON:
         return {"url": self.webhook_url, "has_custom_certificate": False,

@@ -36,6 +36,28 @@ def test_settings_read_every_variable() -> None:
     assert settings.log_level == "DEBUG"
 
 
+def test_webhook_settings_and_their_defaults() -> None:
+    polling = load_settings({"TELEGRAM_BOT_TOKEN": TOKEN})
+    assert (polling.bot_mode, polling.webhook_url, polling.webhook_secret) == ("polling", None, None)
+    assert (polling.webhook_host, polling.webhook_port) == ("127.0.0.1", 8080)  # behind a reverse proxy on this host
+    settings = load_settings({
+        "TELEGRAM_BOT_TOKEN": TOKEN, "BOT_MODE": " Webhook ", "WEBHOOK_URL": "https://bot.example.com/telegram",
+        "WEBHOOK_LISTEN": "0.0.0.0:8443", "WEBHOOK_SECRET": "s3cret_-token",
+    })  # fmt: skip
+    assert settings.bot_mode == "webhook" and settings.webhook_url == "https://bot.example.com/telegram"
+    assert (settings.webhook_host, settings.webhook_port) == ("0.0.0.0", 8443)
+    assert settings.webhook_secret == "s3cret_-token" and "s3cret" not in repr(settings)
+    assert load_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "WEBHOOK_LISTEN": "[::1]:9000"}).webhook_host == "::1"
+
+
+def test_a_webhook_path_where_health_is_served_is_refused() -> None:
+    from bot.webhook import webhook_path
+
+    assert webhook_path("https://bot.example.com") == "/" and webhook_path("https://b.example/hook/x?y=1") == "/hook/x"
+    with pytest.raises(ConfigError, match="use another"):
+        webhook_path("https://bot.example.com/metrics")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -46,6 +68,13 @@ def test_settings_read_every_variable() -> None:
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "INDEX_BACKEND": "faiss"}, "INDEX_BACKEND must be exact, ann or milvus"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "METRICS_PORT": "70000"}, "METRICS_PORT must be a TCP port"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "BOT_MODE": "push"}, "BOT_MODE must be polling or webhook"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "BOT_MODE": "webhook"}, "BOT_MODE=webhook needs WEBHOOK_URL"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "BOT_MODE": "webhook", "WEBHOOK_URL": "bot.example.com/t"}, "WEBHOOK_URL must be an https://"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "WEBHOOK_URL": "https://b.example/t", "WEBHOOK_LISTEN": "8080"}, "WEBHOOK_LISTEN must be HOST:PORT"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "WEBHOOK_URL": "https://b.example/t", "WEBHOOK_LISTEN": ":99999"}, "WEBHOOK_LISTEN must be HOST:PORT"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "WEBHOOK_SECRET": "has spaces in it"}, "WEBHOOK_SECRET must be 1-256 characters"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "WEBHOOK_SECRET": "x" * 257}, "WEBHOOK_SECRET must be 1-256 characters"),
     ],
 )
 def test_bad_settings_give_one_clear_message(env: dict[str, str], message: str) -> None:
