@@ -25,10 +25,10 @@ WORD_COLUMNS = ("gender", "masterCategory", "subCategory", "articleType", "baseC
 KIND_COLUMNS = ("masterCategory", "subCategory", "articleType")
 #: A named (column, value): what a word, or a filter button, asks for.
 Named = tuple[str, str]
-#: Values that say nothing (missing labels in the Kaggle catalogue).
-_EMPTY = {"", "na", "n/a", "none", "null", "unknown"}
+#: Values that say nothing (missing labels in the Kaggle catalogue): never matched, never a button.
+EMPTY_VALUES = frozenset({"", "na", "n/a", "none", "null", "unknown"})
 #: Plurals a trailing -s does not explain.
-_IRREGULAR = {"women": "woman", "men": "man", "children": "child", "feet": "foot"}
+_IRREGULAR = {"women": "woman", "men": "man", "children": "child", "feet": "foot", "scarves": "scarf"}
 #: The longest phrase compared, in words ("loungewear and nightwear").
 _LONGEST = 4
 _TOKEN = re.compile(r"[^\W_]+")
@@ -43,7 +43,7 @@ def _singular(word: str) -> str:
     if word.endswith(("sses", "shes", "ches", "xes")):
         return word[:-2]
     if word.endswith("s") and not word.endswith(("ss", "us")) and len(word) > 3:
-        return word[:-1]
+        return _IRREGULAR.get(word[:-1], word[:-1])  # "womens" (women's without the apostrophe) → "woman"
     return word
 
 
@@ -77,7 +77,7 @@ class FilterWords:
             counts = Counter((product.get(column) or "").strip() for product in products)
             for value, _ in counts.most_common():
                 key = _key(value)
-                if value.casefold() in _EMPTY or len(key) < 2:
+                if value.casefold() in EMPTY_VALUES or len(key) < 2:
                     continue
                 self._values.setdefault(key, (column, value))
 

@@ -28,7 +28,7 @@ from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
 from .exact_match import SHORTLIST, Verifier, query_crops, shortlist
 from .extractor import FeatureExtractor, normalize_weights_option
-from .filter_words import FilterWords
+from .filter_words import EMPTY_VALUES, FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image, square_resize
 from .index_store import CatalogueIndex, load_index
@@ -296,7 +296,7 @@ class Recommender:
             return []
         if column not in self._labels:
             counts = Counter((product.get(column) or "").strip() for product in index.products)
-            self._labels[column] = [value for value, _ in counts.most_common() if value and value.casefold() not in ("na", "n/a")]
+            self._labels[column] = [value for value, _ in counts.most_common() if value.casefold() not in EMPTY_VALUES]
         return self._labels[column]
 
     def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0, where: Where | None = None) -> list[list[Match]]:

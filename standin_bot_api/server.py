@@ -763,7 +763,7 @@ class FakeBotApi:
                 try:
                     async with session.post(url, json=update, headers=headers) as response:
                         status = response.status
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     status = 0
                 self.webhook_deliveries.append((update["update_id"], status))
                 if 200 <= status < 300:

@@ -439,6 +439,55 @@ def test_in_a_group_the_bot_answers_only_what_is_meant_for_it(api: FakeBotApi, b
     said = texts(api, group)
     assert said.count(handlers.TEXT_REPLY) == 1 and handlers.SEND_A_PHOTO not in said and handlers.HELP not in said
 
+
+def _filtered_name(item: AlbumItem) -> str:
+    """The product name of a filtered album's caption: past its "🔎 <filter>" and "Exact match" lines."""
+    return next(line for line in (item.caption or "").split("\n") if not line.startswith("🔎 ") and line != EXACT_MATCH_LINE)
+
+
+def _filter_buttons(message: dict) -> dict[str, str]:
+    """Button text → callback data of a prompt (its product links left out)."""
+    return {b["text"]: b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row if "callback_data" in b}
+
+
+def test_caption_words_narrow_the_album_of_the_real_bot(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    """A photo captioned "women" gets Women's products only, the album's first caption names the filter, and
+    the prompt offers to clear it. (The filter tests come before the tests that stop the module's bot.)"""
+    chat = 2051
+    by_name = {row["productDisplayName"]: row for row in catalogue}
+    shirt = next(row for row in catalogue if row["articleType"] == "Tshirts")  # a Men's product
+    api.user_sends_photo(photo_of(data_dir, shirt["id"]), chat_id=chat, caption="Do you have this for women?")
+    album = wait_albums(api, chat)[0]
+    assert len(album.items) == 5
+    assert (album.items[0].caption or "").startswith("🔎 Women\n")
+    assert all(by_name[_filtered_name(item)]["gender"] == "Women" for item in album.items)
+    prompt = _prompt(api, chat)
+    assert prompt["text"] == "Products 1-5 most similar to your photo (Women). Want to see more?"
+    assert "✖ All products" in _filter_buttons(prompt)
+
+
+def test_a_gender_button_under_the_real_bots_album_filters_it(api: FakeBotApi, bot: BotProcess, data_dir: Path, catalogue) -> None:
+    chat = 2052
+    by_name = {row["productDisplayName"]: row for row in catalogue}
+    shirt = next(row for row in catalogue if row["articleType"] == "Tshirts")
+    api.user_sends_photo(photo_of(data_dir, shirt["id"]), chat_id=chat)
+    wait_albums(api, chat)
+    prompt = _prompt(api, chat)
+    pressed = _filter_buttons(prompt)
+    assert {"Men", "Women", "Unisex", "Only Tshirts"} <= set(pressed)
+    api.user_presses_button(prompt, pressed["Unisex"])
+    filtered = wait_albums(api, chat, 2)[1]
+    assert (filtered.items[0].caption or "").startswith("🔎 Unisex\n")
+    names = [_filtered_name(item) for item in filtered.items]
+    assert len(names) == 5 and all(by_name[name]["gender"] == "Unisex" for name in names)
+    following = api.wait_for(
+        lambda s: [m for m in s.sent_messages(chat) if m.get("reply_markup") and m["message_id"] > prompt["message_id"]],
+        timeout=ANSWER_TIMEOUT,
+    )[0]
+    assert following["text"] == "Products 1-5 most similar to your photo (Unisex). Want to see more?"
+    assert "✓ Unisex" in _filter_buttons(following)
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """/metrics parsed by the Prometheus client's own parser: {(sample name, labels): value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
