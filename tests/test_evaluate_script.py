@@ -96,21 +96,19 @@ def test_shopper_queries_on_a_refined_index_compare_on_the_same_split(tmp_path, 
 
 def test_shopper_queries_leave_one_out_on_a_plain_index(tmp_path, demo_index):
     out = tmp_path / "shopper.json"
-    result = evaluate(demo_index.catalogue, demo_index.path, "--queries", "shopper", "--json", out, "--exact-items", "24")
+    result = evaluate(demo_index.catalogue, demo_index.path, "--queries", "shopper", "--json", out, "--exact-items", "12")
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     check_shape(data, 98)
     assert data["mode"] == "leave-one-out" and data["query_photos"] == "shopper"
-    exact = data["exact_item"]  # shopper photos of 24 indexed products searching the whole index
-    assert exact["queries"] == 24 and 0.0 <= exact["recall_at_1"] <= exact["recall_at_5"] <= 1.0 and exact["seed"] == 0
-    assert "Exact item (24 shopper photos of indexed products" in result.stdout
+    exact = data["exact_item"]  # shopper photos of 12 indexed products searching the whole index
+    assert exact["queries"] == 12 and 0.0 <= exact["recall_at_1"] <= exact["recall_at_5"] <= 1.0 and exact["seed"] == 0
+    assert "Exact item (12 shopper photos of indexed products" in result.stdout
     # the index has keypoints: the figures are the exact-item stage's, the global search's beside them
     assert demo_index.recommender().finds_exact_items
-    assert set(exact) >= {"called_exact", "false_exact", "ms_per_photo", "global_only"} and exact["global_only"]["queries"] == 24
+    assert set(exact) >= {"called_exact", "false_exact", "ms_per_photo", "global_only"} and exact["global_only"]["queries"] == 12
     assert 0.0 <= exact["false_exact"] <= 1.0 and "false exact matches" in result.stdout
-    catalogue = evaluate(demo_index.catalogue, demo_index.path, "--json", tmp_path / "catalogue.json")
-    assert catalogue.returncode == 0
-    assert json.loads((tmp_path / "catalogue.json").read_text())["precision_at_5"] != data["precision_at_5"]
+    # (that shopper photos give other figures than catalogue photos: the refined-index test above)
     bad = evaluate(demo_index.catalogue, demo_index.path, "--queries", "phone")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
