@@ -17,7 +17,6 @@ are scored exactly (a few hundred on real image features), that is, the speed.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.extmath import randomized_svd
 
 #: rows of the catalogue the leading directions are estimated from (any directions keep results exact)
 SAMPLE_ROWS = 2048
@@ -38,6 +37,21 @@ PROBE_EVERY = 16
 CHUNK_ROWS = 2048
 #: queries scored against the projection at a time (a (queries x rows) float32 block)
 QUERY_CHUNK = 64
+
+
+def leading_directions(sample: np.ndarray, count: int, seed: int, power_iterations: int = 2) -> np.ndarray:
+    """The ``count`` leading right singular vectors of ``sample`` as columns (features x count): a
+    randomised range finder with power iterations (Halko, Martinsson and Tropp 2011), the algorithm of
+    scikit-learn's ``randomized_svd``. In numpy because importing scikit-learn costs a bot ~150 MB."""
+    rng = np.random.default_rng(seed)
+    width = min(count + 10, *sample.shape)
+    sketch = sample.T @ rng.standard_normal((sample.shape[0], width)).astype(sample.dtype)
+    for _ in range(power_iterations):
+        sketch, _ = np.linalg.qr(sketch)
+        sketch = sample.T @ (sample @ sketch)
+    basis, _ = np.linalg.qr(sketch)
+    _, _, right = np.linalg.svd(sample @ basis, full_matrices=False)
+    return (basis @ right.T)[:, :count]
 
 
 def _residual_norms(squared_norms: np.ndarray, projected: np.ndarray) -> np.ndarray:
@@ -84,8 +98,7 @@ class ProjectedSearch:
         rows = len(vectors)
         rng = np.random.default_rng(self.seed)
         sample = np.asarray(vectors[np.sort(rng.choice(rows, size=min(rows, SAMPLE_ROWS), replace=False))], dtype=np.float32)
-        _, _, components = randomized_svd(sample, n_components=min(self.dim, *sample.shape), n_iter=2, random_state=self.seed)
-        basis = np.ascontiguousarray(components.T, dtype=np.float32)
+        basis = np.ascontiguousarray(leading_directions(sample, min(self.dim, *sample.shape), self.seed), dtype=np.float32)
         projected = np.empty((rows, basis.shape[1]), dtype=np.float32)
         residuals = np.empty(rows, dtype=np.float32)
         for start in range(0, rows, CHUNK_ROWS):

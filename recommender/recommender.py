@@ -103,10 +103,13 @@ def extractor_for_index(
     backbone: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     directory: Path | None = None,
+    *,
+    serving: bool = False,
 ) -> FeatureExtractor:
     """The extractor recorded in the manifest, or an explicit override (checked later against it).
 
-    An index built for ONNX Runtime runs the model file in its ``directory`` (no TensorFlow).
+    An index built for ONNX Runtime runs the model file in its ``directory`` (no TensorFlow);
+    ``serving``: for a long-running server, which keeps no memory arena between passes.
     """
     runtime = manifest.runtime
     if runtime.get("name") == ONNX and backbone is None and weights is None:
@@ -115,7 +118,7 @@ def extractor_for_index(
         exported = replace(manifest.model, runtime=TENSORFLOW_RUNTIME)
         return OnnxExtractor(
             directory / str(runtime.get("file", ONNX_MODEL_FILE)), exported, str(runtime.get("precision", FP32)),
-            weights=manifest.weights, sha256=runtime.get("sha256"),
+            weights=manifest.weights, sha256=runtime.get("sha256"), memory_arena=not serving,
         )  # fmt: skip
     chosen_backbone = backbone or manifest.model.backbone
     chosen_weights = normalize_weights_option(weights) if weights is not None else manifest.weights
@@ -143,8 +146,11 @@ class Recommender:
         weights: str | os.PathLike[str] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        serving: bool = False,
     ) -> None:
         self.index_dir = Path(index_dir)
+        #: a long-running server (the bot): the model keeps no memory arena between passes
+        self.serving = serving
         self.backbone = backbone
         self.weights = weights
         self.max_bytes = max_bytes
@@ -159,7 +165,7 @@ class Recommender:
 
     def load(self) -> Recommender:
         index = load_index(self.index_dir, mmap=True)  # searching reads only the vectors: features and colours stay on disk
-        extractor = extractor_for_index(index.manifest, self.backbone, self.weights, index.directory)
+        extractor = extractor_for_index(index.manifest, self.backbone, self.weights, index.directory, serving=self.serving)
         if extractor.backbone != index.manifest.model.backbone:
             raise ModelMismatchError(
                 f"The index at {self.index_dir} was built with backbone {index.manifest.model.backbone!r},"

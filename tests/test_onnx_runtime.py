@@ -14,7 +14,7 @@ from recommender import Recommender, build_index, load_index, onnx_export
 from recommender.builder import resolve_runtime
 from recommender.errors import BuildError, ModelLoadError, ModelMismatchError
 from recommender.images import load_image
-from recommender.onnx_model import MODEL_FILE, file_sha256
+from recommender.onnx_model import MODEL_FILE, OnnxExtractor, file_sha256, session_options
 from scripts.build_index import parse_args
 from tests.build_helpers import subset
 from tests.recommender_helpers import REPO, SCRIPT_ENV
@@ -42,17 +42,24 @@ def test_an_fp32_onnx_index_holds_its_model_and_matches_tensorflow(onnx_index, d
     served = Recommender(onnx_index).load().extractor
     assert served is not None
     np.testing.assert_allclose(served.extract(pixels), tensorflow, atol=2e-4)
+    # A server (the bot) keeps no memory arena between passes, and gets the same features.
+    server = Recommender(onnx_index, serving=True).load().extractor
+    assert isinstance(server, OnnxExtractor) and isinstance(served, OnnxExtractor)
+    assert served.memory_arena and not server.memory_arena
+    assert not session_options(memory_arena=False).enable_cpu_mem_arena and session_options().enable_cpu_mem_arena
+    np.testing.assert_allclose(server.extract(pixels), tensorflow, atol=2e-4)
 
 
 def test_serving_an_onnx_index_never_imports_tensorflow(onnx_index, demo_photo):
     program = (
         "import sys; from recommender import Recommender; "
-        f"matches = Recommender({str(onnx_index)!r}).load().recommend({str(demo_photo)!r}, k=5); "
-        "print(len(matches), 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+        f"matches = Recommender({str(onnx_index)!r}, serving=True).load().recommend({str(demo_photo)!r}, k=5); "
+        "print(len(matches), *(name in sys.modules for name in ('tensorflow', 'keras', 'sklearn', 'pandas')))"
     )
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=SCRIPT_ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["5", "False", "False"]
+    # Nor scikit-learn (150 MB of a bot's memory): one photo's search is a matrix product.
+    assert result.stdout.split() == ["5", "False", "False", "False", "False"]
 
 
 def test_int8_is_kept_when_it_agrees_with_fp32_and_refused_when_not(demo_catalogue, mobilenet_random, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from recommender.colour import colour_histograms
 from recommender.images import load_image
 from recommender.recommender import EXACT_MATCH_LINE
 from recommender.refine import LabelCentroids
-from recommender.search import BATCH_THRESHOLD
+from recommender import search as search_module
 
 
 def test_recommend_returns_ranked_matches_with_labels(demo_recommender, demo_index):
@@ -67,7 +67,12 @@ def test_recommend_many_answers_good_images_around_a_bad_one(demo_recommender, d
     assert all(isinstance(a, ImageDecodeError) for a in demo_recommender.recommend_many([b"", b"junk"]))
 
 
-def test_a_batch_large_enough_for_the_sklearn_path_gives_the_same_answers(demo_recommender, demo_index):
+BATCH_THRESHOLD = 16
+
+
+def test_a_batch_large_enough_for_the_sklearn_path_gives_the_same_answers(demo_recommender, demo_index, monkeypatch):
+    # Batches from 16 queries take NearestNeighbors (by default only batches far larger do), single photos the matrix product.
+    monkeypatch.setattr(search_module, "MATMUL_SCORES", len(demo_index.catalogue.items) * BATCH_THRESHOLD - 1)
     images_dir = demo_index.catalogue.images_dir
     paths = [images_dir / item.image for item in demo_index.catalogue.items[: BATCH_THRESHOLD + 2]]
     batched = demo_recommender.recommend_many(paths, k=3)

@@ -7,7 +7,11 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from recommender.errors import NotLoadedError
-from recommender.search import BATCH_THRESHOLD, ExactSearcher
+from recommender import search as search_module
+from recommender.search import ExactSearcher
+
+#: a batch size the tests make large enough for the NearestNeighbors path (see test_batch_threshold_chooses_the_path)
+BATCH_THRESHOLD = 16
 from recommender.vectors import l2_normalize
 from tests.recommender_helpers import assert_same_neighbours
 
@@ -38,7 +42,8 @@ def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("queries", [1, 3, BATCH_THRESHOLD, 50], ids=lambda n: f"{n}q")
-def test_paths_agree_on_random_unit_vectors(queries):
+def test_paths_agree_on_random_unit_vectors(queries, monkeypatch):
+    monkeypatch.setattr(search_module, "MATMUL_SCORES", 700 * BATCH_THRESHOLD - 1)  # the default takes NearestNeighbors from 16 queries
     vectors = unit_vectors(700, 96, seed=1)
     query = unit_vectors(queries, 96, seed=2)
     matmul, sklearn = both_paths(vectors)
@@ -51,7 +56,8 @@ def test_paths_agree_on_random_unit_vectors(queries):
 
 
 def test_batch_threshold_chooses_the_path(monkeypatch):
-    """The seam the other tests rely on: 0 always asks NearestNeighbors, a huge threshold never does."""
+    """The seam the other tests rely on: 0 always asks NearestNeighbors, a huge threshold never does; the
+    default asks it only for a batch whose scores would not fit in MATMUL_SCORES."""
     calls: list[int] = []
     kneighbors = NearestNeighbors.kneighbors
 
@@ -67,6 +73,9 @@ def test_batch_threshold_chooses_the_path(monkeypatch):
     assert sklearn.search(vectors[:3], 4)[1].dtype == np.float32
     assert calls == [3]
     default = ExactSearcher().fit(vectors)
+    default.search(vectors[:50], 3)
+    assert calls == [3]  # 50 x 60 scores: far below MATMUL_SCORES
+    monkeypatch.setattr(search_module, "MATMUL_SCORES", 60 * BATCH_THRESHOLD - 1)
     default.search(vectors[: BATCH_THRESHOLD - 1], 3)
     assert calls == [3]
     default.search(vectors[:BATCH_THRESHOLD], 3)
