@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from recommender import ImageDecodeError, Match, NotLoadedError, Recommender, colour
+from recommender import search as search_module
 from recommender.catalogue import display_name
 from recommender.colour import colour_histograms
 from recommender.images import load_image
 from recommender.recommender import EXACT_MATCH_LINE
 from recommender.refine import LabelCentroids
-from recommender import search as search_module
 
 
 def test_recommend_returns_ranked_matches_with_labels(demo_recommender, demo_index):

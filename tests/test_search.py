@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from recommender.errors import NotLoadedError
 from recommender import search as search_module
+from recommender.errors import NotLoadedError
 from recommender.search import ExactSearcher
 
 #: a batch size the tests make large enough for the NearestNeighbors path (see test_batch_threshold_chooses_the_path)
