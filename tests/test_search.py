@@ -9,11 +9,11 @@ from sklearn.neighbors import NearestNeighbors
 from recommender import search as search_module
 from recommender.errors import NotLoadedError
 from recommender.search import ExactSearcher
+from recommender.vectors import l2_normalize
+from tests.recommender_helpers import assert_same_neighbours
 
 #: a batch size the tests make large enough for the NearestNeighbors path (see test_batch_threshold_chooses_the_path)
 BATCH_THRESHOLD = 16
-from recommender.vectors import l2_normalize
-from tests.recommender_helpers import assert_same_neighbours
 
 
 def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
