@@ -8,7 +8,7 @@ from bot.memory import limit_malloc_arenas
 
 
 def run() -> int:
-    """Cap malloc's arenas before TensorFlow and the bot start their threads, then run the bot."""
+    """Tune malloc (arenas capped, mmap threshold fixed: bot/memory.py) before the bot starts its threads, then run the bot."""
     limit_malloc_arenas()
     from bot.app import main
 
