@@ -88,6 +88,7 @@ def health(runtime: BotRuntime) -> dict[str, Any]:
     last = runtime.metrics.last_update
     return {
         "ok": loaded and runtime.inference.running,
+        "mode": runtime.settings.bot_mode,
         "model_loaded": recommender.extractor is not None,
         "index_loaded": recommender.index is not None,
         "inference_running": runtime.inference.running,

@@ -209,7 +209,9 @@ def stats_text(runtime: BotRuntime) -> str:
         f"Photo → album: {1000 * value('lookalike_photo_to_album_seconds_sum') / timed:.0f} ms on average." if timed else "Photo → album: no album yet.",
         f"Forward passes: {passes:.0f}, {value('lookalike_forward_pass_photos_sum') / passes:.1f} photos each." if passes else "Forward passes: none yet.",
         f"Album photos: {runtime.file_ids.hits} sent by cached file_id, {runtime.file_ids.misses} uploaded.",
-        f"Up {(time.time() - runtime.metrics.started) / 3600:.1f} h.",
+        f"Filtered searches: {value('lookalike_filtered_searches_total', source='caption'):.0f} by caption words, "
+        f"{value('lookalike_filtered_searches_total', source='button'):.0f} by buttons.",
+        f"Up {(time.time() - runtime.metrics.started) / 3600:.1f} h, updates by {runtime.settings.bot_mode}.",
     ]
     return "\n".join(lines)
 

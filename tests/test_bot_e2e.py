@@ -537,7 +537,7 @@ def test_metrics_and_health_are_served(api: FakeBotApi, bot: BotProcess, data_di
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as response:
         health = json.loads(response.read())
     assert health["ok"] and health["model_loaded"] and health["index_loaded"] and health["inference_running"]
-    assert health["products"] == len(catalogue) and health["search_backend"] in ("exact", "ann", "milvus")
+    assert health["products"] == len(catalogue) and health["search_backend"] in ("exact", "ann", "milvus") and health["mode"] == "polling"
     assert health["seconds_since_last_update"] is not None and health["seconds_since_last_update"] < ANSWER_TIMEOUT
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/elsewhere", timeout=10)

@@ -98,6 +98,7 @@ def test_a_rebuilt_index_is_served_without_a_restart_and_no_answer_mixes_the_two
             api.user_sends_text("/stats", chat_id=ADMIN)
             stats = api.wait_for(lambda s: [t for t in texts(s, ADMIN) if t.startswith("Catalogue:")], timeout=ANSWER_TIMEOUT)[0]
             assert f"Catalogue: {len(half_b)} products" in stats and "index generation 4" in stats
+            assert "Filtered searches: 0 by caption words, 0 by buttons." in stats and "updates by polling." in stats
             api.user_sends_text("/stats", chat_id=LATER)
             api.wait_for(lambda s: handlers.HELP in texts(s, LATER), timeout=ANSWER_TIMEOUT)
             assert not [t for t in texts(api, LATER) if t.startswith("Catalogue:")]

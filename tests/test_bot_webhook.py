@@ -112,7 +112,7 @@ def test_a_body_that_is_not_an_update_is_refused_with_400_and_the_bot_keeps_serv
 def test_health_and_metrics_are_served_on_the_webhook_port(webhook_bot: WebhookBot) -> None:
     status, body = webhook_bot.get("/healthz")
     health = json.loads(body)
-    assert status == 200 and health["ok"] and health["products"] > 0
+    assert status == 200 and health["ok"] and health["products"] > 0 and health["mode"] == "webhook"
     webhook_bot.post(b"{}", "not-it")  # one more refusal, whatever ran before
     status, body = webhook_bot.get("/metrics")
     assert status == 200
