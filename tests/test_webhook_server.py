@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from telegram import Update
 
 from bot.app import build_application
 from bot.config import Settings
@@ -65,6 +66,7 @@ async def test_an_update_with_the_secret_is_queued_for_the_application(served: S
     assert served.server.port > 0 and served.server.path == "/hook"
     assert await served.post(UPDATE) == 200
     update = await asyncio.wait_for(served.application.update_queue.get(), timeout=5)
+    assert isinstance(update, Update)
     assert update.update_id == 7001 and update.effective_message is not None and update.effective_message.text == "hello"
 
 
