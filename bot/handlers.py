@@ -481,11 +481,11 @@ async def _send_page(context: BotContext, message: Message, page: NextPage, matc
     if sent is not None and not sent:
         await reply(context.bot, message, NO_PHOTOS, quote=to_photo)
         return False
-    await reply_prompt(context, message, page, matches, to_photo)
+    await _reply_prompt(context, message, page, matches, to_photo)
     return True
 
 
-async def reply_prompt(context: BotContext, message: Message, page: NextPage, matches: list[Match], to_photo: bool) -> None:
+async def _reply_prompt(context: BotContext, message: Message, page: NextPage, matches: list[Match], to_photo: bool) -> None:
     """The message under an album: which products it shows, "Next 5", the filter buttons, the product links."""
     runtime = context.runtime
     recommender = runtime.inference.recommender
