@@ -11,9 +11,10 @@ handler's business: the bot's request object applies one policy to every call (`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters, Update
@@ -44,6 +45,8 @@ CHATTER_PER_MINUTE = 10
 #: Answers waiting per chat: room for a full minute of chatter replies plus a photo or two, so a
 #: photo sent after ten quick texts is still answered (a 10-photo album is rate-limited anyway).
 CHAT_BACKLOG = CHATTER_PER_MINUTE + 6
+#: An answer still in the making after this many seconds shows "sending a photo…" in the chat.
+CHAT_ACTION_AFTER_S = 1.0
 #: Download + decode + embed + search of one photo; past this the shopper is asked to retry, so a
 #: Telegram back-off never holds an analysis slot for minutes.
 ANALYSIS_TIMEOUT_S = 45.0
@@ -108,6 +111,25 @@ async def _chat_action(context: BotContext, chat_id: int) -> None:
         await context.bot.send_chat_action(chat_id, ChatAction.UPLOAD_PHOTO)
     except TelegramError as exc:  # cosmetic: never worth failing the answer for
         log.debug("send_chat_action failed: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def _busy_status(context: BotContext, chat_id: int) -> AsyncIterator[None]:
+    """Show "sending a photo…" in the chat once an answer has taken :data:`CHAT_ACTION_AFTER_S`.
+
+    Most albums arrive sooner, and then the status would be gone before anyone saw it: one of the
+    four Bot API calls of a photo's answer saved (getFile, sendMediaGroup and sendMessage remain),
+    for Telegram's limits and for the bot's CPU."""
+
+    async def later() -> None:
+        await asyncio.sleep(CHAT_ACTION_AFTER_S)
+        await _chat_action(context, chat_id)
+
+    status = asyncio.create_task(later())
+    try:
+        yield
+    finally:
+        status.cancel()
 
 
 # ---------------------------------------------------------------------------------- limits
@@ -376,14 +398,16 @@ async def _answer_photo(
     named = tuple(context.runtime.inference.recommender.filter_words.match(words)) if words else ()
     if named:
         metrics.filtered.labels("caption").inc()
-    answer = await _first_page(context, message, found, _where(context, named))
-    if isinstance(answer, _Refusal):
-        metrics.refused(answer.reason)
-        await reply(context.bot, message, answer.text, quote=True)
-        return
-    query, matches, generation = answer
-    page = NextPage(query.vector, 0, query.pinned, generation, named, exact=query.exact)
-    if await _send_page(context, message, page, matches, to_photo=True):
+    async with _busy_status(context, message.chat_id):
+        answer = await _first_page(context, message, found, _where(context, named))
+        if isinstance(answer, _Refusal):
+            metrics.refused(answer.reason)
+            await reply(context.bot, message, answer.text, quote=True)
+            return
+        query, matches, generation = answer
+        page = NextPage(query.vector, 0, query.pinned, generation, named, exact=query.exact)
+        sent = await _send_page(context, message, page, matches, to_photo=True)
+    if sent:
         metrics.answered(time.monotonic() - received)
     else:
         metrics.refused("no_photos" if matches else "no_match")
@@ -393,7 +417,6 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
     """The photo's query and first page of matches, or the polite refusal to send instead."""
     runtime = context.runtime
     chat_id = message.chat_id
-    await _chat_action(context, chat_id)
     file_id, size = found
     limit = min(runtime.settings.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT)
     if size is not None and size > limit:
@@ -426,7 +449,11 @@ async def _first_page(context: BotContext, message: Message, found: tuple[str, i
 async def _answer_next_page(context: BotContext, message: Message, page: NextPage) -> None:
     """A "Next 5" or filter button's page. The pressed prompt keeps only its product links: its
     album stays on screen, and its other buttons would answer the same question again."""
-    await _chat_action(context, message.chat_id)
+    async with _busy_status(context, message.chat_id):
+        await _next_page(context, message, page)
+
+
+async def _next_page(context: BotContext, message: Message, page: NextPage) -> None:
     kept = [row for row in message.reply_markup.inline_keyboard if all(button.url for button in row)] if message.reply_markup else []
     try:
         await message.edit_reply_markup(reply_markup=InlineKeyboardMarkup(kept) if kept else None)

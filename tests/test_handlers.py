@@ -27,18 +27,35 @@ async def test_start_and_help_explain_the_bot(serve: Serve) -> None:
         assert [c["command"] for c in commands] == ["start", "help", "similar"]
 
 
-async def test_photo_gets_an_album_and_a_next_five_button(serve: Serve) -> None:
+async def test_photo_gets_an_album_and_a_next_five_button(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "CHAT_ACTION_AFTER_S", 30.0)
     async with serve() as served:
         served.api.user_sends_photo(served.photo(10), chat_id=11)
         (album,) = await served.albums(11)
         assert len(album.items) == PAGE
         assert title(album.items[0]) == served.name(10)  # the catalogue photo finds itself first
-        assert "upload_photo" in served.api.chat_actions(11)
+        assert served.api.chat_actions(11) == []  # answered before a "sending a photo…" status was due
         prompt = await served.prompt(11)
         assert prompt["text"] == "Products 1-5 most similar to your photo. Want to see more?"
         (button,) = prompt["reply_markup"]["inline_keyboard"][0]
         # The library's opaque key to the cached NextPage, within Telegram's 64-byte limit.
         assert button["text"] == "Next 5 ▶" and 1 <= len(button["callback_data"].encode()) <= 64
+
+
+async def test_a_slow_answer_shows_that_photos_are_on_their_way(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "CHAT_ACTION_AFTER_S", 0.2)
+    async with serve() as served:
+        served.api.fail_next("getFile", delay=1.0)  # Telegram slow to hand over the photo
+        served.api.user_sends_photo(served.photo(12), chat_id=16)
+        await served.albums(16)
+        assert served.api.chat_actions(16) == ["upload_photo"]  # once, while the shopper waited
+        sent = [call.method for call in served.api.calls if call.params.get("chat_id") in (16, "16")]
+        assert sent.index("sendChatAction") < sent.index("sendMediaGroup")
+        prompt = await served.prompt(16)
+        served.api.fail_next("sendMediaGroup", delay=1.0)
+        await served.press_next(prompt)
+        await served.albums(16, 2)
+        assert served.api.chat_actions(16) == ["upload_photo", "upload_photo"]  # a slow "Next 5" too
 
 
 async def test_image_sent_as_a_file_is_answered_like_a_photo(serve: Serve) -> None:
