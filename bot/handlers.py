@@ -242,14 +242,14 @@ async def on_command(update: Update, context: BotContext) -> None:
     """Any other command gets the help; in a group only one addressed to this bot (``/cmd@thisbot``),
     never another bot's."""
     message = update.effective_message
-    if message is not None and _in_group(message) and not _addressed(message, context):
+    if message is not None and _not_for_bot(message, context):
         return
     _chatter(update, context, HELP)
 
 
 async def on_text(update: Update, context: BotContext) -> None:
     message = update.effective_message
-    if message is not None and _in_group(message) and not _addressed(message, context):
+    if message is not None and _not_for_bot(message, context):
         return  # group chatter is not for the bot
     _chatter(update, context, TEXT_REPLY)
 
@@ -257,13 +257,14 @@ async def on_text(update: Update, context: BotContext) -> None:
 async def on_other(update: Update, context: BotContext) -> None:
     """Stickers, voice, video, non-image files...: never silence (within the chatter limit), except in groups."""
     message = update.effective_message
-    if message is not None and _in_group(message) and not _addressed(message, context):
+    if message is not None and _not_for_bot(message, context):
         return
     _chatter(update, context, SEND_A_PHOTO)
 
 
-def _in_group(message: Message) -> bool:
-    return message.chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
+def _not_for_bot(message: Message, context: BotContext) -> bool:
+    """A group message that does not address the bot: it gets no answer at all."""
+    return message.chat.type in (ChatType.GROUP, ChatType.SUPERGROUP) and not _addressed(message, context)
 
 
 def _addressed(message: Message, context: BotContext) -> bool:
@@ -298,7 +299,7 @@ async def on_image(update: Update, context: BotContext) -> None:
     message = update.effective_message
     if message is None:
         return
-    if _in_group(message) and not _addressed(message, context):
+    if _not_for_bot(message, context):
         log.debug("A photo in group %s not meant for the bot.", message.chat_id)
         return
     await _photo(update, context, message, message.caption)
@@ -528,7 +529,7 @@ async def _reply_prompt(context: BotContext, message: Message, page: NextPage, m
     # The catalogue's product pages, when it has a link column: button n opens the album's n-th product.
     links = [InlineKeyboardButton(str(page.offset + number), url=match.link) for number, match in enumerate(matches, 1) if match.link]
     rows = [[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)]] if following is not None else []
-    rows += filter_rows(shown, recommender.label_values(GENDER), words.kind_column)
+    rows += filter_rows(shown, words.values.get(GENDER, []), words.kind_column)
     if links:
         rows.append(links)
     if not rows:

@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from recommender import Match, Query, QueryPhoto, Recommender
 from recommender.errors import ExpiredSearchError, FilterError, SearchUnavailableError
 from recommender.exact_match import crops_per_photo
-from recommender.filters import Where, canonical
+from recommender.filters import CanonicalWhere, Where, canonical
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,17 @@ class Answer(NamedTuple):
     generation: int
 
 
-_Answer = Answer
-
-
 
 @dataclass
 class _Request:
     photo: QueryPhoto
-    future: asyncio.Future[_Answer]
+    future: asyncio.Future[Answer]
     loop: asyncio.AbstractEventLoop
+    #: the index generation that prepared the photo, and must embed and search it
+    recommender: Recommender
+    generation: int
     #: matches wanted on the first page (0: the vector only)
     page_size: int = 0
-    #: the index generation that prepared the photo, and must embed and search it
-    recommender: Recommender | None = None
-    generation: int = 0
     #: the shopper's filter for the first page (the photo's caption words)
     where: Where | None = None
 
@@ -150,13 +147,13 @@ class InferenceService:
         """The query of one photo's file bytes (``ImageDecodeError`` for unusable images)."""
         return (await self.embed_and_page(data, 0)).query
 
-    async def embed_and_page(self, data: bytes | bytearray, size: int = 5, where: Where | None = None) -> _Answer:
+    async def embed_and_page(self, data: bytes | bytearray, size: int = 5, where: Where | None = None) -> Answer:
         """The query of one photo and its ``size`` best matches among those passing ``where``, searched with its batch."""
         loop = asyncio.get_running_loop()
         recommender, generation = self._served
         photo = await loop.run_in_executor(self._decoders, recommender.prepare, data)
-        future: asyncio.Future[_Answer] = loop.create_future()
-        self._queue.put(_Request(photo, future, loop, size, recommender, generation, where))
+        future: asyncio.Future[Answer] = loop.create_future()
+        self._queue.put(_Request(photo, future, loop, recommender, generation, size, where))
         return await future
 
     async def page(
@@ -193,8 +190,7 @@ class InferenceService:
 
     def _embed_and_search(self, batch: list[_Request]) -> None:
         """One forward pass and search for photos that one index generation took."""
-        recommender = batch[0].recommender or self.recommender
-        generation = batch[0].generation
+        recommender, generation = batch[0].recommender, batch[0].generation
         try:
             embedded, crop_vectors = recommender.embed_photos([request.photo for request in batch])
             # Copies, not row views: a kept vector must not keep its whole batch alive.
@@ -238,7 +234,7 @@ class InferenceService:
     def _verify_and_deliver(self, request: _Request, vector: np.ndarray, crops: np.ndarray | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""
         try:
-            recommender = request.recommender or self.recommender
+            recommender = request.recommender
             query = recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
             page = recommender.answer([query], request.page_size, 0, request.where)[0] if request.page_size > 0 else []
         except SearchUnavailableError as exc:
@@ -253,7 +249,7 @@ class InferenceService:
 
     def _first_pages(self, recommender: Recommender, batch: list[_Request], vectors: list[np.ndarray]) -> list[list[Match]]:
         """Every request's first page from one search over the batch's vectors (one per filter in the batch)."""
-        by_filter: dict[Any, list[int]] = {}
+        by_filter: dict[CanonicalWhere, list[int]] = {}
         for position, request in enumerate(batch):
             if request.page_size > 0:
                 by_filter.setdefault(canonical(request.where), []).append(position)
@@ -279,18 +275,18 @@ def _by_index(batch: list[_Request]) -> list[list[_Request]]:
     return list(groups.values())
 
 
-def _deliver(request: _Request, setter: Callable[[asyncio.Future[_Answer], Any], None], value: Any) -> None:
+def _deliver(request: _Request, setter: Callable[[asyncio.Future[Answer], Any], None], value: Any) -> None:
     try:
         request.loop.call_soon_threadsafe(setter, request.future, value)
     except RuntimeError:  # the loop closed (shutdown) while this batch ran: nobody is waiting
         pass
 
 
-def _set_result(future: asyncio.Future[_Answer], value: _Answer) -> None:
+def _set_result(future: asyncio.Future[Answer], value: Answer) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future[_Answer], exc: BaseException) -> None:
+def _set_exception(future: asyncio.Future[Answer], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

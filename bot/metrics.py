@@ -35,12 +35,8 @@ class BotMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.photos = Counter("lookalike_photos", "Photos and image files received, by how they ended", ["outcome"], registry=self.registry)
-        self.refusals = Counter("lookalike_refusals", "Answers that were not an album, by reason", ["reason"], registry=self.registry)
-        for reason in REFUSAL_REASONS:
-            self.refusals.labels(reason)  # present at 0, so rate() works from the first scrape
-        for outcome in ("album", "refused"):
-            self.photos.labels(outcome)
+        self.photos = self._counter("lookalike_photos", "Photos and image files received, by how they ended", "outcome", ("album", "refused"))
+        self.refusals = self._counter("lookalike_refusals", "Answers that were not an album, by reason", "reason", REFUSAL_REASONS)
         self.photo_seconds = Histogram(
             "lookalike_photo_to_album_seconds", "From the photo's update reaching the bot to its album sent",
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=self.registry,
@@ -48,22 +44,25 @@ class BotMetrics:
         self.batch_photos = Histogram(
             "lookalike_forward_pass_photos", "Photos per forward pass of the model", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
         )
-        self.filtered = Counter(
+        self.filtered = self._counter(
             "lookalike_filtered_searches", "Searches narrowed by the shopper: by the photo's caption words or a filter button",
-            ["source"], registry=self.registry,
+            "source", ("caption", "button"),
         )  # fmt: skip
-        for source in ("caption", "button"):
-            self.filtered.labels(source)
-        self.webhook_refusals = Counter(
+        self.webhook_refusals = self._counter(
             "lookalike_webhook_refusals", "Webhook requests refused: a wrong secret token (403) or not an update (400)",
-            ["reason"], registry=self.registry,
+            "reason", ("secret", "malformed"),
         )  # fmt: skip
-        for reason in ("secret", "malformed"):
-            self.webhook_refusals.labels(reason)
         self.index_products = Gauge("lookalike_index_products", "Products in the served index", registry=self.registry)
         #: ``time.time()`` of the last update handled (0: none yet), for /healthz
         self.last_update = 0.0
         self.started = time.time()
+
+    def _counter(self, name: str, documentation: str, label: str, values: Iterable[str]) -> Counter:
+        """A counter by ``label`` with each of ``values`` present at 0, so rate() works from the first scrape."""
+        counter = Counter(name, documentation, [label], registry=self.registry)
+        for value in values:
+            counter.labels(value)
+        return counter
 
     def answered(self, seconds: float) -> None:
         self.photos.labels("album").inc()

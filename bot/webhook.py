@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from telegram import Update
 
 from recommender.errors import ConfigError
@@ -115,5 +116,5 @@ class WebhookServer:
         return web.Response(status=status, body=body, content_type=content_type)
 
     async def _scrape(self, request: web.Request) -> web.Response:
-        # CONTENT_TYPE_LATEST carries a charset, which aiohttp wants apart from the content type.
-        return web.Response(body=self.metrics.scrape(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        # As a header: CONTENT_TYPE_LATEST carries a charset, which aiohttp's content_type= refuses.
+        return web.Response(body=self.metrics.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -73,13 +73,15 @@ class FilterWords:
                 finest = (product.get(self.kind_column) or "").strip()
                 for column in kinds:
                     self._covers.setdefault((column, (product.get(column) or "").strip()), set()).add(finest)
+        #: each of these columns' values, most frequent first (gender's make the bot's filter buttons)
+        self.values: dict[str, list[str]] = {}
         for column in present:
             counts = Counter((product.get(column) or "").strip() for product in products)
-            for value, _ in counts.most_common():
+            self.values[column] = [value for value, _ in counts.most_common() if value.casefold() not in EMPTY_VALUES]
+            for value in self.values[column]:
                 key = _key(value)
-                if value.casefold() in EMPTY_VALUES or len(key) < 2:
-                    continue
-                self._values.setdefault(key, (column, value))
+                if len(key) >= 2:
+                    self._values.setdefault(key, (column, value))
 
     def __len__(self) -> int:
         return len(self._values)

@@ -13,7 +13,6 @@ keypoints, :meth:`Recommender.embed_photos` embeds photo and crops in one forwar
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -28,7 +27,7 @@ from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
 from .exact_match import SHORTLIST, Verifier, query_crops, shortlist
 from .extractor import FeatureExtractor, normalize_weights_option
-from .filter_words import EMPTY_VALUES, FilterWords
+from .filter_words import FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image, square_resize
 from .index_store import CatalogueIndex, load_index
@@ -161,7 +160,6 @@ class Recommender:
         self.verifier: Verifier | None = None
         self._masks: dict[CanonicalWhere, np.ndarray] = {}
         self._words: FilterWords | None = None
-        self._labels: dict[str, list[str]] = {}
 
     def load(self) -> Recommender:
         index = load_index(self.index_dir, mmap=True)  # searching reads only the vectors: features and colours stay on disk
@@ -178,7 +176,6 @@ class Recommender:
         self.verifier = Verifier(index.local_features) if index.local_features is not None else None
         self._masks = {}
         self._words = None
-        self._labels = {}
         return self
 
     @property
@@ -294,16 +291,6 @@ class Recommender:
             index = self._loaded()[0]
             self._words = FilterWords(index.products, index.columns)
         return self._words
-
-    def label_values(self, column: str) -> list[str]:
-        """The values of ``column`` in the catalogue, most frequent first (none for a column it lacks)."""
-        index = self._loaded()[0]
-        if column not in index.columns:
-            return []
-        if column not in self._labels:
-            counts = Counter((product.get(column) or "").strip() for product in index.products)
-            self._labels[column] = [value for value, _ in counts.most_common() if value.casefold() not in EMPTY_VALUES]
-        return self._labels[column]
 
     def matches(self, vectors: np.ndarray, k: int = 5, offset: int = 0, where: Where | None = None) -> list[list[Match]]:
         """Ranked matches ``offset .. offset+k-1`` for each query vector, among the products that pass ``where``."""

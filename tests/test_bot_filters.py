@@ -215,7 +215,7 @@ def with_links(recommender: Any) -> Any:
     products = [{**product, "link": f"https://shop.example/p/{product['id']}"} for product in index.products]
     linked = copy.copy(recommender)
     linked.index = dataclasses.replace(index, products=products, columns=[*index.columns, "link"])
-    linked._masks, linked._words, linked._labels = {}, None, {}
+    linked._masks, linked._words = {}, None
     return linked
 
 
