@@ -192,12 +192,12 @@ class InferenceService:
         """One forward pass and search for photos that one index generation took."""
         recommender, generation = batch[0].recommender, batch[0].generation
         try:
-            embedded, crop_vectors = recommender.embed_photos([request.photo for request in batch])
+            embedded, shortlist_queries = recommender.embed_photos([request.photo for request in batch])
             # Copies, not row views: a kept vector must not keep its whole batch alive.
             vectors = [vector.copy() for vector in embedded]
             if recommender.finds_exact_items and self._decoders is not None:
-                for request, vector, crops in zip(batch, vectors, crop_vectors):
-                    self._decoders.submit(self._verify_and_deliver, request, vector, crops)
+                for request, vector, asked in zip(batch, vectors, shortlist_queries):
+                    self._decoders.submit(self._verify_and_deliver, request, vector, asked)
                 pages = None
             else:
                 pages = self._first_pages(recommender, batch, vectors)
@@ -231,11 +231,11 @@ class InferenceService:
             return self.max_batch
         return max(1, self.max_batch // (1 + crops_per_photo()))
 
-    def _verify_and_deliver(self, request: _Request, vector: np.ndarray, crops: np.ndarray | None) -> None:
+    def _verify_and_deliver(self, request: _Request, vector: np.ndarray, shortlist_queries: np.ndarray | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""
         try:
             recommender = request.recommender
-            query = recommender.verify(request.photo, vector, crops)  # the query keeps only its vector (a copy)
+            query = recommender.verify(request.photo, vector, shortlist_queries)  # the query keeps only its vector (a copy)
             page = recommender.answer([query], request.page_size, 0, request.where)[0] if request.page_size > 0 else []
         except SearchUnavailableError as exc:
             log.warning("Search unavailable: %s", exc)

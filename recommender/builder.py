@@ -356,13 +356,16 @@ def _write_index(
             else:
                 writer.put(position, *finished.row(item.id))
         finished.close()
-        trained = None
-        if headed:
-            trained = _train_head(catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size)
         wanted = plan.exact_items if plan.exact_items is not None else (earlier is None or earlier.local_features is not None)
+        trained = instance = None
+        if headed:
+            trained, instance = _train_head(
+                catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size, instance=wanted
+            )  # fmt: skip
         local = _local_features(catalogue, rows, earlier, earlier_rows, report, plan.on_local) if wanted else None
         written = writer.commit(
-            catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None, head=trained,
+            catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None,
+            head=trained, instance_head=instance,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
             local_features=local, search=_search_backend(plan.search, out_dir, rows, earlier, earlier_rows, report),
         )  # fmt: skip
@@ -485,8 +488,11 @@ def _train_head(
     settings: head_module.HeadSettings | None,
     on_head: Callable[[int, int], None] | None,
     batch_size: int,
-) -> head_module.EmbeddingHead:
-    """Train the head on (a type-balanced sample of) ``rows``, timed for the report."""
+    *,
+    instance: bool,
+) -> tuple[head_module.EmbeddingHead, head_module.EmbeddingHead | None]:
+    """Train the head on (a type-balanced sample of) ``rows``, and with ``instance`` (keypoints wanted) the
+    instance head on the same views, timed together for the report."""
     started = time.perf_counter()
     settings = settings or head_module.HeadSettings()
     labels = [item.labels for item in rows]
@@ -495,9 +501,12 @@ def _train_head(
         on_head(len(sample), len(rows))
     views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, settings, batch_size)
     trained = head_module.train_head(features[sample], [labels[row] for row in sample], views, settings)
+    shortlist = None
+    if instance:
+        shortlist = head_module.train_head(features[sample], [labels[row] for row in sample], views, head_module.instance_settings(settings))
     report.head_products = len(sample)
     report.head_seconds = time.perf_counter() - started
-    return trained
+    return trained, shortlist
 
 
 def _colour_method(index: CatalogueIndex) -> str | None:

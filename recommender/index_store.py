@@ -7,7 +7,9 @@ Layout of an index directory (no pickle anywhere)::
     features.npy    float32 (N, feature_dim) backbone features (only when a refinement made vectors differ)
     colour.npy      float32 (N, 320) colour histograms of the products (recommender/colour.py)
     refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
-    head*.json/npy  or the learned embedding head, when built with --head labels (recommender/head.py)
+    head*.json/npy  or the learned embedding head, when built with --head labels (recommender/head.py);
+                    with keypoints also instance_head*.json/npy, the head that tells products apart, and
+    shortlist_vectors.npy  its embedding of every product, which the exact-item shortlist searches
     local_*.npy     the products' SIFT keypoints for exact-item search (recommender/local_features.py)
     ann.faiss, ann_rows.npy  the approximate search index, when built with --backend ann (recommender/ann_search.py)
     products.csv    id, image (relative to the manifest's images_root), then the styles.csv columns
@@ -57,6 +59,8 @@ from .refine import LabelCentroids
 MANIFEST = "manifest.json"
 VECTORS = "vectors.npy"
 FEATURES = "features.npy"
+#: the instance head's embedding of every product: the exact-item stage's shortlist space
+SHORTLIST_VECTORS = "shortlist_vectors.npy"
 COLOURS = "colour.npy"
 PRODUCTS = "products.csv"
 SKIPPED = "skipped.csv"
@@ -85,6 +89,12 @@ class CatalogueIndex:
     head: EmbeddingHead | None = None
     #: the products' keypoints for exact-item search, or None for an index built without them
     local_features: LocalFeatureStore | None = None
+    #: what the exact-item shortlist searches, and the head that embeds its queries: the instance head
+    #: (recommender/head.py) and its embedding of every product; for an index built before it, the
+    #: head's own embedding before the label pull (the pull gathers products of one type and colour).
+    #: None: the shortlist searches ``vectors`` (no head, or no keypoints)
+    shortlist_vectors: np.ndarray | None = None
+    shortlist_head: EmbeddingHead | None = None
     #: the approximate search index (``--backend ann``), or None for the exact search
     ann: AnnIndex | None = None
 
@@ -110,6 +120,13 @@ class CatalogueIndex:
         if self.refiner is not None:
             return self.refiner.query_vectors(features, colours())
         return features
+
+    def shortlist_queries(self, features: np.ndarray, query_vectors: np.ndarray) -> np.ndarray:
+        """Photos' (and crops') backbone features → queries in :attr:`shortlist_vectors`' space (their
+        ``query_vectors`` when the shortlist searches ``vectors``)."""
+        if self.shortlist_vectors is None or self.shortlist_head is None:
+            return query_vectors
+        return self.shortlist_head.embed(features)
 
 
 def index_exists(directory: str | os.PathLike[str]) -> bool:
@@ -189,10 +206,28 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
             f"The embedding head at {directory} maps {head.feature_dim} to {head.vector_dim} values; the manifest says "
             f"{manifest.model.feature_dim} to {vector_dim}. Rebuild the index."
         )
+    shortlist_head, shortlist_vectors = _shortlist(directory, head, features, mmap) if head is not None and local_features is not None else (None, None)
     return CatalogueIndex(
-        directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns,
-        features=features, colours=colours, refiner=refiner, head=head, local_features=local_features, ann=ann,
+        directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns, features=features,
+        colours=colours, refiner=refiner, head=head, local_features=local_features, shortlist_vectors=shortlist_vectors,
+        shortlist_head=shortlist_head, ann=ann,
     )  # fmt: skip
+
+
+def _shortlist(directory: Path, head: EmbeddingHead, features: np.ndarray, mmap: bool) -> tuple[EmbeddingHead, np.ndarray]:
+    """The exact-item shortlist's head and product vectors: the instance head and its stored vectors, or, for
+    an index built before it, the head itself and its embedding before the pull, made here."""
+    params_json, _, _ = head_module.head_files(head_module.INSTANCE_PREFIX)
+    if not (directory / params_json).exists():
+        blocks = [head.embed(features[start : start + _REFINE_BLOCK]) for start in range(0, len(features), _REFINE_BLOCK)]
+        return head, np.concatenate(blocks) if blocks else np.zeros((0, head.vector_dim), np.float32)
+    try:
+        instance = EmbeddingHead.load(directory, head_module.INSTANCE_PREFIX)
+        if instance.feature_dim != head.feature_dim:
+            raise ValueError(f"the instance head takes {instance.feature_dim} features, the head {head.feature_dim}")
+        return instance, _load_rows(directory / SHORTLIST_VECTORS, len(features), instance.vector_dim, mmap)
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
 
 
 def _check_images_confined(directory: Path, manifest: Manifest, products: Sequence[Mapping[str, str]]) -> None:
@@ -305,6 +340,7 @@ class IndexWriter:
         weights: str,
         previous: Manifest | None = None,
         head: EmbeddingHead | None = None,
+        instance_head: EmbeddingHead | None = None,
         runtime: Mapping[str, Any] | None = None,
         runtime_model: Path | None = None,
         local_features: LocalFeatureStore | None = None,
@@ -315,7 +351,8 @@ class IndexWriter:
         ``items`` are the products of the rows put, in row order, drawn from ``catalogue``;
         ``skipped`` lists the photos left out; ``model`` and ``weights`` made the features;
         ``previous`` is the index being updated (its creation date is kept); ``head``, a trained embedding
-        head that makes the search vectors (the writer must keep its features). ``runtime`` describes
+        head that makes the search vectors (the writer must keep its features); ``instance_head``, stored
+        with keypoints only, makes the exact-item shortlist's vectors. ``runtime`` describes
         how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
         its SHA-256 recorded). ``local_features``, the products' keypoints (row-aligned), are stored
         for exact-item search. ``search(staging, vectors, manifest)``, given the finished search vectors
@@ -329,7 +366,8 @@ class IndexWriter:
         self._colours.flush()
         if head is not None:
             assert self.keep_features and not self._refined, "a head needs keep_features=True and no refinement"
-            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head)
+            shortlist = instance_head if local_features is not None else None
+            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head, shortlist)
         else:
             vector_dim, refinement = self._write_search_vectors(staging, [item.labels for item in items])
         self._features = self._colours = None
@@ -349,6 +387,9 @@ class IndexWriter:
             assert len(local_features) == self.count, f"{len(local_features)} keypoint sets for {self.count} rows"
             local_features.save(staging)
             local_details = {**local_features.describe(), "keypoints": int(local_features.offsets[-1])}
+            if head is not None and instance_head is not None:
+                local_details["shortlist"] = {"method": head_module.INSTANCE_METHOD, "vector_dim": instance_head.vector_dim,
+                                              "settings": instance_head.settings.to_json()}  # fmt: skip
         now = utc_timestamp()
         manifest = Manifest(
             model=model,
@@ -391,17 +432,23 @@ class IndexWriter:
         refiner.save(staging)
         return vector_dim, refiner.describe()
 
-    def _write_head_vectors(self, staging: Path, labels: Sequence[Mapping[str, str]], head: EmbeddingHead) -> tuple[int, dict[str, Any]]:
-        """(vector_dim, head description): every product's vector from the trained head, and the head's files."""
+    def _write_head_vectors(
+        self, staging: Path, labels: Sequence[Mapping[str, str]], head: EmbeddingHead, shortlist: EmbeddingHead | None
+    ) -> tuple[int, dict[str, Any]]:
+        """(vector_dim, head description): every product's vector from the trained head, and the head's files;
+        with a ``shortlist`` (instance) head also its files and its embedding of every product."""
         features = self._features
         assert features is not None
         self._write_vectors(staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows]))
         head.save(staging)
+        if shortlist is not None:
+            self._write_vectors(staging, shortlist.vector_dim, lambda rows: shortlist.embed(features[rows]), SHORTLIST_VECTORS)
+            shortlist.save(staging, head_module.INSTANCE_PREFIX)
         return head.vector_dim, head.describe()
 
-    def _write_vectors(self, staging: Path, vector_dim: int, vectors_of: Callable[[slice], np.ndarray]) -> None:
-        """vectors.npy, computed block by block so memory stays bounded for huge catalogues."""
-        vectors = np.lib.format.open_memmap(staging / VECTORS, mode="w+", dtype=np.float32, shape=(self.count, vector_dim))
+    def _write_vectors(self, staging: Path, vector_dim: int, vectors_of: Callable[[slice], np.ndarray], name: str = VECTORS) -> None:
+        """vectors.npy (or ``name``), computed block by block so memory stays bounded for huge catalogues."""
+        vectors = np.lib.format.open_memmap(staging / name, mode="w+", dtype=np.float32, shape=(self.count, vector_dim))
         for start in range(0, self.count, _REFINE_BLOCK):
             vectors[start : start + _REFINE_BLOCK] = vectors_of(slice(start, start + _REFINE_BLOCK))
         vectors.flush()

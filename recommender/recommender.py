@@ -8,6 +8,9 @@ An index with local features (recommender/local_features.py) adds the exact-item
 (recommender/exact_match.py): :meth:`Recommender.prepare` also makes the photo's crops and
 keypoints, :meth:`Recommender.embed_photos` embeds photo and crops in one forward pass, and
 :meth:`Recommender.verify` turns them into a :class:`Query` whose verified products come first.
+With a learned head, the shortlist searches the head's embedding before its label pull
+(``CatalogueIndex.shortlist_vectors``): the product itself is among the 50 for 94 % of shopper
+photos there, against 75 % in the pulled search vectors (README "Exact item").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .backends import Searcher, open_searcher
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
-from .exact_match import SHORTLIST, Verifier, query_crops, shortlist
+from .exact_match import SHORTLIST, Verifier, candidates, query_crops, shortlist
 from .extractor import FeatureExtractor, normalize_weights_option
 from .filter_words import FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
@@ -214,29 +217,38 @@ class Recommender:
             raise ImageDecodeError("There is not enough memory to read this image right now; please try again.") from exc
 
     def embed_photos(self, photos: list[QueryPhoto]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """Photos → their query vectors and each photo's crop vectors, in one forward pass."""
+        """Photos → their query vectors and, for each photo with crops, its shortlist queries (the photo
+        then its crops, in the space the exact-item shortlist searches), in one forward pass."""
+        index, _, _ = self._loaded()
         crops = [photo.crops for photo in photos if photo.crops is not None and len(photo.crops)]
-        vectors = self.embed(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
-        whole, rest = vectors[: len(photos)], vectors[len(photos) :]
-        crop_vectors: list[np.ndarray | None] = []
-        for photo in photos:
+        features, vectors = self._features_and_vectors(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
+        whole = vectors[: len(photos)]
+        if not crops:
+            return whole, [None] * len(photos)
+        asked = index.shortlist_queries(features, vectors)
+        rest = asked[len(photos) :]
+        shortlist_queries: list[np.ndarray | None] = []
+        for position, photo in enumerate(photos):
             count = 0 if photo.crops is None else len(photo.crops)
-            crop_vectors.append(rest[:count] if count else None)
+            shortlist_queries.append(np.concatenate([asked[position : position + 1], rest[:count]]) if count else None)
             rest = rest[count:]
-        return whole, crop_vectors
+        return whole, shortlist_queries
 
-    def verify(self, photo: QueryPhoto, vector: np.ndarray, crop_vectors: np.ndarray | None, *, allowed: np.ndarray | None = None) -> Query:
-        """The photo's :class:`Query`: the shortlist of its crops, checked against the photo's keypoints.
+    def verify(self, photo: QueryPhoto, vector: np.ndarray, shortlist_queries: np.ndarray | None, *, allowed: np.ndarray | None = None) -> Query:
+        """The photo's :class:`Query`: the shortlist of the photo and its crops (``shortlist_queries``, from
+        :meth:`embed_photos`), checked against the photo's keypoints.
 
         The whole catalogue is verified, whatever a filter asks: the verified product is the one in
         the photo, and :meth:`answer` leaves it out of a filtered page it does not pass, so a filtered
         answer is always the unfiltered one's passing products, in order. ``allowed``, a row mask,
         limits the candidates (the evaluator takes a product out to count false exact matches)."""
-        _, _, searcher = self._loaded()
+        index, _, searcher = self._loaded()
         if self.verifier is None or photo.local is None:
             return Query(vector)
-        asked = vector[None] if crop_vectors is None else np.concatenate([vector[None], crop_vectors])
-        rows, scores = searcher.candidates(asked, SHORTLIST, allowed=allowed)
+        if index.shortlist_vectors is not None and shortlist_queries is not None:
+            rows, scores = candidates(index.shortlist_vectors, shortlist_queries, SHORTLIST, allowed)
+        else:
+            rows, scores = searcher.candidates(vector[None] if shortlist_queries is None else shortlist_queries, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
         found = self.verifier.verify(photo.local, chosen, best)
         return Query(vector, found.pinned, found.exact)
@@ -253,13 +265,18 @@ class Recommender:
         features plus the photo's colour histogram (recommender/refine.py), or the index's learned
         embedding head (recommender/head.py).
         """
+        return self._features_and_vectors(pixels)[1]
+
+    def _features_and_vectors(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded images → (backbone features, query vectors)."""
         index, extractor, _ = self._loaded()
 
         def colours() -> np.ndarray:  # asked for by a refined index only
             assert index.refiner is not None
             return colour_histograms(pixels, index.refiner.colour_method)
 
-        return index.query_vectors(extractor.extract(pixels), colours)
+        features = extractor.extract(pixels)
+        return features, index.query_vectors(features, colours)
 
     @property
     def filter_columns(self) -> list[str]:

@@ -216,7 +216,7 @@ def _print_report(report: BuildReport) -> None:
     if report.head != "none":
         print(
             f"Embedding head: {report.head} (trained on {report.head_products} products' labels and shopper-like views "
-            f"of their photos in {report.head_seconds:.1f}s, included above)."
+            f"of their photos{', with the instance head for exact-item search,' if report.exact_items else ''} in {report.head_seconds:.1f}s, included above)."
         )
     if report.exact_items:
         print(f"Exact-item search: keypoints of {report.local_computed} photos made in {report.local_seconds:.1f}s"

@@ -13,8 +13,20 @@ from PIL import Image
 
 from recommender import IndexCorruptError, Recommender, build_index, load_index
 from recommender.catalogue import Catalogue, CatalogueItem
-from recommender.exact_match import CROP_SCALES, EXACT_INLIERS, PIN_INLIERS, Verifier, crop_boxes, query_crops, shortlist
+from recommender.exact_match import (
+    CROP_SCALES,
+    EXACT_INLIERS,
+    LIKELY_INLIERS,
+    PIN_INLIERS,
+    Verifier,
+    candidates,
+    crop_boxes,
+    query_crops,
+    shortlist,
+)
+from recommender.head import INSTANCE_METHOD, INSTANCE_PREFIX, INSTANCE_TEMPERATURE, HeadSettings, head_files, instance_settings
 from recommender.images import BACKGROUND, decode_image, square_resize
+from recommender.index_store import SHORTLIST_VECTORS
 from recommender.local_features import (
     BOXES,
     COLOURS,
@@ -324,6 +336,34 @@ def test_the_same_product_in_another_colour_is_not_exact(fashion_catalogue, stor
         assert not verifier.verify(query, ALL_ROWS, NO_SCORES).exact
 
 
+def moved_keypoints(store: LocalFeatureStore, row: int, count: int) -> LocalFeatures:
+    """A 'photo' holding ``count`` of product ``row``'s own keypoints, moved by one scale and shift: exactly
+    ``count`` matches agree in place and colour."""
+    points, descriptors, box, colours = store.features(row)
+    keep = np.linspace(0, len(points) - 1, count).round().astype(int)
+    scale, shift = 1.5, np.array([40.0, 60.0], dtype=np.float32)
+    size = (int(box[2] * scale + 100), int(box[3] * scale + 120))
+    return LocalFeatures(points[keep] * scale + shift, root_sift(descriptors[keep]), size, colours[keep])  # a query's descriptors are RootSIFT
+
+
+def test_a_few_agreeing_matches_put_the_shortlists_best_first_but_never_verify_it(store, store_items):
+    """2-5 matches are too few to verify a product, but when the shortlist's best has them it comes first
+    (not called exact); a product lower in the shortlist needs PIN_INLIERS."""
+    row = next(i for i, item in enumerate(store_items) if item.id == TEXTURED[0])
+    other = (row + 1) % STORE_SIZE
+    verifier = Verifier(store)
+    few = moved_keypoints(store, row, LIKELY_INLIERS + 2)
+    assert LIKELY_INLIERS + 2 < PIN_INLIERS
+    found = verifier.verify(few, [row, other], [0.9, 0.5])
+    assert found.pinned == (row,) and found.inliers == (LIKELY_INLIERS + 2,) and not found.exact
+    assert row not in verifier.verify(few, [other, row], [0.9, 0.5]).pinned  # not the shortlist's best: too few
+    assert verifier.verify(moved_keypoints(store, row, 1), [row, other], [0.9, 0.5]).pinned == ()  # one keypoint: nothing
+    enough = verifier.verify(moved_keypoints(store, row, PIN_INLIERS + 2), [other, row], [0.9, 0.5])
+    assert enough.pinned == (row,) and not enough.exact  # verified wherever it stands in the shortlist
+    exact = verifier.verify(moved_keypoints(store, row, EXACT_INLIERS + 4), [other, row], [0.9, 0.5])
+    assert exact.pinned == (row,) and exact.exact
+
+
 def test_a_photo_with_too_few_keypoints_or_no_candidates_verifies_nothing(store):
     blank = query_features(Image.new("RGB", (480, 640), (120, 90, 60)))
     assert len(blank) == 0
@@ -397,8 +437,12 @@ def test_prepare_makes_crops_and_keypoints_and_matches_skips_verification(exact_
     """With keypoints in the index a photo brings its 4 crops and keypoints; matches() alone ranks by the vector, never exact."""
     photo = exact_recommender.prepare(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0])))
     assert photo.crops is not None and photo.crops.shape == (4, 224, 224, 3) and photo.local is not None
-    vectors, crop_vectors = exact_recommender.embed_photos([photo])
-    assert crop_vectors[0] is not None and crop_vectors[0].shape == (4, vectors.shape[1])
+    vectors, asked = exact_recommender.embed_photos([photo])
+    # no head: the shortlist searches the search vectors themselves, with the photo's and its 4 crops' vectors
+    assert exact_recommender.index.shortlist_vectors is None
+    assert asked[0] is not None and asked[0].shape == (5, vectors.shape[1])
+    np.testing.assert_allclose(asked[0][0], vectors[0], atol=1e-6)
+    np.testing.assert_allclose(asked[0][1:], exact_recommender.embed(photo.crops), atol=1e-5)
     plain = exact_recommender.matches(vectors, k=5)[0]
     assert not any(match.exact for match in plain)
 
@@ -494,3 +538,96 @@ def test_the_shortlist_comes_from_the_projection_when_it_is_ready(fashion_index)
     allowed[::3] = True
     rows, _ = searcher.candidates(queries, 20, allowed=allowed)
     assert np.all(rows % 3 == 0)
+
+
+def test_candidates_are_the_exact_best_rows_and_never_a_row_left_out():
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((5, 16)).astype(np.float32)
+    rows, scores = candidates(vectors, queries, 20)
+    brute = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(rows, brute)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, brute, axis=1), rtol=1e-5)
+    allowed = np.zeros(len(vectors), dtype=bool)
+    allowed[[3, 50, 299]] = True
+    rows, scores = candidates(vectors, queries, 20, allowed)  # fewer rows allowed than asked for: the rest is -1
+    assert rows.shape == (5, 20) and all(set(r[:3]) == {3, 50, 299} and set(r[3:]) == {-1} for r in rows.tolist())
+    chosen, _ = shortlist(rows, scores)
+    assert sorted(chosen.tolist()) == [3, 50, 299]
+    rows, _ = candidates(vectors[:7], queries, 20)  # a catalogue smaller than the shortlist: all of it
+    assert rows.shape == (5, 7) and all(sorted(r) == list(range(7)) for r in rows.tolist())
+
+
+#: a head small enough to train in seconds on the store's 30 products (one shopper view each)
+SMALL_HEAD = HeadSettings(labels=("articleType",), hidden=128, dim=32, epochs=30, batch_size=16, views=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def head_exact_index(fashion_catalogue, store_items, mobilenet_real, tmp_path_factory) -> Path:
+    """The store indexed with a learned head and keypoints (the default of a new labelled index). Read-only."""
+    out = tmp_path_factory.mktemp("head-exact") / "index"
+    report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, head="labels", head_settings=SMALL_HEAD, exact_items=True)
+    assert report.exact_items and report.head == "labels"
+    return out
+
+
+def instance_files(directory: Path) -> list[Path]:
+    params_json, weight_files, _ = head_files(INSTANCE_PREFIX)
+    return [directory / name for name in (params_json, *weight_files, SHORTLIST_VECTORS)]
+
+
+def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashion_catalogue, store_items):
+    """The head gathers products of one type; the shortlist searches the instance head's embedding, trained
+    on the same views to tell the products themselves apart."""
+    index = load_index(head_exact_index)
+    assert index.head is not None and index.shortlist_head is not None and index.shortlist_vectors is not None
+    assert all(path.is_file() for path in instance_files(head_exact_index))
+    instance = index.shortlist_head
+    assert instance.settings == instance_settings(SMALL_HEAD) and not instance.prototypes and instance.settings.temperature == INSTANCE_TEMPERATURE
+    assert not np.allclose(instance.w1, index.head.w1)  # trained apart from the head
+    np.testing.assert_allclose(index.shortlist_vectors, instance.embed(index.features), atol=1e-6)
+    manifest = json.loads((head_exact_index / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["local_features"]["shortlist"] == {"method": INSTANCE_METHOD, "vector_dim": SMALL_HEAD.dim, "settings": instance.settings.to_json()}
+    recommender = Recommender(head_exact_index).load()
+    item = item_with(store_items, TEXTURED[1])
+    photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
+    vectors, asked = recommender.embed_photos([photo])
+    assert asked[0] is not None and asked[0].shape == (5, SMALL_HEAD.dim)
+    assert recommender.extractor is not None and photo.crops is not None
+    features = recommender.extractor.extract(np.concatenate([photo.pixels[None], photo.crops]))
+    np.testing.assert_allclose(asked[0], instance.embed(features), atol=1e-5)  # the photo, then its crops
+    np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1])[0], atol=1e-5)  # the album's own vector
+    first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
+    assert first.id == item.id and first.exact
+
+
+def test_an_index_built_before_the_instance_head_shortlists_with_the_head_and_a_damaged_one_is_refused(head_exact_index, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(head_exact_index, old)
+    for path in instance_files(old):
+        path.unlink()
+    index = load_index(old)
+    assert index.head is not None and index.shortlist_head is index.head and index.shortlist_vectors is not None
+    np.testing.assert_allclose(index.shortlist_vectors, index.head.embed(index.features), atol=1e-6)  # before the pull
+    assert Recommender(old).load().finds_exact_items
+    damaged = tmp_path / "damaged"
+    shutil.copytree(head_exact_index, damaged)
+    np.save(damaged / SHORTLIST_VECTORS, np.zeros((STORE_SIZE, SMALL_HEAD.dim + 1), dtype=np.float32))
+    with pytest.raises(IndexCorruptError, match="damaged"):
+        load_index(damaged)
+    (damaged / SHORTLIST_VECTORS).unlink()
+    with pytest.raises(IndexCorruptError, match="damaged"):
+        load_index(damaged)
+
+
+def test_a_head_index_without_keypoints_keeps_no_shortlist(head_exact_index, fashion_catalogue, store_items, mobilenet_real, tmp_path):
+    out = tmp_path / "index"
+    shutil.copytree(head_exact_index, out)
+    report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, update=True, exact_items=False)
+    assert report.head == "labels" and not report.exact_items
+    index = load_index(out)
+    assert index.head is not None and index.local_features is None and index.shortlist_vectors is None and index.shortlist_head is None
+    assert not any(path.exists() for path in instance_files(out))  # written only beside keypoints
+    report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, update=True, exact_items=True)
+    assert report.exact_items and all(path.is_file() for path in instance_files(out))  # keypoints again: the instance head too
+    assert load_index(out).shortlist_head is not None

@@ -309,17 +309,17 @@ def verified_exact_items(
     for start in range(0, len(own), batch_size):
         began = time.perf_counter()
         photos = [recommender.prepare(shot) for shot in shots[start : start + batch_size]]
-        vectors, crops = recommender.embed_photos(photos)
-        queries = [recommender.verify(photo, vector, crop) for photo, vector, crop in zip(photos, vectors, crops)]
+        vectors, asked = recommender.embed_photos(photos)
+        queries = [recommender.verify(photo, vector, shortlisted) for photo, vector, shortlisted in zip(photos, vectors, asked)]
         pages = recommender.answer(queries, k)
         seconds += time.perf_counter() - began
         global_vectors.append(vectors)
-        for photo, vector, crop, page, row in zip(photos, vectors, crops, pages, own[start : start + batch_size]):
+        for photo, vector, shortlisted, page, row in zip(photos, vectors, asked, pages, own[start : start + batch_size]):
             rows = [match.row for match in page]
             ranks.append(rows.index(int(row)) + 1 if row in rows else 0)
             called.append(bool(page) and page[0].exact)
             everything[row] = False
-            false_calls.append(recommender.verify(photo, vector, crop, allowed=everything).exact)
+            false_calls.append(recommender.verify(photo, vector, shortlisted, allowed=everything).exact)
             everything[row] = True
     right = [r == 1 for r, c in zip(ranks, called) if c]
     assert recommender.index is not None
