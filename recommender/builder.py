@@ -464,7 +464,8 @@ def _local_features(
     """Every product's keypoints: an updated index's own where it has them (made the same way), the rest made now."""
     started = time.perf_counter()
     kept = earlier.local_features if earlier is not None else None
-    if kept is not None and earlier is not None and {**earlier.manifest.local_features, "keypoints": None} != {**LocalFeatureStore.describe(), "keypoints": None}:
+    made_as = LocalFeatureStore.describe()
+    if kept is not None and earlier is not None and {key: earlier.manifest.local_features.get(key) for key in made_as} != made_as:
         kept = None  # made with other settings: make them all again
     reuse = [kept is not None and item.id in earlier_rows for item in rows]
     todo = [catalogue.images_dir / item.image for item, reused in zip(rows, reuse) if not reused]

@@ -41,6 +41,12 @@ CATALOGUE_SIDE = 320
 QUERY_SIDE = 400
 MAX_CATALOGUE_POINTS = 200
 MAX_QUERY_POINTS = 1000
+#: SIFT's contrast threshold (OpenCV's default 0.04 for the catalogue, whose keypoints are stored).
+#: A phone photo is blurred, noisy and often dim: at 0.02 it keeps the keypoints of a plain
+#: garment's seams and folds. Product first 78.0 → 83.0 % (seed 0, 300 photos; 0.03: 82.7 %, 0.015:
+#: 83.0 %, 0.01: 82.7 %), false exact matches 0.7 % either way
+CATALOGUE_CONTRAST = 0.04
+QUERY_CONTRAST = 0.02
 DESCRIPTOR_SIZE = 128
 
 OFFSETS = "local_offsets.npy"
@@ -67,13 +73,13 @@ class LocalFeatures:
         return len(self.points)
 
 
-def _sift(image: Image.Image, side: int, limit: int) -> tuple[LocalFeatures, Image.Image]:
+def _sift(image: Image.Image, side: int, limit: int, contrast: float = CATALOGUE_CONTRAST) -> tuple[LocalFeatures, Image.Image]:
     import cv2  # imported on first use: the bot and the build pay for OpenCV only when they verify
 
     scale = side / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     scaled = image.convert("RGB").resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.BILINEAR)
-    sift = cv2.SIFT_create(nfeatures=limit)  # type: ignore[attr-defined]
+    sift = cv2.SIFT_create(nfeatures=limit, contrastThreshold=contrast)  # type: ignore[attr-defined]
     keypoints, descriptors = sift.detectAndCompute(np.asarray(scaled.convert("L")), None)
     if descriptors is None or not keypoints:
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_SIZE), np.uint8), size), scaled
@@ -100,7 +106,7 @@ def catalogue_features(image: Image.Image) -> tuple[LocalFeatures, np.ndarray]:
 
 def query_features(image: Image.Image) -> LocalFeatures:
     """A shopper photo's keypoints, descriptors as RootSIFT (ready for :func:`root_sift` matching)."""
-    features, _ = _sift(image, QUERY_SIDE, MAX_QUERY_POINTS)
+    features, _ = _sift(image, QUERY_SIDE, MAX_QUERY_POINTS, QUERY_CONTRAST)
     return LocalFeatures(features.points, root_sift(features.descriptors), features.size, features.colours)
 
 

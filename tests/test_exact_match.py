@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recommender import IndexCorruptError, Recommender, build_index, load_index
+from recommender import IndexCorruptError, Recommender, build_index, load_index, local_features
 from recommender.catalogue import Catalogue, CatalogueItem
 from recommender.exact_match import (
     CROP_SCALES,
@@ -29,13 +29,17 @@ from recommender.images import BACKGROUND, decode_image, square_resize
 from recommender.index_store import SHORTLIST_VECTORS
 from recommender.local_features import (
     BOXES,
+    CATALOGUE_CONTRAST,
     COLOURS,
     DESCRIPTOR_SIZE,
     DESCRIPTORS,
     FILES,
+    MAX_QUERY_POINTS,
     METHOD,
     OFFSETS,
     POINTS,
+    QUERY_CONTRAST,
+    QUERY_SIDE,
     LocalFeatures,
     LocalFeatureStore,
     catalogue_features,
@@ -219,6 +223,30 @@ def test_shortlist_is_the_brute_force_top_rows_by_best_crop(seed):
 
 
 # --- the stored keypoints ----------------------------------------------------------------------
+
+
+def test_a_shopper_photo_keeps_more_keypoints_than_the_catalogues_threshold_would(fashion_catalogue, store_items):
+    """A phone photo is blurred and noisy: the query side's lower contrast threshold keeps more of its keypoints."""
+    shot = decode_image(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[1])), min_side=448)
+    query = query_features(shot)  # measured: 117 keypoints against 65
+    at_catalogue_threshold, _ = local_features._sift(shot, QUERY_SIDE, MAX_QUERY_POINTS, CATALOGUE_CONTRAST)
+    assert QUERY_CONTRAST < CATALOGUE_CONTRAST
+    assert len(query) > 1.4 * len(at_catalogue_threshold) > 0
+
+
+def test_two_nearest_are_the_two_best_columns_of_each_row():
+    from recommender.exact_match import _two_nearest
+
+    similarity = np.random.default_rng(3).random((500, 40), dtype=np.float32)
+    similarity[7] = similarity[7, 0]  # a row of ties: the first column, twice the same similarity
+    before = similarity.copy()
+    nearest, best, second = _two_nearest(similarity)
+    ordered = np.sort(before, axis=1)
+    np.testing.assert_array_equal(best, ordered[:, -1])
+    np.testing.assert_array_equal(second, ordered[:, -2])
+    np.testing.assert_array_equal(before[np.arange(500), nearest], best)
+    assert nearest[7] == 0 and best[7] == second[7]
+    np.testing.assert_array_equal(similarity, before)  # restored
 
 
 def test_catalogue_keypoints_of_a_real_photo(fashion_catalogue, store, store_items):
@@ -630,4 +658,17 @@ def test_a_head_index_without_keypoints_keeps_no_shortlist(head_exact_index, fas
     assert not any(path.exists() for path in instance_files(out))  # written only beside keypoints
     report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, update=True, exact_items=True)
     assert report.exact_items and all(path.is_file() for path in instance_files(out))  # keypoints again: the instance head too
-    assert load_index(out).shortlist_head is not None
+    assert load_index(out).shortlist_head is not None and report.local_computed == STORE_SIZE
+
+
+def test_an_update_of_a_head_index_reuses_its_keypoints_and_trains_the_instance_head_again(
+    head_exact_index, fashion_catalogue, store_items, mobilenet_real, tmp_path
+):
+    out = tmp_path / "index"
+    shutil.copytree(head_exact_index, out)
+    report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, update=True)  # what the index has
+    assert report.head == "labels" and report.exact_items and report.local_computed == 0 and report.reused == STORE_SIZE
+    before, after = load_index(head_exact_index), load_index(out)
+    assert after.shortlist_head is not None and before.shortlist_head is not None and after.shortlist_vectors is not None
+    assert after.shortlist_head.settings == before.shortlist_head.settings
+    np.testing.assert_allclose(after.shortlist_vectors, after.shortlist_head.embed(after.features), atol=1e-6)
