@@ -501,10 +501,9 @@ def _train_head(
     if on_head:
         on_head(len(sample), len(rows))
     views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, settings, batch_size)
-    trained = head_module.train_head(features[sample], [labels[row] for row in sample], views, settings)
-    shortlist = None
-    if instance:
-        shortlist = head_module.train_head(features[sample], [labels[row] for row in sample], views, head_module.instance_settings(settings))
+    sample_labels = [labels[row] for row in sample]
+    trained = head_module.train_head(features[sample], sample_labels, views, settings)
+    shortlist = head_module.train_head(features[sample], sample_labels, views, head_module.instance_settings(settings)) if instance else None
     report.head_products = len(sample)
     report.head_seconds = time.perf_counter() - started
     return trained, shortlist

@@ -3,7 +3,7 @@
 Two stages on top of the global search. Measured on shopper photos of indexed products (300 per
 seed, 4k catalogue, MobileNetV2 int8 with the default head; README "Exact item"):
 
-1. **Shortlist from crops** (:func:`query_crops`, :func:`candidates`). A phone photo shows the
+1. **Shortlist from crops** (:func:`query_crops`, :func:`shortlist`). A phone photo shows the
    product small, off-centre, on a busy background; the whole-photo vector mostly describes the
    scene. The photo and four crops of it (a 2 x 2 grid at 80 % of its sides) are embedded in the
    same forward pass, and each product scores its best crop; the :data:`SHORTLIST` best go on.
@@ -50,7 +50,6 @@ from PIL import Image
 
 from .images import square_resize
 from .local_features import LocalFeatures, LocalFeatureStore, root_sift
-from .search import top_k
 
 #: crop sides as shares of the photo's, besides the whole photo; each scale is a grid with half-crop steps
 #: (a 3 x 3 grid at 0.65 as well put the product in more shortlists, 79 % against 73 % in the best 50,
@@ -113,18 +112,6 @@ def query_crops(image: Image.Image, size: int, scales: Sequence[float] = CROP_SC
     # crop, then pad and resize as a whole photo is (resizing straight from the box measured 3 points worse)
     crops = [square_resize(image.crop(box), size) for box in crop_boxes(image.width, image.height, scales)]
     return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-
-
-def candidates(vectors: np.ndarray, queries: np.ndarray, k: int = SHORTLIST, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's ``k`` best rows of ``vectors`` (exact; ``(queries, k)``, rows -1 where fewer are ``allowed``).
-
-    The shortlist space is small (the head's 256 values: 44k products x 5 queries is 56 MFLOP), so
-    it is searched exactly, apart from the index's own search backend."""
-    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors).T
-    if allowed is not None:
-        scores[:, ~allowed] = -np.inf
-    rows, best = top_k(scores, min(k, scores.shape[1]))
-    return np.where(np.isfinite(best), rows, -1), best
 
 
 def shortlist(crop_rows: np.ndarray, crop_scores: np.ndarray, size: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray]:

@@ -48,9 +48,14 @@ LABELS = "labels"
 AUTO = "auto"
 #: the files of the head (``prefix`` "head"); the instance head's start with "instance_head"
 PREFIX = "head"
-PARAMS_JSON = "head.json"
-WEIGHT_FILES = ("head_w1.npy", "head_b1.npy", "head_w2.npy", "head_b2.npy")
-PROTOTYPE_FILE = "head_prototypes_{label}.npy"
+
+
+def head_files(prefix: str = PREFIX) -> tuple[str, tuple[str, ...], str]:
+    """(parameters JSON, weight files, prototype file pattern) of the head saved under ``prefix``."""
+    return f"{prefix}.json", tuple(f"{prefix}_{name}.npy" for name in ("w1", "b1", "w2", "b2")), prefix + "_prototypes_{label}.npy"
+
+
+PARAMS_JSON, WEIGHT_FILES, PROTOTYPE_FILE = head_files()
 #: The instance head: the same network trained on the same shopper-like views, by the contrastive term
 #: alone (no labels, no pull), so that it tells *the* product apart from its look-alikes, which the
 #: labels teach the head to gather. The exact-item stage shortlists with it (recommender/exact_match.py).
@@ -199,11 +204,6 @@ class EmbeddingHead:
             if prototypes[label].shape != (len(names), w2.shape[1]):
                 raise ValueError(f"prototypes of {label} do not match their {len(names)} class names")
         return head
-
-
-def head_files(prefix: str = PREFIX) -> tuple[str, tuple[str, ...], str]:
-    """(parameters JSON, weight files, prototype file pattern) of the head saved under ``prefix``."""
-    return f"{prefix}.json", tuple(f"{prefix}_{name}.npy" for name in ("w1", "b1", "w2", "b2")), prefix + "_prototypes_{label}.npy"
 
 
 def instance_settings(settings: HeadSettings) -> HeadSettings:

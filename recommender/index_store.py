@@ -124,7 +124,7 @@ class CatalogueIndex:
     def shortlist_queries(self, features: np.ndarray, query_vectors: np.ndarray) -> np.ndarray:
         """Photos' (and crops') backbone features → queries in :attr:`shortlist_vectors`' space (their
         ``query_vectors`` when the shortlist searches ``vectors``)."""
-        if self.shortlist_vectors is None or self.shortlist_head is None:
+        if self.shortlist_head is None:
             return query_vectors
         return self.shortlist_head.embed(features)
 

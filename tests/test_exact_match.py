@@ -19,7 +19,6 @@ from recommender.exact_match import (
     LIKELY_INLIERS,
     PIN_INLIERS,
     Verifier,
-    candidates,
     crop_boxes,
     query_crops,
     shortlist,
@@ -566,24 +565,6 @@ def test_the_shortlist_comes_from_the_projection_when_it_is_ready(fashion_index)
     allowed[::3] = True
     rows, _ = searcher.candidates(queries, 20, allowed=allowed)
     assert np.all(rows % 3 == 0)
-
-
-def test_candidates_are_the_exact_best_rows_and_never_a_row_left_out():
-    rng = np.random.default_rng(7)
-    vectors = rng.standard_normal((300, 16)).astype(np.float32)
-    queries = rng.standard_normal((5, 16)).astype(np.float32)
-    rows, scores = candidates(vectors, queries, 20)
-    brute = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :20]
-    np.testing.assert_array_equal(rows, brute)
-    np.testing.assert_allclose(scores, np.take_along_axis(queries @ vectors.T, brute, axis=1), rtol=1e-5)
-    allowed = np.zeros(len(vectors), dtype=bool)
-    allowed[[3, 50, 299]] = True
-    rows, scores = candidates(vectors, queries, 20, allowed)  # fewer rows allowed than asked for: the rest is -1
-    assert rows.shape == (5, 20) and all(set(r[:3]) == {3, 50, 299} and set(r[3:]) == {-1} for r in rows.tolist())
-    chosen, _ = shortlist(rows, scores)
-    assert sorted(chosen.tolist()) == [3, 50, 299]
-    rows, _ = candidates(vectors[:7], queries, 20)  # a catalogue smaller than the shortlist: all of it
-    assert rows.shape == (5, 7) and all(sorted(r) == list(range(7)) for r in rows.tolist())
 
 
 #: a head small enough to train in seconds on the store's 30 products (one shopper view each)
