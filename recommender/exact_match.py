@@ -18,12 +18,13 @@ seed, 4k catalogue, MobileNetV2 int8 with the default head; README "Exact item")
    :func:`cv2.estimateAffinePartial2D`) and in colour (SIFT sees grey levels only: the same shirt
    in red and in blue would match). The candidate with most such matches, at least
    :data:`PIN_INLIERS`, whose product lands inside the photo at a plausible size, comes first;
-   none verified, the shortlist's best comes first when :data:`LIKELY_INLIERS` of its matches
-   agree; the rest of the album follows in the global order.
+   none verified, the candidate first in that order (most agreeing matches, the shortlist's
+   score breaking near-ties) still comes first when :data:`LIKELY_INLIERS` of its matches agree;
+   the rest of the album follows in the global order.
 
 The product itself first, three seeds: 20.7-26.3 % with the global search alone, 51.7-63.7 % with
-the first version of this stage, **76.0-83.0 %** now (top 5: 36.7-42.3 % → 56.7-66.7 % →
-**79.0-86.0 %**), for 57 ms per photo (the evaluator's whole query, batches of 16) on these 2 cores.
+the first version of this stage, **78.0-84.7 %** now (top 5: 36.7-42.3 % → 56.7-66.7 % →
+**80.7-87.3 %**), for 56-57 ms per photo (the evaluator's whole query, batches of 16) on these 2 cores.
 The photo's keypoints are found at a lower contrast threshold than the catalogue's
 (recommender/local_features.py, ``QUERY_CONTRAST``).
 
@@ -66,12 +67,18 @@ RANSAC_PIXELS = 8.0
 #: measured the same first/top-5 figures and filled albums with look-alikes of other kinds)
 PIN_INLIERS = 6
 MAX_PINNED = 1
-#: when no candidate is verified, the shortlist's best still comes first if this many of its matches
-#: agree in place and colour (too few to verify: the rest of the album is unchanged, nothing is called
-#: exact). The shortlist's embedding tells the very product apart better than the album's vectors,
-#: which gather products of a type and colour. This and using each photo keypoint once per candidate,
+#: when no candidate is verified, the one first by agreeing matches (the shortlist's score breaking
+#: near-ties) still comes first if this many of its matches agree in place and colour (too few to
+#: verify: the rest of the album is unchanged, nothing is called exact). The shortlist's embedding
+#: tells the very product apart better than the album's vectors, which gather products of a type and
+#: colour. This (for the shortlist's best only) and using each photo keypoint once per candidate,
 #: together: first 74.7 / 67.3 / 72.3 % → 76.3 / 68.0 / 74.3 % (seeds 0-2), false exact matches
-#: 1.3 / 2.0 / 1.0 % → 0.3 / 1.0 / 1.0 %; the album's other products unchanged
+#: 1.3 / 2.0 / 1.0 % → 0.3 / 1.0 / 1.0 %; then the candidate with most matches instead of the
+#: shortlist's best: 83.0 / 76.0 / 79.3 % → 84.7 / 78.0 / 81.0 % (seeds 3-4, not used to choose:
+#: 75.7 / 79.3 % → 76.3 / 80.7 %), the album's labels within 0.5 points, with the product in the
+#: catalogue or taken out. On 1 match: no better (84.3 / 78.0 / 81.3 %) and up to 0.9 points of colour
+#: lost when the product is not in the catalogue; on none: 85.3 / 81.3 / 83.0 %, but 1.7-2.8 points
+#: of colour lost there (the shortlist's vectors know the product, not what looks like it)
 LIKELY_INLIERS = 2
 #: agreeing matches, and the margin over the next candidate, that make the first an exact match
 EXACT_INLIERS = 12
@@ -136,7 +143,7 @@ def shortlist(crop_rows: np.ndarray, crop_scores: np.ndarray, size: int = SHORTL
 class Verification:
     """What the photo's own keypoints say about a shortlist: rows to put first, and whether the first is the product."""
 
-    #: verified rows, most evidence first; or, none verified, the shortlist's best with :data:`LIKELY_INLIERS`
+    #: verified rows, most evidence first; or, none verified, the likeliest with :data:`LIKELY_INLIERS`
     pinned: tuple[int, ...] = ()
     #: agreeing matches of each pinned row
     inliers: tuple[int, ...] = ()
@@ -189,7 +196,7 @@ class Verifier:
         order = np.argsort(-(inliers + 50.0 * np.asarray(scores, dtype=np.float64)), kind="stable")
         pinned = [int(position) for position in order if inliers[position] >= PIN_INLIERS][:MAX_PINNED]
         if not pinned:
-            leader = int(np.argmax(scores))  # the shortlist's best
+            leader = int(order[0])  # most agreeing matches, though too few to verify
             if inliers[leader] >= LIKELY_INLIERS:
                 return Verification((int(rows[leader]),), (int(inliers[leader]),), False)
             return Verification()

@@ -373,9 +373,10 @@ def moved_keypoints(store: LocalFeatureStore, row: int, count: int) -> LocalFeat
     return LocalFeatures(points[keep] * scale + shift, root_sift(descriptors[keep]), size, colours[keep])  # a query's descriptors are RootSIFT
 
 
-def test_a_few_agreeing_matches_put_the_shortlists_best_first_but_never_verify_it(store, store_items):
-    """2-5 matches are too few to verify a product, but when the shortlist's best has them it comes first
-    (not called exact); a product lower in the shortlist needs PIN_INLIERS."""
+def test_a_few_agreeing_matches_put_the_likeliest_first_but_never_verify_it(store, store_items):
+    """2-5 matches are too few to verify a product, but the candidate first by matches (the shortlist's
+    score breaking near-ties: 50 x its cosine) comes first with them, not called exact; a product far
+    below in the shortlist needs PIN_INLIERS."""
     row = next(i for i, item in enumerate(store_items) if item.id == TEXTURED[0])
     other = (row + 1) % STORE_SIZE
     verifier = Verifier(store)
@@ -383,7 +384,9 @@ def test_a_few_agreeing_matches_put_the_shortlists_best_first_but_never_verify_i
     assert LIKELY_INLIERS + 2 < PIN_INLIERS
     found = verifier.verify(few, [row, other], [0.9, 0.5])
     assert found.pinned == (row,) and found.inliers == (LIKELY_INLIERS + 2,) and not found.exact
-    assert row not in verifier.verify(few, [other, row], [0.9, 0.5]).pinned  # not the shortlist's best: too few
+    assert row not in verifier.verify(few, [other, row], [0.9, 0.5]).pinned  # 0.4 of cosine below: too few
+    behind = verifier.verify(few, [other, row], [0.62, 0.60])  # 0.02 below: its 4 matches outweigh that
+    assert behind.pinned == (row,) and behind.inliers == (LIKELY_INLIERS + 2,) and not behind.exact
     assert verifier.verify(moved_keypoints(store, row, 1), [row, other], [0.9, 0.5]).pinned == ()  # one keypoint: nothing
     enough = verifier.verify(moved_keypoints(store, row, PIN_INLIERS + 2), [other, row], [0.9, 0.5])
     assert enough.pinned == (row,) and not enough.exact  # verified wherever it stands in the shortlist
