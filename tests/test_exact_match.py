@@ -16,7 +16,9 @@ from recommender.catalogue import Catalogue, CatalogueItem
 from recommender.exact_match import (
     CROP_SCALES,
     EXACT_INLIERS,
+    EXACT_INSIDE,
     LIKELY_INLIERS,
+    MIN_INSIDE,
     PIN_INLIERS,
     Verifier,
     crop_boxes,
@@ -392,6 +394,26 @@ def test_a_few_agreeing_matches_put_the_likeliest_first_but_never_verify_it(stor
     assert enough.pinned == (row,) and not enough.exact  # verified wherever it stands in the shortlist
     exact = verifier.verify(moved_keypoints(store, row, EXACT_INLIERS + 4), [other, row], [0.9, 0.5])
     assert exact.pinned == (row,) and exact.exact
+
+
+def test_a_product_running_off_the_photos_edge_comes_first_but_is_not_called_exact(store, store_items):
+    """A product in the backdrop (a poster, a neighbouring garment) is cut by the frame; the one the
+    shopper points the camera at is in the picture whole. Cut between EXACT_INSIDE and MIN_INSIDE of
+    its box, a product is still verified and put first, but it is not called an exact match."""
+    row = next(i for i, item in enumerate(store_items) if item.id == TEXTURED[0])
+    other = (row + 1) % STORE_SIZE
+    whole = moved_keypoints(store, row, 60)
+    _, _, box, _ = store.features(row)
+    left, right, scale, shift = float(box[0]), float(box[2]), 1.5, 40.0  # as moved_keypoints places it
+    kept_share = (MIN_INSIDE + EXACT_INSIDE) / 2
+    width = int(shift + scale * (left + kept_share * (right - left)))  # the frame cuts the box's right side
+    inside = whole.points[:, 0] < width
+    cut = LocalFeatures(whole.points[inside], whole.descriptors[inside], (width, whole.size[1]), whole.colours[inside])
+    assert len(cut) >= EXACT_INLIERS + 4
+    verifier = Verifier(store)
+    assert verifier.verify(whole, [other, row], [0.9, 0.5]).exact  # the whole product: exact
+    found = verifier.verify(cut, [other, row], [0.9, 0.5])
+    assert found.pinned == (row,) and found.inliers[0] >= EXACT_INLIERS and not found.exact
 
 
 def test_a_photo_with_too_few_keypoints_or_no_candidates_verifies_nothing(store):
