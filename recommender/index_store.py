@@ -121,6 +121,11 @@ class CatalogueIndex:
             return self.refiner.query_vectors(features, colours())
         return features
 
+    @property
+    def instance_shortlist(self) -> bool:
+        """The exact-item shortlist searches the instance head's space (trained to tell products apart)."""
+        return self.shortlist_head is not None and self.shortlist_head is not self.head
+
     def shortlist_queries(self, features: np.ndarray, query_vectors: np.ndarray) -> np.ndarray:
         """Photos' (and crops') backbone features → queries in :attr:`shortlist_vectors`' space (their
         ``query_vectors`` when the shortlist searches ``vectors``)."""

@@ -29,7 +29,7 @@ from .backends import Searcher, open_searcher
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
-from .exact_match import SHORTLIST, Verifier, query_crops, shortlist
+from .exact_match import CLEAR_LEAD, SHORTLIST, Verifier, query_crops, shortlist
 from .extractor import FeatureExtractor, normalize_weights_option
 from .filter_words import FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
@@ -181,7 +181,9 @@ class Recommender:
         self.index, self.extractor = index, extractor
         self.searcher = open_searcher(index)
         self._shortlist_searcher = ExactSearcher().fit(index.shortlist_vectors) if index.shortlist_vectors is not None else None
-        self.verifier = Verifier(index.local_features) if index.local_features is not None else None
+        self.verifier = None
+        if index.local_features is not None:
+            self.verifier = Verifier(index.local_features, clear_lead=CLEAR_LEAD if index.instance_shortlist else None)
         self._masks = {}
         self._words = None
         return self

@@ -14,6 +14,7 @@ from PIL import Image
 from recommender import IndexCorruptError, Recommender, build_index, load_index, local_features
 from recommender.catalogue import Catalogue, CatalogueItem
 from recommender.exact_match import (
+    CLEAR_LEAD,
     CROP_SCALES,
     EXACT_INLIERS,
     EXACT_INSIDE,
@@ -423,6 +424,20 @@ def test_a_photo_with_too_few_keypoints_or_no_candidates_verifies_nothing(store)
     assert Verifier(store).verify(blank, [], []).pinned == () and not Verifier(store).verify(blank, [], []).exact
 
 
+def test_a_clear_lead_in_the_shortlist_comes_first_when_the_keypoints_say_nothing(store):
+    """A plain garment or a blurred photo gives SIFT nothing to match; the instance head's best still comes
+    first (never called exact) when its score stands CLEAR_LEAD above the next one's, and only for a
+    verifier told to (an index whose shortlist is the instance head's)."""
+    blank = query_features(Image.new("RGB", (480, 640), (120, 90, 60)))
+    rows = [3, 7, 11]
+    lead = Verifier(store, clear_lead=CLEAR_LEAD)
+    found = lead.verify(blank, rows, [0.5, 0.5 + CLEAR_LEAD + 0.01, 0.3])
+    assert found.pinned == (7,) and found.inliers == (0,) and not found.exact
+    assert lead.verify(blank, rows, [0.5, 0.5 + CLEAR_LEAD - 0.01, 0.3]).pinned == ()  # too close to call
+    assert lead.verify(blank, [7], [0.9]).pinned == ()  # nothing to lead
+    assert Verifier(store).verify(blank, rows, [0.5, 0.9, 0.3]).pinned == ()
+
+
 # --- end to end: an index with keypoints, the Recommender ---------------------------------------
 
 
@@ -442,6 +457,8 @@ def exact_recommender(exact_index) -> Recommender:
 
 
 def test_the_index_stores_the_keypoints_and_lists_them(exact_index, store):
+    verifier = Recommender(exact_index).load().verifier
+    assert verifier is not None and verifier.clear_lead is None  # no head: the album's vectors shortlist
     manifest = json.loads((exact_index / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"] == {**LocalFeatureStore.describe(), "keypoints": int(store.offsets[-1])}
     assert manifest["local_features"]["method"] == METHOD == "sift"
@@ -623,6 +640,7 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     manifest = json.loads((head_exact_index / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"]["shortlist"] == {"method": INSTANCE_METHOD, "vector_dim": SMALL_HEAD.dim, "settings": instance.settings.to_json()}
     recommender = Recommender(head_exact_index).load()
+    assert index.instance_shortlist and recommender.verifier is not None and recommender.verifier.clear_lead == CLEAR_LEAD
     item = item_with(store_items, TEXTURED[1])
     photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
     vectors, asked = recommender.embed_photos([photo])
@@ -644,6 +662,8 @@ def test_an_index_built_before_the_instance_head_shortlists_with_the_head_and_a_
     assert index.head is not None and index.shortlist_head is index.head and index.shortlist_vectors is not None
     np.testing.assert_allclose(index.shortlist_vectors, index.head.embed(index.features), atol=1e-6)  # before the pull
     assert Recommender(old).load().finds_exact_items
+    verifier = Recommender(old).load().verifier
+    assert not index.instance_shortlist and verifier is not None and verifier.clear_lead is None  # measured for the instance head only
     damaged = tmp_path / "damaged"
     shutil.copytree(head_exact_index, damaged)
     np.save(damaged / SHORTLIST_VECTORS, np.zeros((STORE_SIZE, SMALL_HEAD.dim + 1), dtype=np.float32))
