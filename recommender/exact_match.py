@@ -104,7 +104,7 @@ MIN_INSIDE = 0.6
 MAX_SCALE = 2.5
 #: share of the product's box inside the photo that an exact match needs: what the shopper points the
 #: camera at is in the picture whole, while a product in the backdrop (a poster, a neighbouring
-#: garment) runs off its edges. Seeds 0-9 (3,000 photos): false exact matches 1.07 % → 0.50 % (the
+#: garment) runs off its edges. Seeds 0-9 (3,000 photos, 12 matches): false exact 1.07 % → 0.50 % (the
 #: worst seed 2.3 % → 1.3 %; 8 of the 15 left are the same photo, or nearly, listed under another
 #: id), calls 53.5 % → 53.0 %, right 99.2 % → 99.9 %; the true calls' 1st percentile is 0.95 inside.
 #: It only withholds the caption: the product still comes first
@@ -166,7 +166,7 @@ def shortlist(crop_rows: np.ndarray, crop_scores: np.ndarray, size: int = SHORTL
 class Verification:
     """What the photo's own keypoints say about a shortlist: rows to put first, and whether the first is the product."""
 
-    #: verified rows, most evidence first; or, none verified, the likeliest with :data:`LIKELY_INLIERS`
+    #: verified rows, most evidence first; or, none verified, the likeliest (:data:`LIKELY_INLIERS` or a clear lead)
     pinned: tuple[int, ...] = ()
     #: agreeing matches of each pinned row
     inliers: tuple[int, ...] = ()
