@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_square_resize_pads_to_a_white_square_then_resizes(photo):
 @pytest.mark.parametrize("width, height", [(960, 1280), (640, 480), (448, 448), (37, 501)])
 @pytest.mark.parametrize("scales", [CROP_SCALES, (0.8, 0.65)])
 def test_crop_boxes_are_overlapping_grids_inside_the_photo(width, height, scales):
-    boxes = crop_boxes(width, height, scales)
+    boxes = crop_boxes(width, height, scales, diagonal=False)
     sizes = {0.8: 4, 0.65: 9}
     assert len(boxes) == sum(sizes[scale] for scale in scales)
     start = 0
@@ -161,12 +162,18 @@ def test_crop_boxes_are_overlapping_grids_inside_the_photo(width, height, scales
         assert all(b - a <= width * scale / 2 + 1 for a, b in zip(lefts, lefts[1:]))
         assert all(b - a <= height * scale / 2 + 1 for a, b in zip(tops, tops[1:]))
     assert len(set(boxes)) == len(boxes)
+    # the diagonal: each grid's crops from the top left to the bottom right, in order
+    diagonal = crop_boxes(width, height, scales)
+    expected = [box for scale in scales for box in crop_boxes(width, height, (scale,), diagonal=False)[:: math.isqrt(sizes[scale]) + 1]]
+    assert diagonal == expected and len(diagonal) == sum(math.isqrt(sizes[scale]) for scale in scales)
+    assert diagonal[0][:2] == (0, 0) and diagonal[len(diagonal) // len(scales) - 1][2:] == (width, height)
 
 
 def test_crop_boxes_of_other_scales():
     assert crop_boxes(100, 100, ()) == []
-    assert len(crop_boxes(100, 100, (0.5,))) == 9  # 3 x 3: steps of a quarter of the photo, half a crop
-    assert len(crop_boxes(100, 100, (0.9,))) == 4
+    assert len(crop_boxes(100, 100, (0.5,), diagonal=False)) == 9  # 3 x 3: steps of a quarter of the photo, half a crop
+    assert len(crop_boxes(100, 100, (0.5,))) == 3
+    assert len(crop_boxes(100, 100, (0.9,), diagonal=False)) == 4
     for whole in (1.0, 1.5, 0.0):
         with pytest.raises(ValueError, match="between 0 and 1"):
             crop_boxes(100, 100, (whole,))
@@ -175,7 +182,7 @@ def test_crop_boxes_of_other_scales():
 def test_query_crops_are_the_crops_model_inputs(photo):
     """Each crop is cut out, then padded and resized exactly as a whole photo is."""
     crops = query_crops(photo, 64)
-    assert crops.shape == (len(crop_boxes(photo.width, photo.height)), 64, 64, 3) == (4, 64, 64, 3) and crops.dtype == np.uint8
+    assert crops.shape == (len(crop_boxes(photo.width, photo.height)), 64, 64, 3) == (2, 64, 64, 3) and crops.dtype == np.uint8
     for crop, box in zip(crops, crop_boxes(photo.width, photo.height)):
         np.testing.assert_array_equal(crop, padded_then_resized(photo.crop(box), 64))
     assert query_crops(photo, 64, ()).shape == (0, 64, 64, 3)
@@ -185,10 +192,10 @@ def test_query_crops_of_a_real_shopper_photo(fashion_catalogue, store_items):
     image = decode_image(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0])), min_side=448)
     assert image.size == (480, 640)  # the 960 x 1280 phone photo, decoded at half size as Recommender.prepare does
     crops = query_crops(image, 224)
-    assert crops.shape == (4, 224, 224, 3)
+    assert crops.shape == (2, 224, 224, 3)
     for crop, box in zip(crops, crop_boxes(*image.size)):
         np.testing.assert_array_equal(crop, square_resize(image.crop(box), 224))
-    assert len({crop.tobytes() for crop in crops}) == 4
+    assert len({crop.tobytes() for crop in crops}) == 2
 
 
 # --- the shortlist -----------------------------------------------------------------------------
@@ -503,13 +510,13 @@ def test_pages_keep_the_pinned_product_first_and_never_repeat(exact_recommender,
 
 
 def test_prepare_makes_crops_and_keypoints_and_matches_skips_verification(exact_recommender, fashion_catalogue, store_items):
-    """With keypoints in the index a photo brings its 4 crops and keypoints; matches() alone ranks by the vector, never exact."""
+    """With keypoints in the index a photo brings its 2 crops and keypoints; matches() alone ranks by the vector, never exact."""
     photo = exact_recommender.prepare(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0])))
-    assert photo.crops is not None and photo.crops.shape == (4, 224, 224, 3) and photo.local is not None
+    assert photo.crops is not None and photo.crops.shape == (2, 224, 224, 3) and photo.local is not None
     vectors, asked = exact_recommender.embed_photos([photo])
-    # no head: the shortlist searches the search vectors themselves, with the photo's and its 4 crops' vectors
+    # no head: the shortlist searches the search vectors themselves, with the photo's and its 2 crops' vectors
     assert exact_recommender.index.shortlist_vectors is None
-    assert asked[0] is not None and asked[0].shape == (5, vectors.shape[1])
+    assert asked[0] is not None and asked[0].shape == (3, vectors.shape[1])
     np.testing.assert_allclose(asked[0][0], vectors[0], atol=1e-6)
     np.testing.assert_allclose(asked[0][1:], exact_recommender.embed(photo.crops), atol=1e-5)
     plain = exact_recommender.matches(vectors, k=5)[0]
@@ -644,7 +651,7 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     item = item_with(store_items, TEXTURED[1])
     photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
     vectors, asked = recommender.embed_photos([photo])
-    assert asked[0] is not None and asked[0].shape == (5, SMALL_HEAD.dim)
+    assert asked[0] is not None and asked[0].shape == (3, SMALL_HEAD.dim)
     assert recommender.extractor is not None and photo.crops is not None
     features = recommender.extractor.extract(np.concatenate([photo.pixels[None], photo.crops]))
     np.testing.assert_allclose(asked[0], instance.embed(features), atol=1e-5)  # the photo, then its crops
