@@ -38,9 +38,7 @@ from .shopper_photos import product_mask
 
 METHOD = "sift"
 CATALOGUE_SIDE = 320
-#: 400 until issue 13's latest round: 320 found the product first for 81.27 % of photos against 81.47 %
-#: (seeds 0-4, 1,500 photos, top 5 83.40 against 83.60 %), for SIFT in 31-32 ms instead of 46-55
-QUERY_SIDE = 320
+QUERY_SIDE = 400
 MAX_CATALOGUE_POINTS = 200
 MAX_QUERY_POINTS = 1000
 #: SIFT's contrast threshold (OpenCV's default 0.04 for the catalogue, whose keypoints are stored).

@@ -339,7 +339,7 @@ def test_a_store_that_does_not_fit_the_index_is_refused(tmp_path, store, damage)
 def test_a_shopper_photo_pins_its_own_product_first_as_exact(fashion_catalogue, store, store_items, product):
     row = [item.id for item in store_items].index(product)
     query = shopper_keypoints(fashion_catalogue, store_items[row])
-    assert query.size == (240, 320) and len(query) > 20  # 960 x 1280 decoded at half size, scaled to QUERY_SIDE
+    assert query.size == (300, 400) and len(query) > 20  # 960 x 1280 decoded at half size, scaled to QUERY_SIDE
     found = Verifier(store).verify(query, ALL_ROWS, NO_SCORES)
     assert found.pinned[0] == row and found.exact
     assert found.inliers[0] >= 2 * EXACT_INLIERS
