@@ -6,7 +6,8 @@ seed, 4k catalogue, MobileNetV2 int8 with the default head; README "Exact item")
 1. **Shortlist from crops** (:func:`query_crops`, :func:`shortlist`). A phone photo shows the
    product small, off-centre, on a busy background; the whole-photo vector mostly describes the
    scene. The photo and two crops of it (the top-left and bottom-right of a 2 x 2 grid at 80 % of
-   its sides) are embedded in the same forward pass, and each product scores its best crop; the :data:`SHORTLIST` best go on.
+   its sides) are embedded in the same forward pass, and each product scores its best crop; the
+   :data:`SHORTLIST` best go on.
    With a learned head the shortlist searches the *instance head*'s embedding (recommender/head.py:
    trained on the head's shopper-like views to tell the products themselves apart), not the
    album's vectors, which the head pulls together by type and colour: the product is among the 50
@@ -212,10 +213,10 @@ class Verifier:
             leader = int(order[0])  # most agreeing matches, though too few to verify
             if inliers[leader] >= LIKELY_INLIERS:
                 return Verification((int(rows[leader]),), (int(inliers[leader]),), False)
-            ranked = np.sort(similarity)
-            if self.clear_lead is not None and len(ranked) > 1 and ranked[-1] - ranked[-2] >= self.clear_lead:
-                best = int(np.argmax(similarity))
-                return Verification((int(rows[best]),), (int(inliers[best]),), False)
+            if self.clear_lead is not None and len(similarity) > 1:
+                (best,), (top,), (second,) = _two_nearest(similarity[None])
+                if top - second >= self.clear_lead:
+                    return Verification((int(rows[best]),), (int(inliers[best]),), False)
             return Verification()
         first = inliers[pinned[0]]
         runner_up = np.sort(inliers)[-2] if len(inliers) > 1 else 0

@@ -373,12 +373,16 @@ def test_the_same_product_in_another_colour_is_not_exact(fashion_catalogue, stor
         assert not verifier.verify(query, ALL_ROWS, NO_SCORES).exact
 
 
+#: how :func:`moved_keypoints` places a product's keypoints in its 'photo': one scale, one shift (x, y)
+MOVE_SCALE, MOVE_SHIFT = 1.5, (40.0, 60.0)
+
+
 def moved_keypoints(store: LocalFeatureStore, row: int, count: int) -> LocalFeatures:
     """A 'photo' holding ``count`` of product ``row``'s own keypoints, moved by one scale and shift: exactly
     ``count`` matches agree in place and colour."""
     points, descriptors, box, colours = store.features(row)
     keep = np.linspace(0, len(points) - 1, count).round().astype(int)
-    scale, shift = 1.5, np.array([40.0, 60.0], dtype=np.float32)
+    scale, shift = MOVE_SCALE, np.array(MOVE_SHIFT, dtype=np.float32)
     size = (int(box[2] * scale + 100), int(box[3] * scale + 120))
     return LocalFeatures(points[keep] * scale + shift, root_sift(descriptors[keep]), size, colours[keep])  # a query's descriptors are RootSIFT
 
@@ -412,9 +416,9 @@ def test_a_product_running_off_the_photos_edge_comes_first_but_is_not_called_exa
     other = (row + 1) % STORE_SIZE
     whole = moved_keypoints(store, row, 60)
     _, _, box, _ = store.features(row)
-    left, right, scale, shift = float(box[0]), float(box[2]), 1.5, 40.0  # as moved_keypoints places it
+    left, right = float(box[0]), float(box[2])
     kept_share = (MIN_INSIDE + EXACT_INSIDE) / 2
-    width = int(shift + scale * (left + kept_share * (right - left)))  # the frame cuts the box's right side
+    width = int(MOVE_SHIFT[0] + MOVE_SCALE * (left + kept_share * (right - left)))  # the frame cuts the box's right side
     inside = whole.points[:, 0] < width
     cut = LocalFeatures(whole.points[inside], whole.descriptors[inside], (width, whole.size[1]), whole.colours[inside])
     assert len(cut) >= EXACT_INLIERS + 4
@@ -463,8 +467,8 @@ def exact_recommender(exact_index) -> Recommender:
     return Recommender(exact_index).load()
 
 
-def test_the_index_stores_the_keypoints_and_lists_them(exact_index, store):
-    verifier = Recommender(exact_index).load().verifier
+def test_the_index_stores_the_keypoints_and_lists_them(exact_index, exact_recommender, store):
+    verifier = exact_recommender.verifier
     assert verifier is not None and verifier.clear_lead is None  # no head: the album's vectors shortlist
     manifest = json.loads((exact_index / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"] == {**LocalFeatureStore.describe(), "keypoints": int(store.offsets[-1])}
@@ -668,8 +672,9 @@ def test_an_index_built_before_the_instance_head_shortlists_with_the_head_and_a_
     index = load_index(old)
     assert index.head is not None and index.shortlist_head is index.head and index.shortlist_vectors is not None
     np.testing.assert_allclose(index.shortlist_vectors, index.head.embed(index.features), atol=1e-6)  # before the pull
-    assert Recommender(old).load().finds_exact_items
-    verifier = Recommender(old).load().verifier
+    loaded = Recommender(old).load()
+    assert loaded.finds_exact_items
+    verifier = loaded.verifier
     assert not index.instance_shortlist and verifier is not None and verifier.clear_lead is None  # measured for the instance head only
     damaged = tmp_path / "damaged"
     shutil.copytree(head_exact_index, damaged)
