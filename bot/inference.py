@@ -6,9 +6,12 @@ one dedicated thread that takes every request waiting at that moment as one batc
 shoppers costs far less than as many batches of one, and the event loop never blocks on the model.
 The batch's first pages are searched there too, in one call: one pass over the catalogue's vectors
 (memory-bound) serves every shopper of the batch. With an index that finds exact items
-(recommender/exact_match.py) a photo's crops share that forward pass, and each photo's
+(recommender/exact_match.py) a photo's crops share that forward pass, its keypoints are found on
+the decoding pool meanwhile (the forward pass does not wait for SIFT), and each photo's
 verification (its shortlist's keypoints matched against its own) then runs on the decoding pool,
-so the model thread goes straight on to the next batch.
+so the model thread goes straight on to the next batch. A verification waits for its photo's
+keypoints: they were asked of the pool before the verification was, and the pool starts its work
+in order, so they are being found on another of its threads, or are ready.
 
 The search's matrix products run on one BLAS thread: OpenBLAS's own pool spins between calls
 and took a core from the model and the decoders (measured: the bot's CPU time for 20 photos one
@@ -20,6 +23,7 @@ after start-up; searches use it from the moment it is ready.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -151,7 +155,7 @@ class InferenceService:
         """The query of one photo and its ``size`` best matches among those passing ``where``, searched with its batch."""
         loop = asyncio.get_running_loop()
         recommender, generation = self._served
-        photo = await loop.run_in_executor(self._decoders, recommender.prepare, data)
+        photo = await loop.run_in_executor(self._decoders, functools.partial(recommender.prepare, data, keypoints_on=self._decoders))
         future: asyncio.Future[Answer] = loop.create_future()
         self._queue.put(_Request(photo, future, loop, recommender, generation, size, where))
         return await future

@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from .backends import Searcher, open_searcher
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
-from .exact_match import CLEAR_LEAD, SHORTLIST, Verifier, query_crops, shortlist
+from .exact_match import CLEAR_LEAD, SHORTLIST, Verifier, query_crops, shortlist, shortlist_searcher
 from .extractor import FeatureExtractor, normalize_weights_option
 from .filter_words import FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
@@ -83,13 +85,27 @@ class Match:
         return {"id": self.id, "score": round(self.score, 6), "exact_match": self.exact, **{k: v for k, v in self.labels.items() if k != "id"}}
 
 
+#: what a shopper is told when a photo's keypoints ran out of memory (a very busy server)
+OUT_OF_MEMORY = "There is not enough memory to read this image right now; please try again."
+
+
 @dataclass(frozen=True)
 class QueryPhoto:
-    """One decoded photo ready for the forward pass; with exact-item search also its crops and keypoints."""
+    """One decoded photo ready for the forward pass; with exact-item search also its crops and keypoints
+    (or, from :meth:`Recommender.prepare` with ``keypoints_on``, the future that finds them)."""
 
     pixels: np.ndarray
     crops: np.ndarray | None = None
-    local: LocalFeatures | None = None
+    local: LocalFeatures | Future[LocalFeatures] | None = None
+
+    def keypoints(self) -> LocalFeatures | None:
+        """The photo's keypoints, waiting for them while they are still being found."""
+        if not isinstance(self.local, Future):
+            return self.local
+        try:
+            return self.local.result()
+        except MemoryError as exc:
+            raise ImageDecodeError(OUT_OF_MEMORY) from exc
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +116,16 @@ class Query:
     pinned: tuple[int, ...] = ()
     #: ``pinned[0]`` is the very product in the photo
     exact: bool = False
+
+
+def _keypoints(decoded: Image.Image, executor: Executor | None) -> LocalFeatures | Future[LocalFeatures]:
+    """A photo's keypoints, or their future on ``executor`` (found here when it was shut down: a server stopping)."""
+    if executor is not None:
+        try:
+            return executor.submit(query_features, decoded)
+        except RuntimeError:
+            pass
+    return query_features(decoded)
 
 
 def extractor_for_index(
@@ -180,7 +206,7 @@ class Recommender:
         index.manifest.model.check_matches(extractor.identity)
         self.index, self.extractor = index, extractor
         self.searcher = open_searcher(index)
-        self._shortlist_searcher = ExactSearcher().fit(index.shortlist_vectors) if index.shortlist_vectors is not None else None
+        self._shortlist_searcher = shortlist_searcher(index.shortlist_vectors) if index.shortlist_vectors is not None else None
         self.verifier = None
         if index.local_features is not None:
             self.verifier = Verifier(index.local_features, clear_lead=CLEAR_LEAD if index.instance_shortlist else None)
@@ -210,18 +236,22 @@ class Recommender:
         _, extractor, _ = self._loaded()
         return load_image(image, extractor.input_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
 
-    def prepare(self, image: ImageSource) -> QueryPhoto:
+    def prepare(self, image: ImageSource, *, keypoints_on: Executor | None = None) -> QueryPhoto:
         """One image → :class:`QueryPhoto` (crops and keypoints only when the index finds exact items);
-        raises :class:`ImageDecodeError` for bad input."""
+        raises :class:`ImageDecodeError` for bad input.
+
+        ``keypoints_on``: find the keypoints there instead (the photo's ``local`` is then their future,
+        :meth:`verify` waits for it), so that the forward pass need not wait for them: the bot's SIFT
+        runs beside the model."""
         _, extractor, _ = self._loaded()
         if self.verifier is None:
             return QueryPhoto(self.decode(image))
         size = extractor.input_size
         decoded = decode_image(image, max_bytes=self.max_bytes, max_pixels=self.max_pixels, min_side=2 * size)
         try:
-            return QueryPhoto(square_resize(decoded, size), query_crops(decoded, size), query_features(decoded))
+            return QueryPhoto(square_resize(decoded, size), query_crops(decoded, size), _keypoints(decoded, keypoints_on))
         except MemoryError as exc:
-            raise ImageDecodeError("There is not enough memory to read this image right now; please try again.") from exc
+            raise ImageDecodeError(OUT_OF_MEMORY) from exc
 
     def embed_photos(self, photos: list[QueryPhoto]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Photos → their query vectors and, for each photo with crops, its shortlist queries (the photo
@@ -250,15 +280,17 @@ class Recommender:
         answer is always the unfiltered one's passing products, in order. ``allowed``, a row mask,
         limits the candidates (the evaluator takes a product out to count false exact matches)."""
         _, _, searcher = self._loaded()
-        if self.verifier is None or photo.local is None:
+        local = photo.keypoints() if self.verifier is not None else None
+        if self.verifier is None or local is None:
             return Query(vector)
         if shortlist_queries is None:
             rows, scores = searcher.candidates(vector[None], SHORTLIST, allowed=allowed)
-        else:  # in the shortlist's own space when the index has one (a few hundred values: searched exactly)
-            own = self._shortlist_searcher if self._shortlist_searcher is not None else searcher
-            rows, scores = own.candidates(shortlist_queries, SHORTLIST, allowed=allowed)
+        elif self._shortlist_searcher is not None:  # the shortlist's own space (a few hundred values): searched exactly
+            rows, scores = self._shortlist_searcher.search(shortlist_queries, SHORTLIST, allowed=allowed)
+        else:
+            rows, scores = searcher.candidates(shortlist_queries, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
-        found = self.verifier.verify(photo.local, chosen, best)
+        found = self.verifier.verify(local, chosen, best)
         return Query(vector, found.pinned, found.exact)
 
     def queries(self, photos: list[QueryPhoto]) -> list[Query]:

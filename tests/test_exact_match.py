@@ -6,13 +6,14 @@ import dataclasses
 import json
 import math
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from recommender import IndexCorruptError, Recommender, build_index, load_index, local_features
+from recommender import ImageDecodeError, IndexCorruptError, Recommender, build_index, load_index, local_features
 from recommender.catalogue import Catalogue, CatalogueItem
 from recommender.exact_match import (
     CLEAR_LEAD,
@@ -22,10 +23,12 @@ from recommender.exact_match import (
     LIKELY_INLIERS,
     MIN_INSIDE,
     PIN_INLIERS,
+    SHORTLIST,
     Verifier,
     crop_boxes,
     query_crops,
     shortlist,
+    shortlist_searcher,
 )
 from recommender.head import INSTANCE_METHOD, INSTANCE_PREFIX, INSTANCE_TEMPERATURE, HeadSettings, head_files, instance_settings
 from recommender.images import BACKGROUND, decode_image, square_resize
@@ -339,7 +342,7 @@ def test_a_store_that_does_not_fit_the_index_is_refused(tmp_path, store, damage)
 def test_a_shopper_photo_pins_its_own_product_first_as_exact(fashion_catalogue, store, store_items, product):
     row = [item.id for item in store_items].index(product)
     query = shopper_keypoints(fashion_catalogue, store_items[row])
-    assert query.size == (300, 400) and len(query) > 20  # 960 x 1280 decoded at half size, scaled to QUERY_SIDE
+    assert query.size == (240, 320) and len(query) > 20  # 960 x 1280 decoded at half size, scaled to QUERY_SIDE
     found = Verifier(store).verify(query, ALL_ROWS, NO_SCORES)
     assert found.pinned[0] == row and found.exact
     assert found.inliers[0] >= 2 * EXACT_INLIERS
@@ -527,6 +530,30 @@ def test_prepare_makes_crops_and_keypoints_and_matches_skips_verification(exact_
     assert not any(match.exact for match in plain)
 
 
+def test_keypoints_found_on_an_executor_verify_as_those_found_in_place(exact_recommender, fashion_catalogue, store_items):
+    """The bot finds a photo's keypoints beside the forward pass: prepare() then holds their future and
+    verify() waits for it, answering as with keypoints found in place. A shut-down executor (a server
+    stopping) falls back to finding them in place; keypoints that ran out of memory are a friendly error."""
+    data = shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0]))
+    in_place = exact_recommender.prepare(data)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        later = exact_recommender.prepare(data, keypoints_on=pool)
+        assert isinstance(later.local, Future)
+        vectors, asked = exact_recommender.embed_photos([in_place, later])
+        first, second = (exact_recommender.verify(*arguments) for arguments in zip((in_place, later), vectors, asked))
+    assert isinstance(in_place.local, LocalFeatures) and later.keypoints() == later.local.result()
+    np.testing.assert_array_equal(later.local.result().points, in_place.local.points)
+    assert exact_recommender.index is not None and second.pinned == first.pinned == (exact_recommender.index.ids().index(TEXTURED[0]),)
+    assert first.exact and second.exact
+    stopped = ThreadPoolExecutor(max_workers=1)
+    stopped.shutdown()
+    assert isinstance(exact_recommender.prepare(data, keypoints_on=stopped).local, LocalFeatures)
+    failed: Future[LocalFeatures] = Future()
+    failed.set_exception(MemoryError())
+    with pytest.raises(ImageDecodeError, match="not enough memory"):
+        dataclasses.replace(in_place, local=failed).keypoints()
+
+
 def test_update_reuses_the_keypoints_and_exact_items_off_drops_them(
     exact_index, fashion_catalogue, store_items, store, mobilenet_real, tmp_path
 ):
@@ -661,6 +688,36 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     np.testing.assert_allclose(asked[0], instance.embed(features), atol=1e-5)  # the photo, then its crops
     np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1])[0], atol=1e-5)  # the album's own vector
     first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
+    assert first.id == item.id and first.exact
+
+
+def test_a_large_catalogues_shortlist_is_searched_through_a_projection_all_the_same(
+    fashion_index, head_exact_index, fashion_catalogue, store_items, monkeypatch
+):
+    """From SHORTLIST_PROJECT_ABOVE products on, the shortlist's embedding is searched through a projection
+    on a quarter of its directions: the exact top 50 all the same (600 real MobileNetV2 vectors, the
+    threshold lowered), and a loaded index's shortlist takes that path and verifies the same product."""
+    import recommender.exact_match as exact_match
+
+    vectors = np.asarray(load_index(fashion_index.path).vectors)
+    queries = vectors[1:200:25] + 0.5 * vectors[2:201:25]  # between two products: no query is a product itself
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    full = shortlist_searcher(vectors)
+    assert not full.projected  # 600 products: searched in full
+    monkeypatch.setattr(exact_match, "SHORTLIST_PROJECT_ABOVE", 0)
+    projected = shortlist_searcher(vectors)
+    assert projected.projected
+    rows, scores = projected.search(queries, SHORTLIST)
+    exact_rows, exact_scores = full.search(queries, SHORTLIST)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    pruned = projected._projected
+    assert pruned is not None and min(pruned.last_exact_rows) < len(vectors)  # not only full passes: the bound pruned
+
+    loaded = Recommender(head_exact_index).load()
+    assert loaded._shortlist_searcher is not None and loaded._shortlist_searcher.projected
+    item = item_with(store_items, TEXTURED[1])
+    first = loaded.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
 
 
