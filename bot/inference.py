@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from recommender import Match, Query, QueryPhoto, Recommender
+from recommender import ImageDecodeError, Match, Query, QueryPhoto, Recommender
 from recommender.errors import ExpiredSearchError, FilterError, SearchUnavailableError
 from recommender.exact_match import crops_per_photo
 from recommender.filters import CanonicalWhere, Where, canonical
@@ -241,6 +241,10 @@ class InferenceService:
             recommender = request.recommender
             query = recommender.verify(request.photo, vector, shortlist_queries)  # the query keeps only its vector (a copy)
             page = recommender.answer([query], request.page_size, 0, request.where)[0] if request.page_size > 0 else []
+        except ImageDecodeError as exc:  # its keypoints ran out of memory: the shopper is asked to retry, no traceback
+            log.warning("A photo's keypoints failed: %s", exc)
+            _deliver(request, _set_exception, exc)
+            return
         except SearchUnavailableError as exc:
             log.warning("Search unavailable: %s", exc)
             _deliver(request, _set_exception, exc)

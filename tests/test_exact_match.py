@@ -554,6 +554,33 @@ def test_keypoints_found_on_an_executor_verify_as_those_found_in_place(exact_rec
         dataclasses.replace(in_place, local=failed).keypoints()
 
 
+async def test_the_bot_service_finds_keypoints_beside_the_model_and_a_failure_is_a_friendly_answer(
+    exact_recommender, fashion_catalogue, store_items, monkeypatch, caplog
+):
+    """The bot's inference service: the photo's keypoints are found on its decoding pool (a future the
+    verification waits for) and the answer is the exact match; keypoints that run out of memory reach
+    the shopper as the friendly decode error, logged without a traceback."""
+    import recommender.recommender as recommender_module
+    from bot.inference import InferenceService
+
+    item = item_with(store_items, TEXTURED[0])
+    service = InferenceService(exact_recommender)
+    service.start()
+    try:
+        answer = await service.embed_and_page(shopper_bytes(fashion_catalogue, item), 5)
+        assert answer.page[0].id == item.id and answer.page[0].exact and answer.query.exact
+
+        def out_of_memory(image: Image.Image) -> LocalFeatures:
+            raise MemoryError
+
+        monkeypatch.setattr(recommender_module, "query_features", out_of_memory)
+        with pytest.raises(ImageDecodeError, match="not enough memory"):
+            await service.embed_and_page(shopper_bytes(fashion_catalogue, item), 5)
+    finally:
+        service.stop()
+    assert not [record for record in caplog.records if record.exc_info]
+
+
 def test_update_reuses_the_keypoints_and_exact_items_off_drops_them(
     exact_index, fashion_catalogue, store_items, store, mobilenet_real, tmp_path
 ):
