@@ -114,7 +114,7 @@ def resident_memory(pid: int) -> str:
 def album_latency(api: FakeBotApi, chat: int, photo: bytes) -> float:
     """Seconds from the update reaching the bot (getUpdates answer) to its album arriving."""
     update = api.user_sends_photo(photo, chat_id=chat)
-    api.wait_for(lambda s: s.albums(chat), timeout=120, interval=0.001)
+    api.wait_for(lambda s: s.albums(chat), timeout=120, interval=0.05)
     return time.perf_counter() - api.delivered_at[update["update_id"]]
 
 
@@ -175,7 +175,7 @@ def main() -> int:
                 chat += len(batch)
                 with api.simultaneously():  # all 20 updates reach the bot in one getUpdates answer
                     updates = [api.user_sends_photo(photo, chat_id=c) for c, photo in zip(chats, batch)]
-                api.wait_for(functools.partial(all_answered, chats=chats), timeout=300, interval=0.001)
+                api.wait_for(functools.partial(all_answered, chats=chats), timeout=300, interval=0.05)
                 concurrent = time.perf_counter() - min(api.delivered_at[u["update_id"]] for u in updates)
                 ratios.append(sequential / concurrent)
                 after = cpu_seconds(bot.pid)

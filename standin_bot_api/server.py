@@ -182,6 +182,9 @@ class FakeBotApi:
         self._webhook_allowed: list[str] | None = None
         self._webhook_task: asyncio.Task[None] | None = None
         self._lock = threading.RLock()
+        #: notified after every request the bot makes (``wait_for`` re-checks its condition then)
+        self._answered = threading.Condition(threading.Lock())
+        self._requests_answered = 0
         self._pending: list[JSON] = []
         self._files: dict[str, StoredFile] = {}
         self._paths: dict[str, StoredFile] = {}
@@ -281,11 +284,29 @@ class FakeBotApi:
         if self._loop is not None and self._wakeup is not None:
             self._loop.call_soon_threadsafe(self._wakeup.set)
 
+    def _request_done(self) -> None:
+        """Wake ``wait_for``: a request changed (or may have changed) what the bot has done."""
+        with self._answered:
+            self._requests_answered += 1
+            self._answered.notify_all()
+
     # ----------------------------------------------------------------- HTTP layer
     async def _handle_unknown(self, request: web.Request) -> web.Response:
         return _error_response(ApiError(404, "Not Found"))
 
     async def _handle_file(self, request: web.Request) -> web.Response:
+        try:
+            return await self._serve_file(request)
+        finally:
+            self._request_done()
+
+    async def _handle_api(self, request: web.Request) -> web.Response:
+        try:
+            return await self._serve_api(request)
+        finally:
+            self._request_done()
+
+    async def _serve_file(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return _error_response(ApiError(401, "Unauthorized"))
         with self._lock:
@@ -296,7 +317,7 @@ class FakeBotApi:
             return _error_response(ApiError(404, "Not Found"))
         return web.Response(body=stored.data, content_type="application/octet-stream")
 
-    async def _handle_api(self, request: web.Request) -> web.Response:
+    async def _serve_api(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return _error_response(ApiError(401, "Unauthorized"))
         method = self._routes.get(request.match_info["method"].lower())
@@ -666,11 +687,20 @@ class FakeBotApi:
 
     def wait_for(self, predicate: Callable[[FakeBotApi], T], timeout: float = 10.0,
                  interval: float = 0.02) -> T:
-        """Block until ``predicate(self)`` is truthy; TimeoutError with a summary otherwise."""
+        """Block until ``predicate(self)`` is truthy; TimeoutError with a summary otherwise.
+
+        Checked again as soon as the bot's next request is answered, and at least every
+        ``interval`` seconds (for conditions that change otherwise): no busy polling, which took
+        the benchmarks' cores and this process's GIL from the server thread."""
         deadline = time.monotonic() + timeout
-        while (value := self._satisfied(predicate, deadline, timeout)) is None:
-            time.sleep(interval)
-        return value
+        while True:
+            with self._answered:
+                seen = self._requests_answered
+            if (value := self._satisfied(predicate, deadline, timeout)) is not None:
+                return value
+            with self._answered:
+                if self._requests_answered == seen:
+                    self._answered.wait(timeout=min(interval, max(0.0, deadline - time.monotonic())))
 
     async def await_for(self, predicate: Callable[[FakeBotApi], T], timeout: float = 10.0,
                         interval: float = 0.02) -> T:
