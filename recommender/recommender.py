@@ -280,8 +280,7 @@ class Recommender:
         answer is always the unfiltered one's passing products, in order. ``allowed``, a row mask,
         limits the candidates (the evaluator takes a product out to count false exact matches)."""
         _, _, searcher = self._loaded()
-        local = photo.keypoints() if self.verifier is not None else None
-        if self.verifier is None or local is None:
+        if self.verifier is None or (local := photo.keypoints()) is None:
             return Query(vector)
         if shortlist_queries is None:
             rows, scores = searcher.candidates(vector[None], SHORTLIST, allowed=allowed)

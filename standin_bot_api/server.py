@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -247,7 +247,7 @@ class FakeBotApi:
 
     async def _serve(self) -> None:
         self._wakeup = asyncio.Event()
-        app = web.Application(client_max_size=100 * MB)
+        app = web.Application(client_max_size=100 * MB, middlewares=[self._announce_requests])
         app.router.add_route("*", "/bot{token}/{method}", self._handle_api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
@@ -291,22 +291,18 @@ class FakeBotApi:
             self._answered.notify_all()
 
     # ----------------------------------------------------------------- HTTP layer
+    @web.middleware
+    async def _announce_requests(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Every request, answered or refused, wakes ``wait_for``."""
+        try:
+            return await handler(request)
+        finally:
+            self._request_done()
+
     async def _handle_unknown(self, request: web.Request) -> web.Response:
         return _error_response(ApiError(404, "Not Found"))
 
     async def _handle_file(self, request: web.Request) -> web.Response:
-        try:
-            return await self._serve_file(request)
-        finally:
-            self._request_done()
-
-    async def _handle_api(self, request: web.Request) -> web.Response:
-        try:
-            return await self._serve_api(request)
-        finally:
-            self._request_done()
-
-    async def _serve_file(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return _error_response(ApiError(401, "Unauthorized"))
         with self._lock:
@@ -317,7 +313,7 @@ class FakeBotApi:
             return _error_response(ApiError(404, "Not Found"))
         return web.Response(body=stored.data, content_type="application/octet-stream")
 
-    async def _serve_api(self, request: web.Request) -> web.Response:
+    async def _handle_api(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return _error_response(ApiError(401, "Unauthorized"))
         method = self._routes.get(request.match_info["method"].lower())
