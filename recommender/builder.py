@@ -493,17 +493,20 @@ def _train_head(
     instance: bool,
 ) -> tuple[head_module.EmbeddingHead, head_module.EmbeddingHead | None]:
     """Train the head on (a type-balanced sample of) ``rows``, and with ``instance`` (keypoints wanted) the
-    instance head on the same views, timed together for the report."""
+    instance head on the same views and its extra ones, timed together for the report."""
     started = time.perf_counter()
     settings = settings or head_module.HeadSettings()
     labels = [item.labels for item in rows]
     sample = head_module.training_rows(labels, settings)
     if on_head:
         on_head(len(sample), len(rows))
-    views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, settings, batch_size)
+    views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, head_module.views_to_make(settings, instance), batch_size)
     sample_labels = [labels[row] for row in sample]
-    trained = head_module.train_head(features[sample], sample_labels, views, settings)
-    shortlist = head_module.train_head(features[sample], sample_labels, views, head_module.instance_settings(settings)) if instance else None
+    trained = head_module.train_head(features[sample], sample_labels, views[: settings.views], settings)
+    shortlist = None
+    if instance:
+        shortlist_settings = head_module.instance_settings(settings)
+        shortlist = head_module.train_head(features[sample], sample_labels, views[: shortlist_settings.views], shortlist_settings)
     report.head_products = len(sample)
     report.head_seconds = time.perf_counter() - started
     return trained, shortlist

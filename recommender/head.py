@@ -59,6 +59,8 @@ PARAMS_JSON, WEIGHT_FILES, PROTOTYPE_FILE = head_files()
 #: The instance head: the same network trained on the same shopper-like views, by the contrastive term
 #: alone (no labels, no pull), so that it tells *the* product apart from its look-alikes, which the
 #: labels teach the head to gather. The exact-item stage shortlists with it (recommender/exact_match.py).
+#: It trains on more views than the head (:attr:`HeadSettings.instance_views`): telling one product from
+#: its look-alikes needs more of its shopper-like views than learning what it is.
 #: Measured on 300 shopper photos per seed (0, 1, 2; 4k MobileNetV2 int8): the product itself nearest
 #: for 54-56 % of photos (the head's own embedding before the pull: 40-46 %), among the 50 nearest
 #: for 93-95 % (91-94 %); temperature 0.05 (0.1: 49-53 % nearest).
@@ -100,6 +102,11 @@ class HeadSettings:
     #: at most this many products train the head (type-balanced sample, :func:`training_rows`):
     #: the views' forward passes bound the build time, and the head is applied to every product
     max_products: int = 6000
+    #: shopper-like views per product for the instance head (its first ``views`` are the head's own).
+    #: Measured (4k MobileNetV2 int8, photo and two crops, seeds 0-2): the product nearest of all for
+    #: 55-57 % of photos with 2 views, 57-61 % with 6, 55-60 % with 12; in the nearest 5 for 73-80 %,
+    #: 81-85 %, 81-84 %. Each view costs a forward pass at build time. Heads saved before it existed load with 2.
+    instance_views: int = 6
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (lists, not tuples), as the manifest and head.json hold them."""
@@ -190,6 +197,7 @@ class EmbeddingHead:
         settings_data["labels"] = tuple(settings_data["labels"])
         settings_data["view_size"] = tuple(settings_data["view_size"])
         settings_data.setdefault("query_pull", 0.0)  # saved before queries were pulled: keep them as built
+        settings_data.setdefault("instance_views", 2)  # saved before the instance head had views of its own
         try:
             settings = HeadSettings(**settings_data)
         except TypeError as exc:
@@ -207,8 +215,14 @@ class EmbeddingHead:
 
 
 def instance_settings(settings: HeadSettings) -> HeadSettings:
-    """The instance head's settings (:data:`INSTANCE_PREFIX`): the head's, without labels or pulls."""
-    return replace(settings, labels=(), pull=0.0, query_pull=0.0, temperature=INSTANCE_TEMPERATURE)
+    """The instance head's settings (:data:`INSTANCE_PREFIX`): the head's, without labels or pulls, on its own views."""
+    return replace(settings, labels=(), pull=0.0, query_pull=0.0, temperature=INSTANCE_TEMPERATURE, views=settings.instance_views)
+
+
+def views_to_make(settings: HeadSettings, instance: bool) -> HeadSettings:
+    """Settings that make every view the head needs, and with ``instance`` the instance head's too:
+    views are made in order, so the head's are the first ``settings.views`` of them."""
+    return replace(settings, views=max(settings.views, settings.instance_views)) if instance else settings
 
 
 def train_head(

@@ -674,8 +674,8 @@ def test_the_shortlist_comes_from_the_projection_when_it_is_ready(fashion_index)
     assert np.all(rows % 3 == 0)
 
 
-#: a head small enough to train in seconds on the store's 30 products (one shopper view each)
-SMALL_HEAD = HeadSettings(labels=("articleType",), hidden=128, dim=32, epochs=30, batch_size=16, views=1, seed=1)
+#: a head small enough to train in seconds on the store's 30 products (one shopper view each, two for the instance head)
+SMALL_HEAD = HeadSettings(labels=("articleType",), hidden=128, dim=32, epochs=30, batch_size=16, views=1, instance_views=2, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -694,13 +694,14 @@ def instance_files(directory: Path) -> list[Path]:
 
 def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashion_catalogue, store_items):
     """The head gathers products of one type; the shortlist searches the instance head's embedding, trained
-    on the same views to tell the products themselves apart."""
+    on the same views and more of its own to tell the products themselves apart."""
     index = load_index(head_exact_index)
     assert index.head is not None and index.shortlist_head is not None and index.shortlist_vectors is not None
     assert all(path.is_file() for path in instance_files(head_exact_index))
     instance = index.shortlist_head
     assert instance.settings == instance_settings(SMALL_HEAD) and not instance.prototypes and instance.settings.temperature == INSTANCE_TEMPERATURE
     assert not np.allclose(instance.w1, index.head.w1)  # trained apart from the head
+    assert index.head.settings.views == 1 and instance.settings.views == 2  # the head's view, and one more of its own
     np.testing.assert_allclose(index.shortlist_vectors, instance.embed(index.features), atol=1e-6)
     manifest = json.loads((head_exact_index / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"]["shortlist"] == {"method": INSTANCE_METHOD, "vector_dim": SMALL_HEAD.dim, "settings": instance.settings.to_json()}

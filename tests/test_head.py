@@ -117,15 +117,16 @@ def test_a_query_is_pulled_towards_the_prototypes_it_is_predicted_to_carry():
     np.testing.assert_allclose(unpulled.query_vectors(data["features"]), embedded, atol=1e-6)
 
 
-def test_a_head_saved_before_query_pull_existed_loads_as_it_was_built(tmp_path):
+def test_a_head_saved_before_query_pull_and_instance_views_existed_loads_as_it_was_built(tmp_path):
     data = domain_shifted(per_class=8)
     head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 2}))
     head.save(tmp_path)
     params = json.loads((tmp_path / PARAMS_JSON).read_text())
-    del params["settings"]["query_pull"]
+    del params["settings"]["query_pull"], params["settings"]["instance_views"]
     (tmp_path / PARAMS_JSON).write_text(json.dumps(params))
     loaded = EmbeddingHead.load(tmp_path)
     assert loaded.settings.query_pull == 0.0
+    assert loaded.settings.instance_views == 2 != HeadSettings().instance_views  # its instance head saw the head's 2 views
     np.testing.assert_allclose(loaded.query_vectors(data["features"]), head.embed(data["features"]), atol=1e-6)
 
 
