@@ -104,7 +104,8 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
     """Heavy start-up work, once: load the index and model, warm up, restore the file_id cache."""
     started = time.perf_counter()
     recommender = Recommender(
-        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True
+        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True,
+        exact_crops=settings.exact_crops,
     ).load()
     runtime = await start_runtime(application, settings, recommender)
     manifest = recommender.manifest
@@ -116,7 +117,9 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
                               "is the port taken? Set METRICS_PORT to a free port, or unset it.") from exc  # fmt: skip
         log.info("Serving /metrics and /healthz on http://%s:%d.", settings.metrics_host, runtime.metrics_server.port)
     reloader = runtime.reloader = IndexReloader(
-        settings.index_dir, runtime, lambda: Recommender(settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True).load()
+        settings.index_dir, runtime, lambda: Recommender(
+            settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True, exact_crops=settings.exact_crops
+        ).load()
     )
     if settings.index_check_seconds:
         reloader.watch(settings.index_check_seconds)

@@ -37,6 +37,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_concurrent_updates: int = 64
     max_batch: int = 16
+    #: the exact-item shortlist also searches two crops of each photo (EXACT_CROPS): more products found,
+    #: for two more images per forward pass (recommender.Recommender.exact_crops)
+    exact_crops: bool = False
     index_backbone: str = "resnet50"
     index_weights: str = "imagenet"
     #: the search backend of an index the bot builds at its first start (None: the build's default, exact)
@@ -84,6 +87,17 @@ def _webhook(env: dict[str, str]) -> tuple[str, str | None, str, int, str | None
     if secret is not None and not _SECRET.fullmatch(secret):
         raise ConfigError("WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule).")
     return mode, url, host.strip("[]") or "0.0.0.0", int(port), secret
+
+
+def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "yes", "1"):
+        return True
+    if raw in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}.")
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -155,6 +169,7 @@ def load_settings(env: dict[str, str] | None = None, dotenv_path: str | os.PathL
         max_image_pixels=_int(env, "MAX_IMAGE_MEGAPIXELS", 40, minimum=1) * 1_000_000,
         max_concurrent_updates=_int(env, "MAX_CONCURRENT_UPDATES", 64, minimum=1),
         max_batch=_int(env, "MAX_BATCH", 16, minimum=1),
+        exact_crops=_on_off(env, "EXACT_CROPS", False),
         index_backbone=env.get("INDEX_BACKBONE", "resnet50").strip() or "resnet50",
         index_weights=env.get("INDEX_WEIGHTS", "imagenet").strip() or "imagenet",
         index_backend=index_backend,

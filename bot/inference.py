@@ -39,7 +39,6 @@ from threadpoolctl import threadpool_limits
 
 from recommender import ImageDecodeError, Match, Query, QueryPhoto, Recommender
 from recommender.errors import ExpiredSearchError, FilterError, SearchUnavailableError
-from recommender.exact_match import crops_per_photo
 from recommender.filters import CanonicalWhere, Where, canonical
 
 log = logging.getLogger(__name__)
@@ -231,9 +230,7 @@ class InferenceService:
     def _photos_per_batch(self) -> int:
         """Photos per forward pass: with exact-item search each brings its crops, and the pass stays at
         about ``max_batch`` images (a larger pass grows ONNX Runtime's memory, not its speed)."""
-        if not self.recommender.finds_exact_items:
-            return self.max_batch
-        return max(1, self.max_batch // (1 + crops_per_photo()))
+        return max(1, self.max_batch // (1 + self.recommender.crops_per_photo))
 
     def _verify_and_deliver(self, request: _Request, vector: np.ndarray, shortlist_queries: np.ndarray | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""

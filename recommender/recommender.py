@@ -5,8 +5,8 @@ similarities, recommender/search.py) → matches (rows → :class:`Match`); ``re
 four for one photo, ``iter_recommend`` a batch at a time for many.
 
 An index with local features (recommender/local_features.py) adds the exact-item stage
-(recommender/exact_match.py): :meth:`Recommender.prepare` also makes the photo's crops and
-keypoints, :meth:`Recommender.embed_photos` embeds photo and crops in one forward pass, and
+(recommender/exact_match.py): :meth:`Recommender.prepare` also finds the photo's keypoints (and makes its crops, with
+``exact_crops``), :meth:`Recommender.embed_photos` embeds photo and crops in one forward pass, and
 :meth:`Recommender.verify` turns them into a :class:`Query` whose verified products come first.
 With a learned head, the shortlist searches the instance head's embedding of the products
 (``CatalogueIndex.shortlist_vectors``, through an :class:`ExactSearcher` of its own): the product
@@ -31,7 +31,7 @@ from .backends import Searcher, open_searcher
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
-from .exact_match import CLEAR_LEAD, SHORTLIST, Verifier, query_crops, shortlist, shortlist_searcher
+from .exact_match import CLEAR_LEAD, CROP_SCALES, SHORTLIST, Verifier, crops_per_photo, query_crops, shortlist, shortlist_searcher
 from .extractor import FeatureExtractor, normalize_weights_option
 from .filter_words import FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
@@ -91,8 +91,8 @@ OUT_OF_MEMORY = "There is not enough memory to read this image right now; please
 
 @dataclass(frozen=True)
 class QueryPhoto:
-    """One decoded photo ready for the forward pass; with exact-item search also its crops and keypoints
-    (or, from :meth:`Recommender.prepare` with ``keypoints_on``, the future that finds them)."""
+    """One decoded photo ready for the forward pass; with exact-item search also its crops (empty without
+    ``exact_crops``) and keypoints (or, from :meth:`Recommender.prepare` with ``keypoints_on``, the future that finds them)."""
 
     pixels: np.ndarray
     crops: np.ndarray | None = None
@@ -177,6 +177,7 @@ class Recommender:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         serving: bool = False,
+        exact_crops: bool = False,
     ) -> None:
         self.index_dir = Path(index_dir)
         #: a long-running server (the bot): the model keeps no memory arena between passes
@@ -185,6 +186,10 @@ class Recommender:
         self.weights = weights
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        #: the exact-item shortlist searches crops of the photo besides the photo (:data:`CROP_SCALES`). Off by
+        #: default: on 44k products with ResNet50 their forward passes cost 30-39 ms of the bot's p50 on 2 cores,
+        #: beyond the stage's 50 ms budget, for 1.8 points more products first (Quality, "Exact item")
+        self.exact_crops = exact_crops
         self.index: CatalogueIndex | None = None
         self.extractor: FeatureExtractor | None = None
         self.searcher: Searcher | None = None
@@ -220,6 +225,11 @@ class Recommender:
         return self.verifier is not None
 
     @property
+    def crops_per_photo(self) -> int:
+        """Crops each photo brings to the forward pass besides itself (0 without exact items or :attr:`exact_crops`)."""
+        return crops_per_photo() if self.finds_exact_items and self.exact_crops else 0
+
+    @property
     def manifest(self) -> Manifest:
         return self._loaded()[0].manifest
 
@@ -249,15 +259,16 @@ class Recommender:
         size = extractor.input_size
         decoded = decode_image(image, max_bytes=self.max_bytes, max_pixels=self.max_pixels, min_side=2 * size)
         try:
-            return QueryPhoto(square_resize(decoded, size), query_crops(decoded, size), _keypoints(decoded, keypoints_on))
+            crops = query_crops(decoded, size, CROP_SCALES if self.exact_crops else ())
+            return QueryPhoto(square_resize(decoded, size), crops, _keypoints(decoded, keypoints_on))
         except MemoryError as exc:
             raise ImageDecodeError(OUT_OF_MEMORY) from exc
 
     def embed_photos(self, photos: list[QueryPhoto]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """Photos → their query vectors and, for each photo with crops, its shortlist queries (the photo
-        then its crops, in the space the exact-item shortlist searches), in one forward pass."""
+        """Photos → their query vectors and, for each photo prepared for the exact-item stage, its shortlist
+        queries (the photo, then its crops if any, in the space the exact-item shortlist searches), in one forward pass."""
         index, _, _ = self._loaded()
-        crops = [photo.crops for photo in photos if photo.crops is not None and len(photo.crops)]
+        crops = [photo.crops for photo in photos if photo.crops is not None]
         features, vectors = self._features_and_vectors(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
         whole = vectors[: len(photos)]
         if not crops:
@@ -267,7 +278,7 @@ class Recommender:
         shortlist_queries: list[np.ndarray | None] = []
         for position, photo in enumerate(photos):
             count = 0 if photo.crops is None else len(photo.crops)
-            shortlist_queries.append(np.concatenate([asked[position : position + 1], rest[:count]]) if count else None)
+            shortlist_queries.append(np.concatenate([asked[position : position + 1], rest[:count]]) if photo.crops is not None else None)
             rest = rest[count:]
         return whole, shortlist_queries
 

@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exact-items", type=int, default=EXACT_ITEMS, metavar="N",
                         help=f"with --queries shopper: also make shopper photos of N indexed products and count how often the product "
                              f"itself comes first / in the top k (default {EXACT_ITEMS}; 0: skip)")
+    parser.add_argument("--exact-crops", action="store_true",
+                        help="the exact-item stage also searches two crops of each photo, as the bot does with EXACT_CROPS=on")
     return parser.parse_args(argv)
 
 
@@ -195,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if index.local_features is not None:  # the stage's forward passes give the global figures too
             from recommender import Recommender
 
-            print(f"Exact-item stage: {len(exact_rows)} shopper photos through crops and keypoint verification, "
-                  "then again with their product taken out...", flush=True)
+            print(f"Exact-item stage: {len(exact_rows)} shopper photos through {'crops and ' if args.exact_crops else ''}keypoint "
+                  "verification, then again with their product taken out...", flush=True)
             shot_bytes = [protocols.shopper_query_photo(photos[row], index.products[row]["id"], args.seed, photos) for row in exact_rows]
-            global_only, exact = protocols.verified_exact_items(Recommender(args.index).load(), shot_bytes, exact_rows, k=k)
+            global_only, exact = protocols.verified_exact_items(Recommender(args.index, exact_crops=args.exact_crops).load(), shot_bytes, exact_rows, k=k)
         else:
             shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
             exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k, searcher=served)

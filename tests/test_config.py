@@ -24,8 +24,11 @@ def test_settings_read_every_variable() -> None:
             "LOG_LEVEL": "debug",
             "INDEX_BACKEND": " Milvus ",
             "METRICS_PORT": "9100",
+            "EXACT_CROPS": " On ",
         }
     )
+    assert settings.exact_crops and not load_settings({"TELEGRAM_BOT_TOKEN": TOKEN}).exact_crops  # off unless asked
+    assert not load_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "EXACT_CROPS": "off"}).exact_crops
     assert (settings.metrics_port, settings.metrics_host) == (9100, "127.0.0.1")
     assert settings.index_backend == "milvus"
     assert load_settings({"TELEGRAM_BOT_TOKEN": TOKEN}).index_backend is None  # the build's own default
@@ -66,6 +69,7 @@ def test_a_webhook_path_where_health_is_served_is_refused() -> None:
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "ALLOWED_USER_IDS": "alice"}, "ALLOWED_USER_IDS"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "RATE_LIMIT_PER_MINUTE": "many"}, "RATE_LIMIT_PER_MINUTE must be a whole number"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN, "EXACT_CROPS": "sometimes"}, "EXACT_CROPS must be on or off"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "INDEX_BACKEND": "faiss"}, "INDEX_BACKEND must be exact, ann or milvus"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "METRICS_PORT": "70000"}, "METRICS_PORT must be a TCP port"),
         ({"TELEGRAM_BOT_TOKEN": TOKEN, "BOT_MODE": "push"}, "BOT_MODE must be polling or webhook"),

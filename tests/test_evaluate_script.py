@@ -108,6 +108,11 @@ def test_shopper_queries_leave_one_out_on_a_plain_index(tmp_path, demo_index):
     assert demo_index.recommender().finds_exact_items
     assert set(exact) >= {"called_exact", "false_exact", "ms_per_photo", "global_only"} and exact["global_only"]["queries"] == 12
     assert 0.0 <= exact["false_exact"] <= 1.0 and "false exact matches" in result.stdout
+    assert "12 shopper photos through keypoint verification" in result.stdout  # the photo alone, as the bot by default
+    from scripts.evaluate import parse_args
+
+    common = ["--images", "i", "--styles", "s.csv", "--index", "x", "--queries", "shopper"]
+    assert parse_args([*common, "--exact-crops"]).exact_crops and not parse_args(common).exact_crops
     # (that shopper photos give other figures than catalogue photos: the refined-index test above)
     bad = evaluate(demo_index.catalogue, demo_index.path, "--queries", "phone")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

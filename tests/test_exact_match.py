@@ -516,18 +516,35 @@ def test_pages_keep_the_pinned_product_first_and_never_repeat(exact_recommender,
     assert sorted(match.id for page in pages for match in page) == sorted(item.id for item in store_items)
 
 
-def test_prepare_makes_crops_and_keypoints_and_matches_skips_verification(exact_recommender, fashion_catalogue, store_items):
-    """With keypoints in the index a photo brings its 2 crops and keypoints; matches() alone ranks by the vector, never exact."""
+def test_prepare_finds_keypoints_and_matches_skips_verification(exact_recommender, fashion_catalogue, store_items):
+    """With keypoints in the index a photo brings its keypoints and no crops (``exact_crops`` off, the default):
+    the shortlist searches the photo alone. matches() alone ranks by the vector, never exact."""
     photo = exact_recommender.prepare(shopper_bytes(fashion_catalogue, item_with(store_items, TEXTURED[0])))
-    assert photo.crops is not None and photo.crops.shape == (2, 224, 224, 3) and photo.local is not None
+    assert photo.crops is not None and photo.crops.shape == (0, 224, 224, 3) and photo.local is not None
+    assert not exact_recommender.exact_crops and exact_recommender.crops_per_photo == 0
     vectors, asked = exact_recommender.embed_photos([photo])
-    # no head: the shortlist searches the search vectors themselves, with the photo's and its 2 crops' vectors
+    # no head: the shortlist searches the search vectors themselves, with the photo's own vector
     assert exact_recommender.index.shortlist_vectors is None
-    assert asked[0] is not None and asked[0].shape == (3, vectors.shape[1])
+    assert asked[0] is not None and asked[0].shape == (1, vectors.shape[1])
     np.testing.assert_allclose(asked[0][0], vectors[0], atol=1e-6)
-    np.testing.assert_allclose(asked[0][1:], exact_recommender.embed(photo.crops), atol=1e-5)
     plain = exact_recommender.matches(vectors, k=5)[0]
     assert not any(match.exact for match in plain)
+
+
+def test_with_exact_crops_a_photo_brings_its_2_crops_to_the_shortlist(exact_index, fashion_catalogue, store_items):
+    """``exact_crops``: the photo and its 2 crops are embedded in one forward pass and all three search the shortlist."""
+    recommender = Recommender(exact_index, exact_crops=True).load()
+    assert recommender.crops_per_photo == 2
+    item = item_with(store_items, TEXTURED[0])
+    photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
+    assert photo.crops is not None and photo.crops.shape == (2, 224, 224, 3)
+    assert len({crop.tobytes() for crop in photo.crops} | {photo.pixels.tobytes()}) == 3
+    vectors, asked = recommender.embed_photos([photo])
+    assert asked[0] is not None and asked[0].shape == (3, vectors.shape[1])
+    np.testing.assert_allclose(asked[0][0], vectors[0], atol=1e-6)
+    np.testing.assert_allclose(asked[0][1:], recommender.embed(photo.crops), atol=1e-5)
+    first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
+    assert first.id == item.id and first.exact
 
 
 def test_keypoints_found_on_an_executor_verify_as_those_found_in_place(exact_recommender, fashion_catalogue, store_items):
@@ -705,7 +722,7 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     np.testing.assert_allclose(index.shortlist_vectors, instance.embed(index.features), atol=1e-6)
     manifest = json.loads((head_exact_index / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"]["shortlist"] == {"method": INSTANCE_METHOD, "vector_dim": SMALL_HEAD.dim, "settings": instance.settings.to_json()}
-    recommender = Recommender(head_exact_index).load()
+    recommender = Recommender(head_exact_index, exact_crops=True).load()
     assert index.instance_shortlist and recommender.verifier is not None and recommender.verifier.clear_lead == CLEAR_LEAD
     item = item_with(store_items, TEXTURED[1])
     photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
@@ -716,6 +733,13 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     np.testing.assert_allclose(asked[0], instance.embed(features), atol=1e-5)  # the photo, then its crops
     np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1])[0], atol=1e-5)  # the album's own vector
     first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
+    assert first.id == item.id and first.exact
+    alone = Recommender(head_exact_index).load()  # the default: the photo alone, in the instance head's space
+    photo = alone.prepare(shopper_bytes(fashion_catalogue, item))
+    vectors, asked = alone.embed_photos([photo])
+    assert asked[0] is not None and asked[0].shape == (1, SMALL_HEAD.dim)
+    np.testing.assert_allclose(asked[0], instance.embed(features[:1]), atol=1e-5)
+    first = alone.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
 
 

@@ -11,7 +11,6 @@ from recommender import ImageDecodeError, Match, NotLoadedError, Recommender, co
 from recommender import search as search_module
 from recommender.catalogue import display_name
 from recommender.colour import colour_histograms
-from recommender.exact_match import crops_per_photo
 from recommender.images import load_image
 from recommender.recommender import EXACT_MATCH_LINE
 from recommender.refine import LabelCentroids
@@ -137,7 +136,8 @@ def test_recommend_is_decode_then_embed_then_matches(demo_recommender, demo_inde
     assert demo_recommender.finds_exact_items
     photo = demo_recommender.prepare(path)
     np.testing.assert_array_equal(photo.pixels, pixels)
-    assert photo.crops is not None and photo.crops.shape == (crops_per_photo(), 224, 224, 3) and photo.local is not None and len(photo.local) > 0
+    assert demo_recommender.crops_per_photo == 0  # crops only with exact_crops
+    assert photo.crops is not None and photo.crops.shape == (0, 224, 224, 3) and photo.local is not None and len(photo.local) > 0
     (query,) = demo_recommender.queries([photo])
     np.testing.assert_allclose(query.vector, vectors[0], atol=1e-5)
     answered = demo_recommender.answer([query], k=3, offset=2)[0]
