@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object: image path → ranked results")
     parser.add_argument("--backbone", help="override the index's backbone (must match it)")
     parser.add_argument("--weights", help="override where the weights come from (must match the index's)")
+    parser.add_argument("--exact-crops", action="store_true",
+                        help="the exact-item search also looks at two crops of each photo, as the bot does with EXACT_CROPS=on")
     parser.add_argument(
         "--where", action="append", default=[], metavar="COLUMN=VALUE[,VALUE...]",
         help="only products whose COLUMN is one of the values (any case); repeat for more columns, which must all match",
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for option in args.where:
         column, values = parse_option(option)
         where.setdefault(column, []).extend(values)
-    recommender = Recommender(args.index, backbone=args.backbone, weights=args.weights).load()
+    recommender = Recommender(args.index, backbone=args.backbone, weights=args.weights, exact_crops=args.exact_crops).load()
     allowed = recommender.allowed(where)  # an unknown column is refused here, before any photo is read
     if allowed is not None:
         passing = int(allowed.sum())

@@ -32,6 +32,10 @@ def test_query_json_output(tmp_path, demo_index):
         assert results[0]["productDisplayName"] == item.labels["productDisplayName"]
         # the catalogue photo itself comes first (verified or not), the rest by similarity
         assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    # --exact-crops: the exact-item search also looks at the photo's crops, as the bot with EXACT_CROPS=on
+    cropped = run_script("query.py", str(good[0]), "--index", demo_index.path, "--k", 3, "--json", "--exact-crops")
+    assert cropped.returncode == 0, cropped.stderr
+    assert json.loads(cropped.stdout)[str(good[0])][0]["id"] == catalogue.items[0].id
 
 
 def test_query_table_on_a_plain_folder(tmp_path, demo_catalogue, resnet_random):
