@@ -100,13 +100,18 @@ def health(runtime: BotRuntime) -> dict[str, Any]:
     }
 
 
+def load_recommender(settings: Settings) -> Recommender:
+    """The index as the bot serves it, at start-up and on every reload alike."""
+    return Recommender(
+        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True,
+        exact_crops=settings.exact_crops,
+    ).load()  # fmt: skip
+
+
 async def post_init(application: BotApplication, settings: Settings) -> None:
     """Heavy start-up work, once: load the index and model, warm up, restore the file_id cache."""
     started = time.perf_counter()
-    recommender = Recommender(
-        settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True,
-        exact_crops=settings.exact_crops,
-    ).load()
+    recommender = load_recommender(settings)
     runtime = await start_runtime(application, settings, recommender)
     manifest = recommender.manifest
     if settings.metrics_port:
@@ -116,11 +121,7 @@ async def post_init(application: BotApplication, settings: Settings) -> None:
             raise ConfigError(f"Cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port} ({exc.strerror or exc}): "
                               "is the port taken? Set METRICS_PORT to a free port, or unset it.") from exc  # fmt: skip
         log.info("Serving /metrics and /healthz on http://%s:%d.", settings.metrics_host, runtime.metrics_server.port)
-    reloader = runtime.reloader = IndexReloader(
-        settings.index_dir, runtime, lambda: Recommender(
-            settings.index_dir, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, serving=True, exact_crops=settings.exact_crops
-        ).load()
-    )
+    reloader = runtime.reloader = IndexReloader(settings.index_dir, runtime, lambda: load_recommender(settings))
     if settings.index_check_seconds:
         reloader.watch(settings.index_check_seconds)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: runtime.queues.spawn(reloader.reload("SIGHUP")))

@@ -108,3 +108,15 @@ def test_settings_never_show_the_token_and_know_what_was_configured(tmp_path):
     data_only = load_settings({"TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN, "DATA_DIR": str(tmp_path)})
     assert (data_only.index_dir_configured, data_only.catalogue_dir_configured) == (False, False)
     assert data_only.index_dir == tmp_path / "index"
+
+
+def test_the_bot_serves_its_index_with_the_crops_its_settings_ask_for(demo_index) -> None:
+    """post_init and every reload load the index through ``load_recommender``: EXACT_CROPS reaches the recommender."""
+    from bot.app import load_recommender
+
+    for value, crops in (("off", 0), ("on", 2)):
+        settings = load_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "INDEX_DIR": str(demo_index.path), "EXACT_CROPS": value})
+        recommender = load_recommender(settings)
+        assert recommender.finds_exact_items and recommender.exact_crops == (value == "on") and recommender.crops_per_photo == crops
+        photo = recommender.prepare(demo_index.catalogue.images_dir / demo_index.catalogue.items[0].image)
+        assert photo.crops is not None and len(photo.crops) == crops
