@@ -9,7 +9,7 @@ seed, 4k catalogue, MobileNetV2 int8 with the default head; README "Exact item")
    at 80 % of its sides) are embedded in the same forward pass as the photo, and each product scores
    its best crop; the :data:`SHORTLIST` best go on. By default the photo alone searches: the
    instance head on six views finds the product from it about as often as the two-view head did
-   with crops, and the crops' forward passes cost 30-39 ms of the bot's p50 (ResNet50, 2 cores).
+   with crops, and the crops' forward passes cost 19-39 ms of the bot's p50 (ResNet50, 2 cores).
    With a learned head the shortlist searches the *instance head*'s embedding (recommender/head.py:
    trained on the head's shopper-like views to tell the products themselves apart), not the
    album's vectors, which the head pulls together by type and colour: the product is among the 50
