@@ -277,9 +277,11 @@ class Recommender:
         rest = asked[len(photos) :]
         shortlist_queries: list[np.ndarray | None] = []
         for position, photo in enumerate(photos):
-            count = 0 if photo.crops is None else len(photo.crops)
-            shortlist_queries.append(np.concatenate([asked[position : position + 1], rest[:count]]) if photo.crops is not None else None)
-            rest = rest[count:]
+            if photo.crops is None:  # not prepared for the exact-item stage
+                shortlist_queries.append(None)
+                continue
+            shortlist_queries.append(np.concatenate([asked[position : position + 1], rest[: len(photo.crops)]]))
+            rest = rest[len(photo.crops) :]
         return whole, shortlist_queries
 
     def verify(self, photo: QueryPhoto, vector: np.ndarray, shortlist_queries: np.ndarray | None, *, allowed: np.ndarray | None = None) -> Query:
