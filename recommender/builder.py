@@ -357,15 +357,15 @@ def _write_index(
                 writer.put(position, *finished.row(item.id))
         finished.close()
         wanted = plan.exact_items if plan.exact_items is not None else (earlier is None or earlier.local_features is not None)
-        trained = instance = None
+        trained = instance = instance_views = None
         if headed:
-            trained, instance = _train_head(
+            trained, instance, instance_views = _train_head(
                 catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size, instance=wanted
             )  # fmt: skip
         local = _local_features(catalogue, rows, earlier, earlier_rows, report, plan.on_local) if wanted else None
         written = writer.commit(
             catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None,
-            head=trained, instance_head=instance,
+            head=trained, instance_head=instance, instance_views=instance_views,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
             local_features=local, search=_search_backend(plan.search, out_dir, rows, earlier, earlier_rows, report),
         )  # fmt: skip
@@ -491,9 +491,10 @@ def _train_head(
     batch_size: int,
     *,
     instance: bool,
-) -> tuple[head_module.EmbeddingHead, head_module.EmbeddingHead | None]:
+) -> tuple[head_module.EmbeddingHead, head_module.EmbeddingHead | None, np.ndarray | None]:
     """Train the head on (a type-balanced sample of) ``rows``, and with ``instance`` (keypoints wanted) the
-    instance head on the same views and its extra ones, timed together for the report."""
+    instance head on the same views and its extra ones, timed together for the report. Returns the heads
+    and, where every product trained, the instance head's :func:`~recommender.head.view_means` of each row."""
     started = time.perf_counter()
     settings = settings or head_module.HeadSettings()
     labels = [item.labels for item in rows]
@@ -503,13 +504,15 @@ def _train_head(
     views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, head_module.views_to_make(settings, instance), batch_size)
     sample_labels = [labels[row] for row in sample]
     trained = head_module.train_head(features[sample], sample_labels, views[: settings.views], settings)
-    shortlist = None
+    shortlist = seen = None
     if instance:
         shortlist_settings = head_module.instance_settings(settings)
         shortlist = head_module.train_head(features[sample], sample_labels, views[: shortlist_settings.views], shortlist_settings)
+        if len(sample) == len(rows):  # the sample is every row, in order (head.training_rows)
+            seen = head_module.view_means(shortlist, views[: shortlist_settings.views])
     report.head_products = len(sample)
     report.head_seconds = time.perf_counter() - started
-    return trained, shortlist
+    return trained, shortlist, seen
 
 
 def _colour_method(index: CatalogueIndex) -> str | None:

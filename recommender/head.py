@@ -64,6 +64,8 @@ PARAMS_JSON, WEIGHT_FILES, PROTOTYPE_FILE = head_files()
 #: Measured on 300 shopper photos per seed (0, 1, 2; 4k MobileNetV2 int8): the product itself nearest
 #: for 54-56 % of photos (the head's own embedding before the pull: 40-46 %), among the 50 nearest
 #: for 93-95 % (91-94 %); temperature 0.05 (0.1: 49-53 % nearest).
+#: Each product's vector in its space is its photo's embedding plus the mean of its own views' (see
+#: :func:`product_vectors`) when every product trained it.
 INSTANCE_PREFIX = "instance_head"
 INSTANCE_METHOD = "instance-head"
 INSTANCE_TEMPERATURE = 0.05
@@ -217,6 +219,27 @@ class EmbeddingHead:
 def instance_settings(settings: HeadSettings) -> HeadSettings:
     """The instance head's settings (:data:`INSTANCE_PREFIX`): the head's, without labels or pulls, on its own views."""
     return replace(settings, labels=(), pull=0.0, query_pull=0.0, temperature=INSTANCE_TEMPERATURE, views=settings.instance_views)
+
+
+def view_means(instance: EmbeddingHead, views: Sequence[np.ndarray]) -> np.ndarray:
+    """Each product's shopper-like ``views`` (row-aligned backbone features) embedded by ``instance`` and
+    averaged, unit length: where phone photos of the product land in the instance head's space."""
+    return l2_normalize(np.mean([instance.embed(view) for view in views], axis=0).astype(np.float32))
+
+
+def product_vectors(instance: EmbeddingHead, features: np.ndarray, seen: np.ndarray | None = None) -> np.ndarray:
+    """The instance head's vector of each product: its photo's embedding, and with ``seen`` (its
+    :func:`view_means`) the two added, so the product sits between its studio photo and its phone photos
+    (database-side augmentation). The views are the ones the head trained on, so this costs no forward pass.
+
+    Measured (4k MobileNetV2 int8, photo alone, 300 shopper photos on each of seeds 0-2): the product
+    nearest of all for 56.7 % of photos with the photo's embedding alone, 63.9 % with its six views
+    added; in the nearest 5 for 77.7 % and 82.6 %. Through the whole exact-item stage (seeds 0-19):
+    first 81.0 % → 83.5 %, top 5 83.4 % → 85.3 %. Views of only some products (a catalogue larger than
+    :attr:`HeadSettings.max_products`) help nothing: those products gain what the others lose.
+    """
+    vectors = instance.embed(features)
+    return vectors if seen is None else l2_normalize(vectors + seen)
 
 
 def views_to_make(settings: HeadSettings, instance: bool) -> HeadSettings:

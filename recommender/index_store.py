@@ -9,7 +9,8 @@ Layout of an index directory (no pickle anywhere)::
     refine*.json/npy  the label-aware refinement learned at build time (recommender/refine.py)
     head*.json/npy  or the learned embedding head, when built with --head labels (recommender/head.py);
                     with keypoints also instance_head*.json/npy, the head that tells products apart, and
-    shortlist_vectors.npy  its embedding of every product, which the exact-item shortlist searches
+    shortlist_vectors.npy  its vector of every product (photo, and its shopper-like views where every product
+                    trained the head), which the exact-item shortlist searches
     local_*.npy     the products' SIFT keypoints for exact-item search (recommender/local_features.py)
     ann.faiss, ann_rows.npy  the approximate search index, when built with --backend ann (recommender/ann_search.py)
     products.csv    id, image (relative to the manifest's images_root), then the styles.csv columns
@@ -346,6 +347,7 @@ class IndexWriter:
         previous: Manifest | None = None,
         head: EmbeddingHead | None = None,
         instance_head: EmbeddingHead | None = None,
+        instance_views: np.ndarray | None = None,
         runtime: Mapping[str, Any] | None = None,
         runtime_model: Path | None = None,
         local_features: LocalFeatureStore | None = None,
@@ -357,7 +359,8 @@ class IndexWriter:
         ``skipped`` lists the photos left out; ``model`` and ``weights`` made the features;
         ``previous`` is the index being updated (its creation date is kept); ``head``, a trained embedding
         head that makes the search vectors (the writer must keep its features); ``instance_head``, stored
-        with keypoints only, makes the exact-item shortlist's vectors. ``runtime`` describes
+        with keypoints only, makes the exact-item shortlist's vectors, with ``instance_views`` (each row's
+        :func:`~recommender.head.view_means`, where every product has them) added. ``runtime`` describes
         how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
         its SHA-256 recorded). ``local_features``, the products' keypoints (row-aligned), are stored
         for exact-item search. ``search(staging, vectors, manifest)``, given the finished search vectors
@@ -372,7 +375,7 @@ class IndexWriter:
         if head is not None:
             assert self.keep_features and not self._refined, "a head needs keep_features=True and no refinement"
             shortlist = instance_head if local_features is not None else None
-            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head, shortlist)
+            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head, shortlist, instance_views)
         else:
             vector_dim, refinement = self._write_search_vectors(staging, [item.labels for item in items])
         self._features = self._colours = None
@@ -394,7 +397,8 @@ class IndexWriter:
             local_details = {**local_features.describe(), "keypoints": int(local_features.offsets[-1])}
             if head is not None and instance_head is not None:
                 local_details["shortlist"] = {"method": head_module.INSTANCE_METHOD, "vector_dim": instance_head.vector_dim,
-                                              "settings": instance_head.settings.to_json()}  # fmt: skip
+                                              "settings": instance_head.settings.to_json(),
+                                              "views_in_product_vectors": instance_head.settings.views if instance_views is not None else 0}  # fmt: skip
         now = utc_timestamp()
         manifest = Manifest(
             model=model,
@@ -438,16 +442,21 @@ class IndexWriter:
         return vector_dim, refiner.describe()
 
     def _write_head_vectors(
-        self, staging: Path, labels: Sequence[Mapping[str, str]], head: EmbeddingHead, shortlist: EmbeddingHead | None
+        self, staging: Path, labels: Sequence[Mapping[str, str]], head: EmbeddingHead, shortlist: EmbeddingHead | None,
+        seen: np.ndarray | None,
     ) -> tuple[int, dict[str, Any]]:
         """(vector_dim, head description): every product's vector from the trained head, and the head's files;
-        with a ``shortlist`` (instance) head also its files and its embedding of every product."""
+        with a ``shortlist`` (instance) head also its files and every product's vector in its space (with its
+        views ``seen``, where given: :func:`~recommender.head.product_vectors`)."""
         features = self._features
         assert features is not None
         self._write_vectors(staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows]))
         head.save(staging)
         if shortlist is not None:
-            self._write_vectors(staging, shortlist.vector_dim, lambda rows: shortlist.embed(features[rows]), SHORTLIST_VECTORS)
+            def vectors_of(rows: slice) -> np.ndarray:
+                return head_module.product_vectors(shortlist, features[rows], None if seen is None else seen[rows])
+
+            self._write_vectors(staging, shortlist.vector_dim, vectors_of, SHORTLIST_VECTORS)
             shortlist.save(staging, head_module.INSTANCE_PREFIX)
         return head.vector_dim, head.describe()
 

@@ -14,7 +14,19 @@ from recommender import Recommender, build_index, load_catalogue, load_index
 from recommender.builder import resolve_head
 from recommender.errors import BuildError, IndexCorruptError
 from recommender.evaluation.metrics import evaluate_rankings
-from recommender.head import METHOD, PARAMS_JSON, PROTOTYPE_FILE, WEIGHT_FILES, EmbeddingHead, HeadSettings, train_head, training_rows
+from recommender.head import (
+    METHOD,
+    PARAMS_JSON,
+    PROTOTYPE_FILE,
+    WEIGHT_FILES,
+    EmbeddingHead,
+    HeadSettings,
+    instance_settings,
+    product_vectors,
+    train_head,
+    training_rows,
+    view_means,
+)
 from recommender.search import ExactSearcher
 from recommender.vectors import l2_normalize
 from scripts.build_index import parse_args
@@ -60,6 +72,20 @@ def test_training_on_views_brings_unseen_phone_photos_to_their_type():
     learned = precision_at_5(head.index_vectors(data["features"], data["labels"]), head.query_vectors(data["query_views"]), data)
     assert plain < 0.6, f"the nuisance should confuse plain features (P@5 {plain:.2f})"
     assert learned >= plain + 0.25, f"head P@5 {learned:.2f} vs plain {plain:.2f}"
+
+
+def test_a_products_instance_vector_lies_between_its_photo_and_its_views():
+    data = domain_shifted()
+    head = train_head(data["features"], data["labels"], data["views"], instance_settings(SMALL))
+    photo, seen = head.embed(data["features"]), view_means(head, data["views"])
+    np.testing.assert_allclose(seen, l2_normalize(head.embed(data["views"][0]) + head.embed(data["views"][1])), atol=1e-6)
+    np.testing.assert_allclose(product_vectors(head, data["features"]), photo, atol=1e-6)  # no views: the photo alone
+    np.testing.assert_allclose(product_vectors(head, data["features"], photo), photo, atol=1e-6)
+    both = product_vectors(head, data["features"], seen)
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-5)
+    to_seen, to_photo, apart = (np.sum(a * b, axis=1) for a, b in ((both, seen), (both, photo), (photo, seen)))
+    moved = apart < 0.999  # a product whose views land on its photo stays where it is
+    assert moved.mean() > 0.9 and np.all(to_seen[moved] > apart[moved]) and np.all(to_photo[moved] > apart[moved])
 
 
 def test_save_and_load_give_the_same_vectors_without_pickle(tmp_path):
@@ -217,6 +243,11 @@ def test_a_capped_build_trains_on_its_sample_and_embeds_every_product(demo_catal
     assert index.head is not None and len(index.vectors) == len(demo_catalogue)
     labels = [{k: v for k, v in product.items() if k not in ("id", "image")} for product in index.products]
     np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels), atol=1e-6)
+    # views of only the sample: every product's shortlist vector is its photo's alone (views of some would tilt the search)
+    assert index.shortlist_head is not None and index.shortlist_vectors is not None
+    np.testing.assert_allclose(index.shortlist_vectors, index.shortlist_head.embed(index.features), atol=1e-6)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["local_features"]["shortlist"]["views_in_product_vectors"] == 0
 
 
 def test_update_keeps_the_head_unless_told_to_drop_it(demo_catalogue, mobilenet_random, tmp_path):
