@@ -357,15 +357,15 @@ def _write_index(
                 writer.put(position, *finished.row(item.id))
         finished.close()
         wanted = plan.exact_items if plan.exact_items is not None else (earlier is None or earlier.local_features is not None)
-        trained = instance = instance_views = None
+        trained = instance = instance_view_means = None
         if headed:
-            trained, instance, instance_views = _train_head(
+            trained, instance, instance_view_means = _train_head(
                 catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size, instance=wanted
             )  # fmt: skip
         local = _local_features(catalogue, rows, earlier, earlier_rows, report, plan.on_local) if wanted else None
         written = writer.commit(
             catalogue, rows, report.skipped, model, extractor.weights_source, earlier.manifest if earlier else None,
-            head=trained, instance_head=instance, instance_views=instance_views,
+            head=trained, instance_head=instance, instance_view_means=instance_view_means,
             runtime=report.runtime_report.to_json() if report.runtime_report else None, runtime_model=runtime_model,
             local_features=local, search=_search_backend(plan.search, out_dir, rows, earlier, earlier_rows, report),
         )  # fmt: skip

@@ -347,7 +347,7 @@ class IndexWriter:
         previous: Manifest | None = None,
         head: EmbeddingHead | None = None,
         instance_head: EmbeddingHead | None = None,
-        instance_views: np.ndarray | None = None,
+        instance_view_means: np.ndarray | None = None,
         runtime: Mapping[str, Any] | None = None,
         runtime_model: Path | None = None,
         local_features: LocalFeatureStore | None = None,
@@ -359,7 +359,7 @@ class IndexWriter:
         ``skipped`` lists the photos left out; ``model`` and ``weights`` made the features;
         ``previous`` is the index being updated (its creation date is kept); ``head``, a trained embedding
         head that makes the search vectors (the writer must keep its features); ``instance_head``, stored
-        with keypoints only, makes the exact-item shortlist's vectors, with ``instance_views`` (each row's
+        with keypoints only, makes the exact-item shortlist's vectors, with ``instance_view_means`` (each row's
         :func:`~recommender.head.view_means`, where every product has them) added. ``runtime`` describes
         how the model ran (ONNX Runtime: its ``runtime_model`` file is copied in as ``model.onnx`` and
         its SHA-256 recorded). ``local_features``, the products' keypoints (row-aligned), are stored
@@ -375,7 +375,7 @@ class IndexWriter:
         if head is not None:
             assert self.keep_features and not self._refined, "a head needs keep_features=True and no refinement"
             shortlist = instance_head if local_features is not None else None
-            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head, shortlist, instance_views)
+            vector_dim, refinement = self._write_head_vectors(staging, [item.labels for item in items], head, shortlist, instance_view_means)
         else:
             vector_dim, refinement = self._write_search_vectors(staging, [item.labels for item in items])
         self._features = self._colours = None
@@ -398,7 +398,7 @@ class IndexWriter:
             if head is not None and instance_head is not None:
                 local_details["shortlist"] = {"method": head_module.INSTANCE_METHOD, "vector_dim": instance_head.vector_dim,
                                               "settings": instance_head.settings.to_json(),
-                                              "views_in_product_vectors": instance_head.settings.views if instance_views is not None else 0}  # fmt: skip
+                                              "views_in_product_vectors": instance_head.settings.views if instance_view_means is not None else 0}  # fmt: skip
         now = utc_timestamp()
         manifest = Manifest(
             model=model,

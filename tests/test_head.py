@@ -143,16 +143,19 @@ def test_a_query_is_pulled_towards_the_prototypes_it_is_predicted_to_carry():
     np.testing.assert_allclose(unpulled.query_vectors(data["features"]), embedded, atol=1e-6)
 
 
-def test_a_head_saved_before_query_pull_and_instance_views_existed_loads_as_it_was_built(tmp_path):
+def test_a_head_saved_before_query_pull_and_the_instance_heads_own_settings_existed_loads_as_it_was_built(tmp_path):
     data = domain_shifted(per_class=8)
     head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 2}))
     head.save(tmp_path)
     params = json.loads((tmp_path / PARAMS_JSON).read_text())
-    del params["settings"]["query_pull"], params["settings"]["instance_views"]
+    for name in ("query_pull", "instance_views", "instance_epochs", "instance_batch_size"):
+        del params["settings"][name]
     (tmp_path / PARAMS_JSON).write_text(json.dumps(params))
     loaded = EmbeddingHead.load(tmp_path)
     assert loaded.settings.query_pull == 0.0
     assert loaded.settings.instance_views == 2 != HeadSettings().instance_views  # its instance head saw the head's 2 views
+    assert (loaded.settings.instance_epochs, loaded.settings.instance_batch_size) == (2, SMALL.batch_size)  # and trained as long as it
+    assert instance_settings(loaded.settings).epochs == 2 != instance_settings(HeadSettings()).epochs
     np.testing.assert_allclose(loaded.query_vectors(data["features"]), head.embed(data["features"]), atol=1e-6)
 
 
