@@ -88,6 +88,9 @@ class HeadSettings:
     #: weight and temperature of the shopper-view ↔ catalogue-photo contrastive term
     contrast: float = 1.0
     temperature: float = 0.1
+    #: weight of a second contrastive term between two different shopper-like views of each product
+    #: (0: none, the head's own; the instance head's is ``instance_view_contrast``)
+    view_contrast: float = 0.0
     #: how far a product is pulled towards its labels' prototypes in the index
     pull: float = 1.0
     #: how far a query is pulled towards the prototypes it is predicted to carry (0: not at all;
@@ -118,6 +121,12 @@ class HeadSettings:
     #: the head's own epochs and batch, as their instance heads were trained.
     instance_epochs: int = 80
     instance_batch_size: int = 1024
+    #: the instance head also learns that two phone photos of one product are one product, so that they
+    #: gather, as each product's vector (its photo plus its views' mean, :func:`product_vectors`) wants.
+    #: Measured (as above, 80 epochs of 1,024): nearest of all 67.6 % → 69.2 %, in the nearest 5
+    #: 85.6 % → 86.7 %, among the 50 96.0 % → 96.9 %; weight 0.25 and 1.0 no better than 0.5 (one seed).
+    #: Training takes 50 s instead of 33 s on 4,000 products. Heads saved before it load with 0.
+    instance_view_contrast: float = 0.5
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (lists, not tuples), as the manifest and head.json hold them."""
@@ -211,6 +220,8 @@ class EmbeddingHead:
         settings_data.setdefault("instance_views", 2)  # saved before the instance head had views of its own
         settings_data.setdefault("instance_epochs", settings_data.get("epochs"))  # ... or epochs and batch of its own
         settings_data.setdefault("instance_batch_size", settings_data.get("batch_size"))
+        settings_data.setdefault("view_contrast", 0.0)
+        settings_data.setdefault("instance_view_contrast", 0.0)
         try:
             settings = HeadSettings(**settings_data)
         except TypeError as exc:
@@ -232,7 +243,7 @@ def instance_settings(settings: HeadSettings) -> HeadSettings:
     epochs and batch."""
     return replace(
         settings, labels=(), pull=0.0, query_pull=0.0, temperature=INSTANCE_TEMPERATURE, views=settings.instance_views,
-        epochs=settings.instance_epochs, batch_size=settings.instance_batch_size,
+        epochs=settings.instance_epochs, batch_size=settings.instance_batch_size, view_contrast=settings.instance_view_contrast,
     )  # fmt: skip
 
 
@@ -314,34 +325,47 @@ def train_head(
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(wanted, 0), logits)
         return tf.reduce_sum(tf.where(known, weight * losses, 0.0)) / tf.maximum(tf.reduce_sum(tf.cast(known, tf.float32)), 1.0)
 
+    def agreement(a: Any, b: Any) -> Any:
+        """Symmetric InfoNCE: row i of ``a`` and row i of ``b`` are one product, every other row another."""
+        similarity = tf.matmul(a, b, transpose_b=True) / settings.temperature
+        same = tf.range(tf.shape(similarity)[0])
+        return (
+            tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(same, similarity))
+            + tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(same, tf.transpose(similarity)))
+        ) / 2
+
     @tf.function(reduce_retracing=True)
-    def step(studio: Any, phone: Any, wanted: dict[str, Any], weight: dict[str, Any], contrast: float) -> Any:
+    def step(studio: Any, phone: Any, wanted: dict[str, Any], weight: dict[str, Any], contrast: float, other: Any = None) -> Any:
         with tf.GradientTape() as tape:
             a, b = embed(studio), embed(phone)
             loss = tf.constant(0.0)
             for label, prototype in prototypes.items():
                 loss += (classification(a, wanted[label], weight[label], prototype) + classification(b, wanted[label], weight[label], prototype)) / 2
             if contrast:
-                similarity = tf.matmul(a, b, transpose_b=True) / settings.temperature
-                same = tf.range(tf.shape(similarity)[0])
-                loss += contrast * (
-                    tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(same, similarity))
-                    + tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(same, tf.transpose(similarity)))
-                ) / 2
+                loss += contrast * agreement(a, b)
+            if other is not None:
+                loss += settings.view_contrast * agreement(b, embed(other))
         optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
         return loss
 
     rng = np.random.default_rng(settings.seed)
     contrast = settings.contrast if shopper else 0.0
+    pairs = settings.view_contrast > 0 and len(shopper) >= 2
     for _ in range(settings.epochs):
         order = rng.permutation(len(catalogue))
         for start in range(0, len(order), settings.batch_size):
             rows = order[start : start + settings.batch_size]
-            phone = shopper[int(rng.integers(len(shopper)))][rows] if shopper else catalogue[rows]
+            other = None
+            if pairs:  # each row two different views of its own product
+                first = rng.integers(len(shopper), size=len(rows))
+                phone = _view_rows(shopper, first, rows)
+                other = tf.constant(_view_rows(shopper, (first + rng.integers(1, len(shopper), size=len(rows))) % len(shopper), rows))
+            else:
+                phone = shopper[int(rng.integers(len(shopper)))][rows] if shopper else catalogue[rows]
             step(
                 tf.constant(catalogue[rows]), tf.constant(phone),
                 {label: tf.constant(t[rows]) for label, t in targets.items()},
-                {label: tf.constant(w[rows]) for label, w in weights.items()}, contrast,
+                {label: tf.constant(w[rows]) for label, w in weights.items()}, contrast, other,
             )  # fmt: skip
 
     w1, b1 = (v.numpy() for v in hidden_layer.weights)
@@ -351,6 +375,15 @@ def train_head(
         {label: l2_normalize(p.numpy().astype(np.float32)) for label, p in prototypes.items()},
         settings,
     )  # fmt: skip
+
+
+def _view_rows(views: Sequence[np.ndarray], which: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Row i: row ``rows[i]`` of view ``which[i]`` (without stacking every view into one array)."""
+    picked = np.empty((len(rows), views[0].shape[1]), dtype=np.float32)
+    for view, features in enumerate(views):
+        chosen = which == view
+        picked[chosen] = features[rows[chosen]]
+    return picked
 
 
 def training_rows(labels: Sequence[Mapping[str, str]], settings: HeadSettings | None = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from recommender.head import (
     WEIGHT_FILES,
     EmbeddingHead,
     HeadSettings,
+    _view_rows,
     instance_settings,
     product_vectors,
     train_head,
@@ -88,6 +90,25 @@ def test_a_products_instance_vector_lies_between_its_photo_and_its_views():
     assert moved.mean() > 0.9 and np.all(to_seen[moved] > apart[moved]) and np.all(to_photo[moved] > apart[moved])
 
 
+def test_the_view_contrast_gathers_two_phone_photos_of_one_product():
+    """The instance head's second term: two views of one product embed closer than without it."""
+    data = domain_shifted()
+    agreement = {}
+    for weight in (0.0, 0.5):
+        head = train_head(data["features"], data["labels"], data["views"], dataclasses.replace(instance_settings(SMALL), view_contrast=weight))
+        agreement[weight] = float(np.mean(np.sum(head.embed(data["views"][0]) * head.embed(data["views"][1]), axis=1)))
+    assert agreement[0.5] > agreement[0.0] + 0.01, agreement
+    one_view = train_head(data["features"], data["labels"], data["views"][:1], dataclasses.replace(instance_settings(SMALL), view_contrast=0.5))
+    plain = train_head(data["features"], data["labels"], data["views"][:1], dataclasses.replace(instance_settings(SMALL), view_contrast=0.0))
+    np.testing.assert_array_equal(one_view.w1, plain.w1)  # one view has no second to agree with: the term is left out
+
+
+def test_view_rows_pick_each_rows_own_view():
+    views = [np.arange(12, dtype=np.float32).reshape(4, 3) + 100 * view for view in range(3)]
+    which, rows = np.array([2, 0, 1, 2]), np.array([3, 1, 1, 0])
+    np.testing.assert_array_equal(_view_rows(views, which, rows), np.stack(views)[which, rows])
+
+
 def test_save_and_load_give_the_same_vectors_without_pickle(tmp_path):
     data = domain_shifted(per_class=12)
     head = train_head(data["features"], data["labels"], data["views"], HeadSettings(**{**SMALL.__dict__, "epochs": 2}))
@@ -148,7 +169,7 @@ def test_a_head_saved_before_query_pull_and_the_instance_heads_own_settings_exis
     head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 2}))
     head.save(tmp_path)
     params = json.loads((tmp_path / PARAMS_JSON).read_text())
-    for name in ("query_pull", "instance_views", "instance_epochs", "instance_batch_size"):
+    for name in ("query_pull", "instance_views", "instance_epochs", "instance_batch_size", "view_contrast", "instance_view_contrast"):
         del params["settings"][name]
     (tmp_path / PARAMS_JSON).write_text(json.dumps(params))
     loaded = EmbeddingHead.load(tmp_path)
@@ -156,6 +177,7 @@ def test_a_head_saved_before_query_pull_and_the_instance_heads_own_settings_exis
     assert loaded.settings.instance_views == 2 != HeadSettings().instance_views  # its instance head saw the head's 2 views
     assert (loaded.settings.instance_epochs, loaded.settings.instance_batch_size) == (2, SMALL.batch_size)  # and trained as long as it
     assert instance_settings(loaded.settings).epochs == 2 != instance_settings(HeadSettings()).epochs
+    assert loaded.settings.view_contrast == instance_settings(loaded.settings).view_contrast == 0.0 != HeadSettings().instance_view_contrast
     np.testing.assert_allclose(loaded.query_vectors(data["features"]), head.embed(data["features"]), atol=1e-6)
 
 
