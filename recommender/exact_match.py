@@ -13,7 +13,9 @@ seed, 4k catalogue, MobileNetV2 int8 with the default head; README "Exact item")
    With a learned head the shortlist searches the *instance head*'s embedding (recommender/head.py:
    trained on the head's shopper-like views to tell the products themselves apart), not the
    album's vectors, which the head pulls together by type and colour: the product is among the 50
-   for 93-95 % of photos there, against 75 % (seed 0, whole photo and crops) in the album's vectors.
+   for 96 % of photos there (the photo alone, seeds 0-19; each product's vector also takes in its
+   shopper-like views, head.product_vectors), against 75 % (seed 0, whole photo and crops) in the
+   album's vectors.
 2. **Geometric verification** (:class:`Verifier`). The shortlist's catalogue keypoints
    (recommender/local_features.py, made at build time) are matched to the photo's RootSIFT
    keypoints (Lowe's ratio test, each photo keypoint used once per candidate); a candidate's

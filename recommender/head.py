@@ -359,13 +359,14 @@ def train_head(
             if pairs:  # each row two different views of its own product
                 first = rng.integers(len(shopper), size=len(rows))
                 phone = _view_rows(shopper, first, rows)
-                other = tf.constant(_view_rows(shopper, (first + rng.integers(1, len(shopper), size=len(rows))) % len(shopper), rows))
+                other = _view_rows(shopper, (first + rng.integers(1, len(shopper), size=len(rows))) % len(shopper), rows)
             else:
                 phone = shopper[int(rng.integers(len(shopper)))][rows] if shopper else catalogue[rows]
             step(
                 tf.constant(catalogue[rows]), tf.constant(phone),
                 {label: tf.constant(t[rows]) for label, t in targets.items()},
-                {label: tf.constant(w[rows]) for label, w in weights.items()}, contrast, other,
+                {label: tf.constant(w[rows]) for label, w in weights.items()}, contrast,
+                None if other is None else tf.constant(other),
             )  # fmt: skip
 
     w1, b1 = (v.numpy() for v in hidden_layer.weights)
