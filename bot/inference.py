@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from recommender import ImageDecodeError, Match, Query, QueryPhoto, Recommender
+from recommender import ImageDecodeError, Match, Query, QueryPhoto, Recommender, ShortlistQuery
 from recommender.errors import ExpiredSearchError, FilterError, SearchUnavailableError
 from recommender.filters import CanonicalWhere, Where, canonical
 
@@ -232,7 +232,7 @@ class InferenceService:
         about ``max_batch`` images (a larger pass grows ONNX Runtime's memory, not its speed)."""
         return max(1, self.max_batch // (1 + self.recommender.crops_per_photo))
 
-    def _verify_and_deliver(self, request: _Request, vector: np.ndarray, shortlist_queries: np.ndarray | None) -> None:
+    def _verify_and_deliver(self, request: _Request, vector: np.ndarray, shortlist_queries: ShortlistQuery | None) -> None:
         """One photo's exact-item verification and first page, on the decoding pool."""
         try:
             recommender = request.recommender

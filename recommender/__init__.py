@@ -26,7 +26,7 @@ from .filters import Where
 from .images import load_image
 from .index_store import CatalogueIndex, load_index
 from .manifest import Manifest, ModelIdentity
-from .recommender import Match, Query, QueryPhoto, Recommender
+from .recommender import Match, Query, QueryPhoto, Recommender, ShortlistQuery
 from .search import ExactSearcher
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "ModelMismatchError",
     "NotLoadedError",
     "Recommender",
+    "ShortlistQuery",
     "Where",
     "build_index",
     "load_catalogue",

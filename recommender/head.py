@@ -169,21 +169,38 @@ class EmbeddingHead:
         if not self.settings.query_pull:
             return vectors
         pulled = vectors.copy()
-        for prototypes in self.prototypes.values():
+        for label, likely in self._label_probabilities(vectors).items():
+            pulled += self.settings.query_pull * (likely @ self.prototypes[label])
+        return l2_normalize(pulled.astype(np.float32))
+
+    def label_probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Backbone features of any photo → each label's ``(N, classes)`` probabilities, in
+        :attr:`class_names` order: what the head believes the photo shows (its training objective's softmax)."""
+        return self._label_probabilities(self.embed(features))
+
+    def _label_probabilities(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        probabilities = {}
+        for label, prototypes in self.prototypes.items():
             logits = self.settings.scale * (vectors @ prototypes.T)
             likely = np.exp(logits - logits.max(axis=1, keepdims=True))
-            likely /= likely.sum(axis=1, keepdims=True)
-            pulled += self.settings.query_pull * (likely @ prototypes)
-        return l2_normalize(pulled.astype(np.float32))
+            probabilities[label] = likely / likely.sum(axis=1, keepdims=True)
+        return probabilities
+
+    def class_rows(self, labels: Sequence[Mapping[str, str]]) -> dict[str, np.ndarray]:
+        """Each label's class (its row in :attr:`class_names` and the prototypes) of every item of
+        ``labels``; -1 where the item lacks the label or carries a class the head never learned."""
+        classes = {}
+        for label, names in self.class_names.items():
+            position = {name: i for i, name in enumerate(names)}
+            classes[label] = np.array([position.get(item.get(label, ""), -1) for item in labels], dtype=np.int64)
+        return classes
 
     def index_vectors(self, features: np.ndarray, labels: Sequence[Mapping[str, str]]) -> np.ndarray:
         """Products: their embedding pulled towards the prototypes of the labels they carry."""
         vectors = self.embed(features)
         if not self.settings.pull:
             return vectors
-        for label, names in self.class_names.items():
-            position = {name: i for i, name in enumerate(names)}
-            rows = np.array([position.get(item.get(label, ""), -1) for item in labels])
+        for label, rows in self.class_rows(labels).items():
             known = rows >= 0
             vectors[known] += self.settings.pull * self.prototypes[label][rows[known]]
         return l2_normalize(vectors)

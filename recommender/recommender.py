@@ -31,7 +31,18 @@ from .backends import Searcher, open_searcher
 from .catalogue import display_name
 from .colour import colour_histograms
 from .errors import ModelMismatchError, NotLoadedError
-from .exact_match import CLEAR_LEAD, CROP_SCALES, SHORTLIST, Verifier, crops_per_photo, query_crops, shortlist, shortlist_searcher
+from .exact_match import (
+    AGREEING_LABELS,
+    CLEAR_LEAD,
+    CROP_SCALES,
+    LABELS_AGREE,
+    SHORTLIST,
+    Verifier,
+    crops_per_photo,
+    query_crops,
+    shortlist,
+    shortlist_searcher,
+)
 from .extractor import FeatureExtractor, normalize_weights_option
 from .filter_words import FilterWords
 from .filters import CanonicalWhere, Where, allowed_rows, canonical
@@ -106,6 +117,16 @@ class QueryPhoto:
             return self.local.result()
         except MemoryError as exc:
             raise ImageDecodeError(OUT_OF_MEMORY) from exc
+
+
+@dataclass(frozen=True, eq=False)
+class ShortlistQuery:
+    """A photo's exact-item shortlist queries (the photo, then its crops if any, in the space the shortlist
+    searches) and what the label head believes the photo shows: each label's class probabilities
+    (head.label_probabilities; None without a label head), which the verifier weighs (exact_match.LABELS_AGREE)."""
+
+    vectors: np.ndarray
+    labels: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,7 +209,7 @@ class Recommender:
         self.max_pixels = max_pixels
         #: the exact-item shortlist searches crops of the photo besides the photo (:data:`CROP_SCALES`). Off by
         #: default: on 44k products with ResNet50 their forward passes cost 19-39 ms of the bot's p50 on 2 cores,
-        #: beyond the stage's 50 ms budget, for 1.1 points more products first (Quality, "Exact item")
+        #: beyond the stage's 50 ms budget, for 1.2 points more products first (Quality, "Exact item")
         self.exact_crops = exact_crops
         self.index: CatalogueIndex | None = None
         self.extractor: FeatureExtractor | None = None
@@ -196,6 +217,9 @@ class Recommender:
         #: the exact-item shortlist's own search, over the index's ``shortlist_vectors`` (None: ``searcher``)
         self._shortlist_searcher: ExactSearcher | None = None
         self.verifier: Verifier | None = None
+        #: each product's class of every label the head knows (head.class_rows), for the exact-item stage's
+        #: label check (exact_match.LABELS_AGREE); None when the shortlist is not the instance head's
+        self._product_classes: dict[str, np.ndarray] | None = None
         self._masks: dict[CanonicalWhere, np.ndarray] = {}
         self._words: FilterWords | None = None
 
@@ -213,8 +237,11 @@ class Recommender:
         self.searcher = open_searcher(index)
         self._shortlist_searcher = shortlist_searcher(index.shortlist_vectors) if index.shortlist_vectors is not None else None
         self.verifier = None
+        self._product_classes = None
         if index.local_features is not None:
             self.verifier = Verifier(index.local_features, clear_lead=CLEAR_LEAD if index.instance_shortlist else None)
+            if index.instance_shortlist and index.head is not None:
+                self._product_classes = index.head.class_rows(index.products)  # 44,000 products: 15 ms
         self._masks = {}
         self._words = None
         return self
@@ -264,9 +291,9 @@ class Recommender:
         except MemoryError as exc:
             raise ImageDecodeError(OUT_OF_MEMORY) from exc
 
-    def embed_photos(self, photos: list[QueryPhoto]) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """Photos → their query vectors and, for each photo prepared for the exact-item stage, its shortlist
-        queries (the photo, then its crops if any, in the space the exact-item shortlist searches), in one forward pass."""
+    def embed_photos(self, photos: list[QueryPhoto]) -> tuple[np.ndarray, list[ShortlistQuery | None]]:
+        """Photos → their query vectors and, for each photo prepared for the exact-item stage, its
+        :class:`ShortlistQuery`, in one forward pass."""
         index, _, _ = self._loaded()
         crops = [photo.crops for photo in photos if photo.crops is not None]
         features, vectors = self._features_and_vectors(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
@@ -274,17 +301,19 @@ class Recommender:
         if not crops:
             return whole, [None] * len(photos)
         asked = index.shortlist_queries(features, vectors)
+        beliefs = index.head.label_probabilities(features[: len(photos)]) if self._product_classes is not None and index.head is not None else None
         rest = asked[len(photos) :]
-        shortlist_queries: list[np.ndarray | None] = []
+        shortlist_queries: list[ShortlistQuery | None] = []
         for position, photo in enumerate(photos):
             if photo.crops is None:  # not prepared for the exact-item stage
                 shortlist_queries.append(None)
                 continue
-            shortlist_queries.append(np.concatenate([asked[position : position + 1], rest[: len(photo.crops)]]))
+            labels = None if beliefs is None else {label: likely[position].copy() for label, likely in beliefs.items()}  # not views of the batch
+            shortlist_queries.append(ShortlistQuery(np.concatenate([asked[position : position + 1], rest[: len(photo.crops)]]), labels))
             rest = rest[len(photo.crops) :]
         return whole, shortlist_queries
 
-    def verify(self, photo: QueryPhoto, vector: np.ndarray, shortlist_queries: np.ndarray | None, *, allowed: np.ndarray | None = None) -> Query:
+    def verify(self, photo: QueryPhoto, vector: np.ndarray, shortlist_queries: ShortlistQuery | None, *, allowed: np.ndarray | None = None) -> Query:
         """The photo's :class:`Query`: the shortlist of the photo and its crops (``shortlist_queries``, from
         :meth:`embed_photos`), checked against the photo's keypoints.
 
@@ -298,12 +327,27 @@ class Recommender:
         if shortlist_queries is None:
             rows, scores = searcher.candidates(vector[None], SHORTLIST, allowed=allowed)
         elif self._shortlist_searcher is not None:  # the shortlist's own space (a few hundred values): searched exactly
-            rows, scores = self._shortlist_searcher.search(shortlist_queries, SHORTLIST, allowed=allowed)
+            rows, scores = self._shortlist_searcher.search(shortlist_queries.vectors, SHORTLIST, allowed=allowed)
         else:
-            rows, scores = searcher.candidates(shortlist_queries, SHORTLIST, allowed=allowed)
+            rows, scores = searcher.candidates(shortlist_queries.vectors, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
-        found = self.verifier.verify(local, chosen, best)
+        found = self.verifier.verify(local, chosen, best, self.agreeing(shortlist_queries, chosen))
         return Query(vector, found.pinned, found.exact)
+
+    def agreeing(self, shortlist_query: ShortlistQuery | None, rows: np.ndarray) -> np.ndarray | None:
+        """For each of ``rows``, whether the label head gives each of its catalogue labels in
+        :data:`~recommender.exact_match.AGREEING_LABELS` at least :data:`~recommender.exact_match.LABELS_AGREE`
+        for the photo (a product lacking one never agrees); None without the label head's belief."""
+        if shortlist_query is None or shortlist_query.labels is None or self._product_classes is None:
+            return None
+        agree = np.ones(len(rows), dtype=bool)
+        checked = False
+        for label in AGREEING_LABELS:
+            if label in shortlist_query.labels and label in self._product_classes:
+                classes = self._product_classes[label][rows]
+                agree &= (classes >= 0) & (shortlist_query.labels[label][np.maximum(classes, 0)] >= LABELS_AGREE)
+                checked = True
+        return agree if checked else None
 
     def queries(self, photos: list[QueryPhoto]) -> list[Query]:
         """:meth:`embed_photos` then :meth:`verify` for each photo."""

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recommender import ImageDecodeError, IndexCorruptError, Recommender, build_index, load_index, local_features
+from recommender import ImageDecodeError, IndexCorruptError, Recommender, ShortlistQuery, build_index, load_index, local_features
 from recommender.catalogue import Catalogue, CatalogueItem
 from recommender.exact_match import (
+    AGREEING_LABELS,
     CLEAR_LEAD,
     CROP_SCALES,
     EXACT_INLIERS,
     EXACT_INSIDE,
+    LABELS_AGREE,
     LIKELY_INLIERS,
     MIN_INSIDE,
     PIN_INLIERS,
@@ -402,9 +404,9 @@ def moved_keypoints(store: LocalFeatureStore, row: int, count: int) -> LocalFeat
 
 
 def test_a_few_agreeing_matches_put_the_likeliest_first_but_never_verify_it(store, store_items):
-    """2-5 matches are too few to verify a product, but the candidate first by matches (the shortlist's
-    score breaking near-ties: 50 x its cosine) comes first with them, not called exact; a product far
-    below in the shortlist needs PIN_INLIERS."""
+    """LIKELY_INLIERS to PIN_INLIERS - 1 matches are too few to verify a product, but the candidate first
+    by matches (the shortlist's score breaking near-ties: 50 x its cosine) comes first with them, not
+    called exact; a product far below in the shortlist needs PIN_INLIERS."""
     row = next(i for i, item in enumerate(store_items) if item.id == TEXTURED[0])
     other = (row + 1) % STORE_SIZE
     verifier = Verifier(store)
@@ -413,9 +415,13 @@ def test_a_few_agreeing_matches_put_the_likeliest_first_but_never_verify_it(stor
     found = verifier.verify(few, [row, other], [0.9, 0.5])
     assert found.pinned == (row,) and found.inliers == (LIKELY_INLIERS + 2,) and not found.exact
     assert row not in verifier.verify(few, [other, row], [0.9, 0.5]).pinned  # 0.4 of cosine below: too few
-    behind = verifier.verify(few, [other, row], [0.62, 0.60])  # 0.02 below: its 4 matches outweigh that
+    behind = verifier.verify(few, [other, row], [0.62, 0.60])  # 0.02 below: its matches outweigh that
     assert behind.pinned == (row,) and behind.inliers == (LIKELY_INLIERS + 2,) and not behind.exact
     assert verifier.verify(moved_keypoints(store, row, 1), [row, other], [0.9, 0.5]).pinned == ()  # one keypoint: nothing
+    fewest = verifier.verify(moved_keypoints(store, row, LIKELY_INLIERS), [row, other], [0.9, 0.5])
+    assert fewest.pinned == (row,) and fewest.inliers == (LIKELY_INLIERS,) and not fewest.exact
+    assert verifier.verify(moved_keypoints(store, row, PIN_INLIERS - 1), [other, row], [0.9, 0.5]).pinned == ()  # far below: one too few
+    assert verifier.verify(moved_keypoints(store, row, PIN_INLIERS), [other, row], [0.9, 0.5]).pinned == (row,)
     enough = verifier.verify(moved_keypoints(store, row, PIN_INLIERS + 2), [other, row], [0.9, 0.5])
     assert enough.pinned == (row,) and not enough.exact  # verified wherever it stands in the shortlist
     exact = verifier.verify(moved_keypoints(store, row, EXACT_INLIERS + 4), [other, row], [0.9, 0.5])
@@ -461,6 +467,63 @@ def test_a_clear_lead_in_the_shortlist_comes_first_when_the_keypoints_say_nothin
     assert lead.verify(blank, rows, [0.5, 0.5 + CLEAR_LEAD - 0.01, 0.3]).pinned == ()  # too close to call
     assert lead.verify(blank, [7], [0.9]).pinned == ()  # nothing to lead
     assert Verifier(store).verify(blank, rows, [0.5, 0.9, 0.3]).pinned == ()
+
+
+def test_the_label_heads_word_puts_the_likeliest_first_when_nothing_else_does(store):
+    """Nothing verified, too few matches, no clear lead: the candidate first by matches and score still
+    comes first (never called exact) when the label head agrees with its labels; another candidate's
+    agreement, or none given, puts nothing first, and a clear lead goes first whatever the labels say."""
+    blank = query_features(Image.new("RGB", (480, 640), (120, 90, 60)))
+    rows, close = [3, 7, 11], [0.5, 0.52, 0.3]
+    verifier = Verifier(store, clear_lead=CLEAR_LEAD)
+    found = verifier.verify(blank, rows, close, np.array([False, True, False]))
+    assert found.pinned == (7,) and found.inliers == (0,) and not found.exact
+    assert verifier.verify(blank, rows, close, np.array([True, False, True])).pinned == ()  # not the likeliest
+    assert verifier.verify(blank, rows, close).pinned == ()
+    assert verifier.verify(blank, rows, [0.5, 0.6, 0.3], np.array([True, False, False])).pinned == (7,)  # the lead
+
+
+def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_their_own_labels(head_exact_index):
+    """With the instance head's shortlist, a photo's shortlist query carries the label head's class
+    probabilities for it; a product agrees when the probability of each of its own AGREEING_LABELS the head
+    learned (this small head: the article type only) reaches LABELS_AGREE, and a product lacking one never agrees."""
+    recommender = Recommender(head_exact_index).load()
+    index = recommender.index
+    assert index is not None and index.head is not None and recommender.extractor is not None
+    photo = recommender.prepare(index.image_path(0).read_bytes())
+    _, (asked,) = recommender.embed_photos([photo])
+    assert asked is not None and asked.labels is not None
+    features = recommender.extractor.extract(photo.pixels[None])
+    expected = index.head.label_probabilities(features)
+    assert set(asked.labels) == set(index.head.class_names)
+    for label, likely in asked.labels.items():
+        assert likely.shape == (len(index.head.class_names[label]),)
+        np.testing.assert_allclose(likely, expected[label][0], atol=1e-5)
+        assert abs(float(likely.sum()) - 1.0) < 1e-4
+    rows = np.arange(len(index))
+    agree = recommender.agreeing(asked, rows)
+    assert agree is not None and agree.dtype == bool and len(agree) == len(rows)
+    known = [label for label in AGREEING_LABELS if label in index.head.class_names]
+    assert known == ["articleType"]
+    by_hand = np.ones(len(rows), dtype=bool)
+    for label in known:
+        names = index.head.class_names[label]
+        for row in rows:
+            value = index.products[row].get(label, "")
+            by_hand[row] &= value in names and asked.labels[label][names.index(value)] >= LABELS_AGREE
+    np.testing.assert_array_equal(agree, by_hand)
+    sure = {label: np.zeros_like(likely) for label, likely in asked.labels.items()}  # certain of product 0's type and colour
+    for label in known:
+        sure[label][index.head.class_names[label].index(index.products[0][label])] = 1.0
+    agree = recommender.agreeing(ShortlistQuery(asked.vectors, sure), rows)
+    assert agree is not None and agree[0]
+    same = [all(product[label] == index.products[0][label] for label in known) for product in index.products]
+    np.testing.assert_array_equal(agree, same)
+    assert not all(same)
+    unknown = ShortlistQuery(asked.vectors, {label: np.zeros_like(likely) for label, likely in asked.labels.items()})
+    nothing = recommender.agreeing(unknown, rows)
+    assert nothing is not None and not nothing.any()
+    assert recommender.agreeing(ShortlistQuery(asked.vectors), rows) is None
 
 
 # --- end to end: an index with keypoints, the Recommender ---------------------------------------
@@ -536,8 +599,8 @@ def test_prepare_finds_keypoints_and_matches_skips_verification(exact_recommende
     vectors, asked = exact_recommender.embed_photos([photo])
     # no head: the shortlist searches the search vectors themselves, with the photo's own vector
     assert exact_recommender.index.shortlist_vectors is None
-    assert asked[0] is not None and asked[0].shape == (1, vectors.shape[1])
-    np.testing.assert_allclose(asked[0][0], vectors[0], atol=1e-6)
+    assert asked[0] is not None and asked[0].vectors.shape == (1, vectors.shape[1])
+    np.testing.assert_allclose(asked[0].vectors[0], vectors[0], atol=1e-6)
     plain = exact_recommender.matches(vectors, k=5)[0]
     assert not any(match.exact for match in plain)
 
@@ -551,9 +614,9 @@ def test_with_exact_crops_a_photo_brings_its_2_crops_to_the_shortlist(exact_inde
     assert photo.crops is not None and photo.crops.shape == (2, 224, 224, 3)
     assert len({crop.tobytes() for crop in photo.crops} | {photo.pixels.tobytes()}) == 3
     vectors, asked = recommender.embed_photos([photo])
-    assert asked[0] is not None and asked[0].shape == (3, vectors.shape[1])
-    np.testing.assert_allclose(asked[0][0], vectors[0], atol=1e-6)
-    np.testing.assert_allclose(asked[0][1:], recommender.embed(photo.crops), atol=1e-5)
+    assert asked[0] is not None and asked[0].vectors.shape == (3, vectors.shape[1])
+    np.testing.assert_allclose(asked[0].vectors[0], vectors[0], atol=1e-6)
+    np.testing.assert_allclose(asked[0].vectors[1:], recommender.embed(photo.crops), atol=1e-5)
     first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
 
@@ -752,18 +815,18 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     item = item_with(store_items, TEXTURED[1])
     photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
     vectors, asked = recommender.embed_photos([photo])
-    assert asked[0] is not None and asked[0].shape == (3, SMALL_HEAD.dim)
+    assert asked[0] is not None and asked[0].vectors.shape == (3, SMALL_HEAD.dim)
     assert recommender.extractor is not None and photo.crops is not None
     features = recommender.extractor.extract(np.concatenate([photo.pixels[None], photo.crops]))
-    np.testing.assert_allclose(asked[0], instance.embed(features), atol=1e-5)  # the photo, then its crops
+    np.testing.assert_allclose(asked[0].vectors, instance.embed(features), atol=1e-5)  # the photo, then its crops
     np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1])[0], atol=1e-5)  # the album's own vector
     first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
     alone = Recommender(head_exact_index).load()  # the default: the photo alone, in the instance head's space
     photo = alone.prepare(shopper_bytes(fashion_catalogue, item))
     vectors, asked = alone.embed_photos([photo])
-    assert asked[0] is not None and asked[0].shape == (1, SMALL_HEAD.dim)
-    np.testing.assert_allclose(asked[0], instance.embed(features[:1]), atol=1e-5)
+    assert asked[0] is not None and asked[0].vectors.shape == (1, SMALL_HEAD.dim)
+    np.testing.assert_allclose(asked[0].vectors, instance.embed(features[:1]), atol=1e-5)
     first = alone.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
 
