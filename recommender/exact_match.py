@@ -112,9 +112,9 @@ MAX_PINNED = 1
 #: match: no better (84.3 / 78.0 / 81.3 %) and up to 0.9 points of colour lost when the product is
 #: not in the catalogue; on none: 85.3 / 81.3 / 83.0 %, but 1.7-2.8 points of colour lost there (the
 #: shortlist's vectors know the product, not what looks like it; :data:`CLEAR_LEAD` takes the sure cases).
-#: Those figures were measured with 2; it is 4 since (:data:`PIN_INLIERS`): on 2 or 3 matches the
-#: candidate put first was the product for 78 % of photos of carried products, but it fired three times
-#: as often on photos of products not carried, where it is always wrong
+#: Those figures were measured with 2; it is 4 since (:data:`PIN_INLIERS`): on 2-5 matches the
+#: candidate put first was the product for 78 % of the photos of carried products it fired on, but it
+#: fired on 29 % of the photos of products not carried (11 % of carried ones'), where it is always wrong
 LIKELY_INLIERS = 4
 #: when nothing has even LIKELY_INLIERS, the shortlist's best still comes first if its score (cosine in
 #: the instance head's space) is this much above the next candidate's: SIFT finds nothing on a plain
