@@ -125,8 +125,8 @@ LIKELY_INLIERS = 4
 #: 0.07 since, with :data:`PIN_INLIERS`, to keep the whole stage's cost under 1 point)
 CLEAR_LEAD = 0.07
 #: when nothing else puts a candidate first, the one first by agreeing matches and score still comes
-#: first if the label head (recommender/head.py) gives each of these of *its* catalogue labels at least
-#: this probability for the photo: the instance head and SIFT know the product's shape, the label head
+#: first if the label head (recommender/head.py) gives the candidate's own catalogue value of each of
+#: these labels (those the head learned) at least this probability for the photo: the instance head and SIFT know the product's shape, the label head
 #: its type and colour, and the wrong candidates are mostly the same cut in another colour. Seeds 0-19:
 #: first 83.08 → 84.07 % (80 % or more on every seed: 80.0-87.7 %), top 5 85.05 → 85.63 %; for
 #: products not carried the album's colour agreement 0.79 points below the album's without the stage

@@ -512,7 +512,7 @@ def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_the
             value = index.products[row].get(label, "")
             by_hand[row] &= value in names and asked.labels[label][names.index(value)] >= LABELS_AGREE
     np.testing.assert_array_equal(agree, by_hand)
-    sure = {label: np.zeros_like(likely) for label, likely in asked.labels.items()}  # certain of product 0's type and colour
+    sure = {label: np.zeros_like(likely) for label, likely in asked.labels.items()}  # certain of product 0's own labels
     for label in known:
         sure[label][index.head.class_names[label].index(index.products[0][label])] = 1.0
     agree = recommender.agreeing(ShortlistQuery(asked.vectors, sure), rows)
