@@ -226,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  called 'Exact match': {exact.called_exact:.1%} of photos, {right} of those calls right; "
                   f"with the product taken out of the index: {exact.false_exact:.1%} (false exact matches); "
                   f"{exact.ms_per_photo:.0f} ms per photo")
+        if exact.taken_out:
+            shares = ", ".join(f"{label} {figures['with_stage']:.1%} ({100 * (figures['with_stage'] - figures['without_stage']):+.2f} points)"
+                               for label, figures in exact.taken_out.items())
+            print(f"  with the product taken out, the album's {k} share the photo's product's {shares} against the global search alone "
+                  "(a shop that does not carry it; the category figures may lose at most 1 point)")
     if args.compare:
         against = "the embedding head (re-trained on the searchable side)" if head is not None else "label-centroid refinement"
         print(f"\nPlain backbone features vs {against}, same split ({split['queries']} queries, "

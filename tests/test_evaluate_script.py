@@ -108,6 +108,11 @@ def test_shopper_queries_leave_one_out_on_a_plain_index(tmp_path, demo_index):
     assert demo_index.recommender().finds_exact_items
     assert set(exact) >= {"called_exact", "false_exact", "ms_per_photo", "global_only"} and exact["global_only"]["queries"] == 12
     assert 0.0 <= exact["false_exact"] <= 1.0 and "false exact matches" in result.stdout
+    # what a shop that does not carry the product shows, through the stage and without it
+    taken_out = exact["taken_out_agreement"]
+    assert taken_out and all(set(figures) == {"with_stage", "without_stage"} for figures in taken_out.values())
+    assert all(0.0 <= value <= 1.0 for figures in taken_out.values() for value in figures.values())
+    assert "with the product taken out, the album's 5 share the photo's product's" in result.stdout
     assert "12 shopper photos through keypoint verification" in result.stdout  # the photo alone, as the bot by default
     from scripts.evaluate import parse_args
 

@@ -15,6 +15,8 @@ from PIL import Image
 
 from recommender import ImageDecodeError, IndexCorruptError, Recommender, ShortlistQuery, build_index, load_index, local_features
 from recommender.catalogue import Catalogue, CatalogueItem
+from recommender.evaluation.protocols import verified_exact_items
+from recommender.evaluation.report import LABELS
 from recommender.exact_match import (
     AGREEING_LABELS,
     CLEAR_LEAD,
@@ -776,6 +778,39 @@ def head_exact_index(fashion_catalogue, store_items, mobilenet_real, tmp_path_fa
     report = build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, head="labels", head_settings=SMALL_HEAD, exact_items=True)
     assert report.exact_items and report.head == "labels"
     return out
+
+
+def test_the_evaluator_reports_what_a_shopper_whose_product_is_not_carried_sees(head_exact_index, fashion_catalogue, store_items):
+    """verified_exact_items asks each photo again with its product taken out of the index: the album there
+    is what a shop that does not carry it shows. Its agreement with the product's labels, through the stage
+    (whatever it puts first, then the global order) and through the global search alone, is the mean
+    over photos of each album's share, as computed here by hand."""
+    recommender = Recommender(head_exact_index).load()
+    index = recommender.index
+    assert index is not None
+    rows = [index.ids().index(product_id) for product_id in TEXTURED]
+    shots = [shopper_bytes(fashion_catalogue, item_with(store_items, product_id)) for product_id in TEXTURED]
+    _, with_stage = verified_exact_items(recommender, shots, rows, k=3)
+    assert with_stage.taken_out is not None and set(with_stage.taken_out) == set(LABELS)  # the store's products have all four
+    shares: dict[str, dict[str, list[float]]] = {stage: {label: [] for label in LABELS} for stage in ("with_stage", "without_stage")}
+    for shot, row in zip(shots, rows):
+        photo = recommender.prepare(shot)
+        (vector,), (asked,) = recommender.embed_photos([photo])
+        allowed = np.ones(len(index), dtype=bool)
+        allowed[row] = False
+        taken_out = recommender.verify(photo, vector, asked, allowed=allowed)
+        assert row not in taken_out.pinned
+        ranked = [match.row for match in recommender.matches(vector[None], k=len(index))[0] if match.row != row]
+        albums = {"with_stage": [*taken_out.pinned, *[r for r in ranked if r not in taken_out.pinned]][:3], "without_stage": ranked[:3]}
+        for stage, album in albums.items():
+            for label in LABELS:
+                shares[stage][label].append(float(np.mean([index.products[r][label] == index.products[row][label] for r in album])))
+    for stage, by_label in shares.items():
+        for label, values in by_label.items():
+            assert with_stage.taken_out[label][stage] == pytest.approx(np.mean(values))
+    assert with_stage.to_json()["taken_out_agreement"] == {
+        label: {stage: round(value, 4) for stage, value in figures.items()} for label, figures in with_stage.taken_out.items()
+    }
 
 
 def instance_files(directory: Path) -> list[Path]:

@@ -22,18 +22,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from ..backends import Searcher
 from ..head import HeadSettings, train_head
-from ..recommender import Recommender
+from ..recommender import Query, Recommender
 from ..refine import LabelCentroids
 from ..search import ExactSearcher
 from ..shopper_photos import PhotoLike, rng_for, shopper_photo
-from .metrics import evaluate_rankings
-from .report import QualityReport
+from .metrics import evaluate_rankings, nanmean
+from .report import LABELS, QualityReport
 
 #: Index row numbers, as a list or an integer array.
 Rows = Sequence[int] | np.ndarray
@@ -255,14 +256,21 @@ class ExactItems:
     false_exact: float | None = None
     #: milliseconds per photo of the whole query (prepare, forward pass with crops, verification, page)
     ms_per_photo: float | None = None
+    #: with the product taken out of the index (a photo of a product the shop does not carry): for each
+    #: label, the share of the album's k products that share it with the photo's product, through the
+    #: stage (whatever it puts first) and without it (the global search alone). The category figures'
+    #: limit is about the difference (the issue's 1 point)
+    taken_out: dict[str, dict[str, float]] | None = None
 
-    def to_json(self) -> dict[str, float | int]:
-        data: dict[str, float | int] = {"queries": self.queries, "k": self.k, "recall_at_1": round(self.recall_at_1, 4),
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"queries": self.queries, "k": self.k, "recall_at_1": round(self.recall_at_1, 4),
                 f"recall_at_{self.k}": round(self.recall_at_k, 4), f"mrr_at_{self.k}": round(self.reciprocal_rank, 4)}  # fmt: skip
         for name in ("called_exact", "called_right", "false_exact", "ms_per_photo"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = round(float(value), 4)
+        if self.taken_out is not None:
+            data["taken_out_agreement"] = {label: {stage: round(value, 4) for stage, value in figures.items()} for label, figures in self.taken_out.items()}
         return data
 
 
@@ -284,7 +292,7 @@ def exact_items(vectors: np.ndarray, query_vectors: np.ndarray, query_rows: Rows
     return _recall(np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0), k)
 
 
-def _recall(ranks: np.ndarray, k: int, **stage: float | None) -> ExactItems:
+def _recall(ranks: np.ndarray, k: int, **stage: Any) -> ExactItems:
     """:class:`ExactItems` from each query's rank of its own product (1-based, 0 when not in the top ``k``)."""
     found = ranks > 0
     reciprocal = np.where(found, 1.0 / np.maximum(ranks, 1), 0.0)
@@ -296,13 +304,16 @@ def verified_exact_items(
 ) -> tuple[ExactItems, ExactItems]:
     """Exact-item recall of the global search alone and through the exact-item stage, as the bot
     answers, from the same photos and forward passes; then each photo again with its product taken
-    out of the index, where an "exact match" would be false. Returns ``(global_only, with_stage)``."""
+    out of the index, where an "exact match" would be false and the album shows what a shopper whose
+    product the shop does not carry sees (``with_stage.taken_out``, against the global search alone).
+    Returns ``(global_only, with_stage)``."""
     own = np.asarray(query_rows, dtype=np.int64)
     if len(own) == 0:
         return ExactItems(0, k, 0.0, 0.0, 0.0), ExactItems(0, k, 0.0, 0.0, 0.0)
     ranks: list[int] = []
     called: list[bool] = []
     false_calls: list[bool] = []
+    taken_out: dict[str, list[np.ndarray]] = {"with_stage": [], "without_stage": []}
     global_vectors: list[np.ndarray] = []
     everything = np.ones(len(recommender), dtype=bool)
     seconds = 0.0
@@ -319,8 +330,11 @@ def verified_exact_items(
             ranks.append(rows.index(int(row)) + 1 if row in rows else 0)
             called.append(bool(page) and page[0].exact)
             everything[row] = False
-            false_calls.append(recommender.verify(photo, vector, shortlisted, allowed=everything).exact)
+            without_product = recommender.verify(photo, vector, shortlisted, allowed=everything)
             everything[row] = True
+            false_calls.append(without_product.exact)
+            for stage, album in zip(taken_out, recommender.answer([without_product, Query(vector)], k + 1)):
+                taken_out[stage].append(_agreement(recommender, int(row), [match.row for match in album if match.row != row][:k]))
     right = [r == 1 for r, c in zip(ranks, called) if c]
     assert recommender.index is not None
     global_only = exact_items(recommender.index.vectors, np.concatenate(global_vectors), own, k)
@@ -328,4 +342,20 @@ def verified_exact_items(
         np.asarray(ranks), k, called_exact=float(np.mean(called)), called_right=float(np.mean(right)) if right else None,
         false_exact=float(np.mean(false_calls)), ms_per_photo=1000 * seconds / len(own),
     )  # fmt: skip
+    with_stage = replace(with_stage, taken_out=_taken_out_figures(taken_out))
     return global_only, with_stage
+
+
+def _taken_out_figures(shares: Mapping[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Each label's mean share per stage (labels no photo's product has are left out)."""
+    figures = {label: {stage: nanmean(np.stack(rows)[:, column]) for stage, rows in shares.items()} for column, label in enumerate(LABELS)}
+    return {label: values for label, values in figures.items() if not any(math.isnan(value) for value in values.values())}
+
+
+def _agreement(recommender: Recommender, own: int, rows: Sequence[int]) -> np.ndarray:
+    """For each of :data:`LABELS`, the share of ``rows`` whose value is the product ``own``'s (NaN where it has none)."""
+    assert recommender.index is not None
+    products = recommender.index.products
+    wanted = [products[own].get(label, "") for label in LABELS]
+    return np.array([np.mean([products[row].get(label, "") == value for row in rows]) if value and rows else np.nan
+                     for label, value in zip(LABELS, wanted)])  # fmt: skip
