@@ -165,26 +165,23 @@ class EmbeddingHead:
         The embedding moves towards each label's prototypes, weighted by how likely the photo
         carries each class (the training objective's own softmax), as products move to theirs.
         """
+        return self.query_vectors_and_labels(features)[0]
+
+    def query_vectors_and_labels(self, features: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`query_vectors` and what pulled them: each label's ``(N, classes)`` probabilities, in
+        :attr:`class_names` order, i.e. what the head believes the photo shows (its training objective's softmax)."""
         vectors = self.embed(features)
-        if not self.settings.query_pull:
-            return vectors
-        pulled = vectors.copy()
-        for label, likely in self._label_probabilities(vectors).items():
-            pulled += self.settings.query_pull * (likely @ self.prototypes[label])
-        return l2_normalize(pulled.astype(np.float32))
-
-    def label_probabilities(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Backbone features of any photo → each label's ``(N, classes)`` probabilities, in
-        :attr:`class_names` order: what the head believes the photo shows (its training objective's softmax)."""
-        return self._label_probabilities(self.embed(features))
-
-    def _label_probabilities(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
         probabilities = {}
         for label, prototypes in self.prototypes.items():
             logits = self.settings.scale * (vectors @ prototypes.T)
             likely = np.exp(logits - logits.max(axis=1, keepdims=True))
             probabilities[label] = likely / likely.sum(axis=1, keepdims=True)
-        return probabilities
+        if not self.settings.query_pull:
+            return vectors, probabilities
+        pulled = vectors.copy()
+        for label, likely in probabilities.items():
+            pulled += self.settings.query_pull * (likely @ self.prototypes[label])
+        return l2_normalize(pulled.astype(np.float32)), probabilities
 
     def class_rows(self, labels: Sequence[Mapping[str, str]]) -> dict[str, np.ndarray]:
         """Each label's class (its row in :attr:`class_names` and the prototypes) of every item of

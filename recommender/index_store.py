@@ -116,11 +116,15 @@ class CatalogueIndex:
     def query_vectors(self, features: np.ndarray, colours: Callable[[], np.ndarray]) -> np.ndarray:
         """Query photos' backbone features → vectors in this index's space: through its head, its
         refinement (which also needs the photos' ``colours()``, made only then) or as they are."""
+        return self.query_vectors_and_labels(features, colours)[0]
+
+    def query_vectors_and_labels(self, features: np.ndarray, colours: Callable[[], np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """:meth:`query_vectors` and, through a head, each label's class probabilities for the photos (None without one)."""
         if self.head is not None:
-            return self.head.query_vectors(features)
+            return self.head.query_vectors_and_labels(features)
         if self.refiner is not None:
-            return self.refiner.query_vectors(features, colours())
-        return features
+            return self.refiner.query_vectors(features, colours()), None
+        return features, None
 
     @property
     def instance_shortlist(self) -> bool:

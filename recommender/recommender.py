@@ -123,7 +123,7 @@ class QueryPhoto:
 class ShortlistQuery:
     """A photo's exact-item shortlist queries (the photo, then its crops if any, in the space the shortlist
     searches) and what the label head believes the photo shows: each label's class probabilities
-    (head.label_probabilities; None without a label head), which the verifier weighs (exact_match.LABELS_AGREE)."""
+    (head.query_vectors_and_labels; None without a label head), which the verifier weighs (exact_match.LABELS_AGREE)."""
 
     vectors: np.ndarray
     labels: dict[str, np.ndarray] | None = None
@@ -296,20 +296,20 @@ class Recommender:
         :class:`ShortlistQuery`, in one forward pass."""
         index, _, _ = self._loaded()
         crops = [photo.crops for photo in photos if photo.crops is not None]
-        features, vectors = self._features_and_vectors(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
+        features, vectors, labels = self._features_and_vectors(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
         whole = vectors[: len(photos)]
         if not crops:
             return whole, [None] * len(photos)
         asked = index.shortlist_queries(features, vectors)
-        beliefs = index.head.label_probabilities(features[: len(photos)]) if self._product_classes is not None and index.head is not None else None
+        beliefs = labels if self._product_classes is not None else None  # rows beyond the photos' are their crops'
         rest = asked[len(photos) :]
         shortlist_queries: list[ShortlistQuery | None] = []
         for position, photo in enumerate(photos):
             if photo.crops is None:  # not prepared for the exact-item stage
                 shortlist_queries.append(None)
                 continue
-            labels = None if beliefs is None else {label: likely[position].copy() for label, likely in beliefs.items()}  # not views of the batch
-            shortlist_queries.append(ShortlistQuery(np.concatenate([asked[position : position + 1], rest[: len(photo.crops)]]), labels))
+            believed = None if beliefs is None else {label: likely[position].copy() for label, likely in beliefs.items()}  # not views of the batch
+            shortlist_queries.append(ShortlistQuery(np.concatenate([asked[position : position + 1], rest[: len(photo.crops)]]), believed))
             rest = rest[len(photo.crops) :]
         return whole, shortlist_queries
 
@@ -363,8 +363,8 @@ class Recommender:
         """
         return self._features_and_vectors(pixels)[1]
 
-    def _features_and_vectors(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded images → (backbone features, query vectors)."""
+    def _features_and_vectors(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+        """Decoded images → (backbone features, query vectors, the head's label probabilities or None)."""
         index, extractor, _ = self._loaded()
 
         def colours() -> np.ndarray:  # asked for by a refined index only
@@ -372,7 +372,7 @@ class Recommender:
             return colour_histograms(pixels, index.refiner.colour_method)
 
         features = extractor.extract(pixels)
-        return features, index.query_vectors(features, colours)
+        return features, *index.query_vectors_and_labels(features, colours)
 
     @property
     def filter_columns(self) -> list[str]:

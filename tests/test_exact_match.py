@@ -496,7 +496,7 @@ def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_the
     _, (asked,) = recommender.embed_photos([photo])
     assert asked is not None and asked.labels is not None
     features = recommender.extractor.extract(photo.pixels[None])
-    expected = index.head.label_probabilities(features)
+    _, expected = index.head.query_vectors_and_labels(features)
     assert set(asked.labels) == set(index.head.class_names)
     for label, likely in asked.labels.items():
         assert likely.shape == (len(index.head.class_names[label]),)

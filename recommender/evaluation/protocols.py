@@ -33,7 +33,7 @@ from ..recommender import Query, Recommender
 from ..refine import LabelCentroids
 from ..search import ExactSearcher
 from ..shopper_photos import PhotoLike, rng_for, shopper_photo
-from .metrics import evaluate_rankings, nanmean
+from .metrics import evaluate_rankings
 from .report import LABELS, QualityReport
 
 #: Index row numbers, as a list or an integer array.
@@ -313,7 +313,7 @@ def verified_exact_items(
     ranks: list[int] = []
     called: list[bool] = []
     false_calls: list[bool] = []
-    taken_out: dict[str, list[np.ndarray]] = {"with_stage": [], "without_stage": []}
+    taken_out: dict[str, list[list[int]]] = {"with_stage": [], "without_stage": []}  # each photo's album
     global_vectors: list[np.ndarray] = []
     everything = np.ones(len(recommender), dtype=bool)
     seconds = 0.0
@@ -334,7 +334,7 @@ def verified_exact_items(
             everything[row] = True
             false_calls.append(without_product.exact)
             for stage, album in zip(taken_out, recommender.answer([without_product, Query(vector)], k + 1)):
-                taken_out[stage].append(_agreement(recommender, int(row), [match.row for match in album if match.row != row][:k]))
+                taken_out[stage].append([match.row for match in album if match.row != row][:k])
     right = [r == 1 for r, c in zip(ranks, called) if c]
     assert recommender.index is not None
     global_only = exact_items(recommender.index.vectors, np.concatenate(global_vectors), own, k)
@@ -342,20 +342,12 @@ def verified_exact_items(
         np.asarray(ranks), k, called_exact=float(np.mean(called)), called_right=float(np.mean(right)) if right else None,
         false_exact=float(np.mean(false_calls)), ms_per_photo=1000 * seconds / len(own),
     )  # fmt: skip
-    with_stage = replace(with_stage, taken_out=_taken_out_figures(taken_out))
+    products = recommender.index.products
+    if len(products) > k:  # albums of k products each
+        photographed = [products[row] for row in own]
+        reports = {stage: evaluate_rankings(photographed, np.asarray(albums), products, k=k) for stage, albums in taken_out.items()}
+        figures = {label: {stage: report.precision[label]["micro"] for stage, report in reports.items()} for label in LABELS}
+        with_stage = replace(with_stage, taken_out={label: values for label, values in figures.items() if not any(map(math.isnan, values.values()))})
     return global_only, with_stage
 
 
-def _taken_out_figures(shares: Mapping[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
-    """Each label's mean share per stage (labels no photo's product has are left out)."""
-    figures = {label: {stage: nanmean(np.stack(rows)[:, column]) for stage, rows in shares.items()} for column, label in enumerate(LABELS)}
-    return {label: values for label, values in figures.items() if not any(math.isnan(value) for value in values.values())}
-
-
-def _agreement(recommender: Recommender, own: int, rows: Sequence[int]) -> np.ndarray:
-    """For each of :data:`LABELS`, the share of ``rows`` whose value is the product ``own``'s (NaN where it has none)."""
-    assert recommender.index is not None
-    products = recommender.index.products
-    wanted = [products[own].get(label, "") for label in LABELS]
-    return np.array([np.mean([products[row].get(label, "") == value for row in rows]) if value and rows else np.nan
-                     for label, value in zip(LABELS, wanted)])  # fmt: skip
