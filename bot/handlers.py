@@ -406,7 +406,7 @@ async def _answer_photo(
             await reply(context.bot, message, answer.text, quote=True)
             return
         query, matches, generation = answer
-        page = NextPage(query.vector, 0, query.pinned, generation, named, exact=query.exact)
+        page = NextPage(query.vector, 0, query.pinned, generation, named, exact=query.exact, lifted=query.lifted)
         sent = await _send_page(context, message, page, matches, to_photo=True)
     if sent:
         metrics.answered(time.monotonic() - received)
@@ -465,7 +465,7 @@ async def _next_page(context: BotContext, message: Message, page: NextPage) -> N
         runtime.metrics.filtered.labels("button").inc()
     async with runtime.analysis:
         try:
-            query = Query(page.vector, page.pinned, page.exact)
+            query = Query(page.vector, page.pinned, page.exact, page.lifted)
             matches = await runtime.inference.page(query, page.offset, PAGE, page.generation, _where(context, page.named))
         except (ExpiredSearchError, FilterError):  # the catalogue was reloaded since: its rows are other products
             await reply(context.bot, message, EXPIRED)
@@ -525,7 +525,9 @@ async def _reply_prompt(context: BotContext, message: Message, page: NextPage, m
         available = recommender.passing(_where(context, page.named))
     except FilterError:  # a reload changed the catalogue's columns; the page's buttons will say "expired"
         available = runtime.catalogue_size
-    following = next_page(page.vector, page.offset, len(matches), available, page.pinned, page.generation, page.named, kind, page.exact)
+    following = next_page(
+        page.vector, page.offset, len(matches), available, page.pinned, page.generation, page.named, kind, page.exact, page.lifted
+    )
     # The catalogue's product pages, when it has a link column: button n opens the album's n-th product.
     links = [InlineKeyboardButton(str(page.offset + number), url=match.link) for number, match in enumerate(matches, 1) if match.link]
     rows = [[InlineKeyboardButton(f"Next {PAGE} ▶", callback_data=following)]] if following is not None else []

@@ -42,6 +42,8 @@ class NextPage:
     kind: str | None = None
     #: ``pinned[0]`` was verified as the very product in the photo (its caption says "Exact match")
     exact: bool = False
+    #: shortlisted products that rise in the album's order (recommender.Query.lifted), on every page alike
+    lifted: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         # A row of an inference batch would keep the whole batch alive while the button is cached.
@@ -51,11 +53,11 @@ class NextPage:
 
 def next_page(
     vector: np.ndarray, offset: int, shown: int, catalogue_size: int, pinned: tuple[int, ...] = (), generation: int = 1,
-    named: tuple[Named, ...] = (), kind: str | None = None, exact: bool = False,
+    named: tuple[Named, ...] = (), kind: str | None = None, exact: bool = False, lifted: tuple[tuple[int, float], ...] = (),
 ) -> NextPage | None:
     """The page after ``shown`` products from ``offset``, or None when there is nothing more to offer
     (``catalogue_size``: the products that pass the page's filter)."""
     following = offset + shown
     if shown == PAGE and following < min(catalogue_size, MAX_RESULTS):
-        return NextPage(vector, following, pinned, generation, named, kind, exact)
+        return NextPage(vector, following, pinned, generation, named, kind, exact, lifted)
     return None

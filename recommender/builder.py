@@ -360,7 +360,8 @@ def _write_index(
         trained = instance = instance_view_means = None
         if headed:
             trained, instance, instance_view_means = _train_head(
-                catalogue, rows, writer.features, extractor, report, plan.head_settings, plan.on_head, plan.batch_size, instance=wanted
+                catalogue, rows, writer.features, writer.colours, extractor, report, plan.head_settings, plan.on_head, plan.batch_size,
+                instance=wanted,
             )  # fmt: skip
         local = _local_features(catalogue, rows, earlier, earlier_rows, report, plan.on_local) if wanted else None
         written = writer.commit(
@@ -484,6 +485,7 @@ def _train_head(
     catalogue: Catalogue,
     rows: list[CatalogueItem],
     features: np.ndarray,
+    colours: np.ndarray,
     extractor: FeatureExtractor,
     report: BuildReport,
     settings: head_module.HeadSettings | None,
@@ -493,7 +495,8 @@ def _train_head(
     instance: bool,
 ) -> tuple[head_module.EmbeddingHead, head_module.EmbeddingHead | None, np.ndarray | None]:
     """Train the head on (a type-balanced sample of) ``rows``, and with ``instance`` (keypoints wanted) the
-    instance head on the same views and its extra ones, timed together for the report. Returns the heads
+    instance head on the same views and its extra ones (with their colour histograms beside their features,
+    and ``colours``, the products', beside ``features``), timed together for the report. Returns the heads
     and, where every product trained, the instance head's :func:`~recommender.head.view_means` of each row."""
     started = time.perf_counter()
     settings = settings or head_module.HeadSettings()
@@ -501,15 +504,20 @@ def _train_head(
     sample = head_module.training_rows(labels, settings)
     if on_head:
         on_head(len(sample), len(rows))
-    views = head_module.shopper_views(catalogue, [rows[row] for row in sample], extractor, head_module.views_to_make(settings, instance), batch_size)
+    shortlist_settings = head_module.instance_settings(settings) if instance else None
+    views, view_colours = head_module.shopper_views(
+        catalogue, [rows[row] for row in sample], extractor, head_module.views_to_make(settings, instance), batch_size,
+        colours=shortlist_settings is not None and shortlist_settings.colour > 0,
+    )  # fmt: skip
     sample_labels = [labels[row] for row in sample]
     trained = head_module.train_head(features[sample], sample_labels, views[: settings.views], settings)
     shortlist = seen = None
-    if instance:
-        shortlist_settings = head_module.instance_settings(settings)
-        shortlist = head_module.train_head(features[sample], sample_labels, views[: shortlist_settings.views], shortlist_settings)
+    if shortlist_settings is not None:
+        weight = shortlist_settings.colour
+        inputs = [head_module.head_inputs(view, None if view_colours is None else view_colours[i], weight) for i, view in enumerate(views[: shortlist_settings.views])]
+        shortlist = head_module.train_head(head_module.head_inputs(features[sample], colours[sample], weight), sample_labels, inputs, shortlist_settings)
         if len(sample) == len(rows):  # the sample is every row, in order (head.training_rows)
-            seen = head_module.view_means(shortlist, views[: shortlist_settings.views])
+            seen = head_module.view_means(shortlist, inputs)
     report.head_products = len(sample)
     report.head_seconds = time.perf_counter() - started
     return trained, shortlist, seen

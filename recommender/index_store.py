@@ -131,12 +131,14 @@ class CatalogueIndex:
         """The exact-item shortlist searches the instance head's space (trained to tell products apart)."""
         return self.shortlist_head is not None and self.shortlist_head is not self.head
 
-    def shortlist_queries(self, features: np.ndarray, query_vectors: np.ndarray) -> np.ndarray:
+    def shortlist_queries(self, features: np.ndarray, query_vectors: np.ndarray, colours: Callable[[str], np.ndarray]) -> np.ndarray:
         """Photos' (and crops') backbone features → queries in :attr:`shortlist_vectors`' space (their
-        ``query_vectors`` when the shortlist searches ``vectors``)."""
+        ``query_vectors`` when the shortlist searches ``vectors``). An instance head that takes colours gets
+        the photos' ``colours(method)``, made only then."""
         if self.shortlist_head is None:
             return query_vectors
-        return self.shortlist_head.embed(features)
+        head = self.shortlist_head
+        return head.embed(head.inputs(features, colours(head.settings.colour_method) if head.takes_colours else None))
 
 
 def index_exists(directory: str | os.PathLike[str]) -> bool:
@@ -233,8 +235,9 @@ def _shortlist(directory: Path, head: EmbeddingHead, features: np.ndarray, mmap:
         return head, np.concatenate(blocks) if blocks else np.zeros((0, head.vector_dim), np.float32)
     try:
         instance = EmbeddingHead.load(directory, head_module.INSTANCE_PREFIX)
-        if instance.feature_dim != head.feature_dim:
-            raise ValueError(f"the instance head takes {instance.feature_dim} features, the head {head.feature_dim}")
+        wanted = head.feature_dim + (colour.DIM if instance.takes_colours else 0)  # features, and colours where it takes them
+        if instance.feature_dim != wanted:
+            raise ValueError(f"the instance head takes {instance.feature_dim} inputs, not {wanted}")
         return instance, _load_rows(directory / SHORTLIST_VECTORS, len(features), instance.vector_dim, mmap)
     except (OSError, ValueError, EOFError, KeyError) as exc:
         raise IndexCorruptError(f"The index at {directory} is damaged ({exc}). Rebuild it.") from exc
@@ -311,6 +314,12 @@ class IndexWriter:
         """The backbone features put so far (row i = product i), e.g. to train a head before :meth:`commit`."""
         assert self._features is not None, "use IndexWriter as a context manager"
         return self._features
+
+    @property
+    def colours(self) -> np.ndarray:
+        """The colour histograms put so far (row i = product i), which an instance head may take beside the features."""
+        assert self._colours is not None, "use IndexWriter as a context manager"
+        return self._colours
 
     def __enter__(self) -> IndexWriter:
         staging = temporary_sibling(self.out_dir, "tmp")
@@ -452,13 +461,14 @@ class IndexWriter:
         """(vector_dim, head description): every product's vector from the trained head, and the head's files;
         with a ``shortlist`` (instance) head also its files and every product's vector in its space (with its
         views ``seen``, where given: :func:`~recommender.head.product_vectors`)."""
-        features = self._features
-        assert features is not None
+        features, colours = self._features, self._colours
+        assert features is not None and colours is not None
         self._write_vectors(staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows]))
         head.save(staging)
         if shortlist is not None:
             def vectors_of(rows: slice) -> np.ndarray:
-                return head_module.product_vectors(shortlist, features[rows], None if seen is None else seen[rows])
+                inputs = shortlist.inputs(features[rows], colours[rows] if shortlist.takes_colours else None)
+                return head_module.product_vectors(shortlist, inputs, None if seen is None else seen[rows])
 
             self._write_vectors(staging, shortlist.vector_dim, vectors_of, SHORTLIST_VECTORS)
             shortlist.save(staging, head_module.INSTANCE_PREFIX)

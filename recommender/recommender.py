@@ -36,9 +36,11 @@ from .exact_match import (
     CLEAR_LEAD,
     CROP_SCALES,
     LABELS_AGREE,
+    LIFT_LABELS,
     SHORTLIST,
     Verifier,
     crops_per_photo,
+    lifts,
     query_crops,
     shortlist,
     shortlist_searcher,
@@ -137,6 +139,8 @@ class Query:
     pinned: tuple[int, ...] = ()
     #: ``pinned[0]`` is the very product in the photo
     exact: bool = False
+    #: (row, lift): shortlisted products that rank as if their album score were ``lift`` higher (exact_match.lifts)
+    lifted: tuple[tuple[int, float], ...] = ()
 
 
 def _keypoints(decoded: Image.Image, executor: Executor | None) -> LocalFeatures | Future[LocalFeatures]:
@@ -179,6 +183,23 @@ def extractor_for_index(
         input_size=manifest.model.input_size,
         pooling=manifest.model.pooling,
     )
+
+
+def _global_order(
+    found: np.ndarray, similarity: np.ndarray, first: list[int], lifted: tuple[tuple[int, float], ...], allowed: np.ndarray | None,
+    vectors: np.ndarray, vector: np.ndarray,
+) -> list[tuple[int, float]]:
+    """(row, album score) after the pinned ``first``: the searched rows ``found`` in their order, and with
+    ``lifted`` rows (those ``allowed``) ranked by score plus their lift, one order over the whole catalogue,
+    so every page and every filter sees the same one. The search reaches as deep as the page without lifts:
+    a row it did not reach scores below every row it did."""
+    ranked = [(int(row), float(score)) for row, score in zip(found, similarity) if row >= 0 and row not in first]
+    lift = {row: amount for row, amount in lifted if row not in first and (allowed is None or allowed[row])}
+    if not lift:
+        return ranked
+    reached = {row for row, _ in ranked}
+    ranked += [(row, float(np.dot(vectors[row], vector))) for row in lift if row not in reached]
+    return sorted(ranked, key=lambda pair: -(pair[1] + lift.get(pair[0], 0.0)))  # stable: ties keep the search's order
 
 
 class Recommender:
@@ -296,11 +317,12 @@ class Recommender:
         :class:`ShortlistQuery`, in one forward pass."""
         index, _, _ = self._loaded()
         crops = [photo.crops for photo in photos if photo.crops is not None]
-        features, vectors, labels = self._features_and_vectors(np.concatenate([np.stack([photo.pixels for photo in photos]), *crops]))
+        pixels = np.concatenate([np.stack([photo.pixels for photo in photos]), *crops])
+        features, vectors, labels = self._features_and_vectors(pixels)
         whole = vectors[: len(photos)]
         if not crops:
             return whole, [None] * len(photos)
-        asked = index.shortlist_queries(features, vectors)
+        asked = index.shortlist_queries(features, vectors, lambda method: colour_histograms(pixels, method))
         beliefs = labels if self._product_classes is not None else None  # rows beyond the photos' are their crops'
         rest = asked[len(photos) :]
         shortlist_queries: list[ShortlistQuery | None] = []
@@ -332,11 +354,11 @@ class Recommender:
             rows, scores = searcher.candidates(shortlist_queries.vectors, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
         found = self.verifier.verify(local, chosen, best, self.agreeing(shortlist_queries, chosen))
-        return Query(vector, found.pinned, found.exact)
+        return Query(vector, found.pinned, found.exact, lifts(chosen, best, self.agreeing(shortlist_queries, chosen, LIFT_LABELS)))
 
-    def agreeing(self, shortlist_query: ShortlistQuery | None, rows: np.ndarray) -> np.ndarray | None:
+    def agreeing(self, shortlist_query: ShortlistQuery | None, rows: np.ndarray, at: float = LABELS_AGREE) -> np.ndarray | None:
         """For each of ``rows``, whether the label head gives each of its catalogue labels in
-        :data:`~recommender.exact_match.AGREEING_LABELS` at least :data:`~recommender.exact_match.LABELS_AGREE`
+        :data:`~recommender.exact_match.AGREEING_LABELS` at least ``at`` (:data:`~recommender.exact_match.LABELS_AGREE`)
         for the photo (a product lacking one never agrees); None without the label head's belief."""
         if shortlist_query is None or shortlist_query.labels is None or self._product_classes is None:
             return None
@@ -345,7 +367,7 @@ class Recommender:
         for label in AGREEING_LABELS:
             if label in shortlist_query.labels and label in self._product_classes:
                 classes = self._product_classes[label][rows]
-                agree &= (classes >= 0) & (shortlist_query.labels[label][np.maximum(classes, 0)] >= LABELS_AGREE)
+                agree &= (classes >= 0) & (shortlist_query.labels[label][np.maximum(classes, 0)] >= at)
                 checked = True
         return agree if checked else None
 
@@ -411,7 +433,8 @@ class Recommender:
 
     def answer(self, queries: list[Query], k: int = 5, offset: int = 0, where: Where | None = None) -> list[list[Match]]:
         """Ranked matches ``offset .. offset+k-1`` of each query: its pinned products first, then the
-        global order without them, among the products that pass ``where``."""
+        global order without them (its lifted products risen, :func:`_global_order`), among the products
+        that pass ``where``."""
         index, _, searcher = self._loaded()
         if not queries:
             return []
@@ -423,7 +446,7 @@ class Recommender:
         for query, vector, first, found, similarity in zip(queries, vectors, pinned, rows, scores):
             exact = query.exact and bool(first) and first[0] == query.pinned[0]
             ranked = [(row, float(np.dot(index.vectors[row], vector))) for row in first]
-            ranked += [(int(row), float(score)) for row, score in zip(found, similarity) if row >= 0 and row not in first]
+            ranked += _global_order(found, similarity, first, query.lifted, allowed, index.vectors, vector)
             pages.append([
                 replace(self._match(offset + rank, row, score, index), exact=exact and offset + rank == 0)
                 for rank, (row, score) in enumerate(ranked[offset : offset + k])

@@ -15,6 +15,8 @@ from PIL import Image
 
 from recommender import ImageDecodeError, IndexCorruptError, Recommender, ShortlistQuery, build_index, load_index, local_features
 from recommender.catalogue import Catalogue, CatalogueItem
+from recommender.colour import DIM as COLOUR_DIM
+from recommender.colour import colour_histograms
 from recommender.evaluation.protocols import verified_exact_items
 from recommender.evaluation.report import LABELS
 from recommender.exact_match import (
@@ -24,12 +26,16 @@ from recommender.exact_match import (
     EXACT_INLIERS,
     EXACT_INSIDE,
     LABELS_AGREE,
+    LIFT,
+    LIFT_FROM,
+    LIFT_LABELS,
     LIKELY_INLIERS,
     MIN_INSIDE,
     PIN_INLIERS,
     SHORTLIST,
     Verifier,
     crop_boxes,
+    lifts,
     query_crops,
     shortlist,
     shortlist_searcher,
@@ -68,7 +74,7 @@ from recommender.local_features import (
     query_features,
     root_sift,
 )
-from recommender.recommender import EXACT_MATCH_LINE
+from recommender.recommender import EXACT_MATCH_LINE, Query
 from recommender.shopper_photos import rng_for, shopper_photo
 from tests.build_helpers import subset
 
@@ -420,8 +426,16 @@ def test_a_few_agreeing_matches_put_the_likeliest_first_but_never_verify_it(stor
     behind = verifier.verify(few, [other, row], [0.62, 0.60])  # 0.02 below: its matches outweigh that
     assert behind.pinned == (row,) and behind.inliers == (LIKELY_INLIERS + 2,) and not behind.exact
     assert verifier.verify(moved_keypoints(store, row, 1), [row, other], [0.9, 0.5]).pinned == ()  # one keypoint: nothing
-    fewest = verifier.verify(moved_keypoints(store, row, LIKELY_INLIERS), [row, other], [0.9, 0.5])
+    # RANSAC needs 4 matches: LIKELY_INLIERS (3) agreeing ones come with a fourth that does not
+    one_astray = moved_keypoints(store, row, LIKELY_INLIERS + 1)
+    astray = one_astray.points.copy()
+    astray[0] += 150.0
+    fewest = verifier.verify(LocalFeatures(astray, one_astray.descriptors, one_astray.size, one_astray.colours), [row, other], [0.9, 0.5])
     assert fewest.pinned == (row,) and fewest.inliers == (LIKELY_INLIERS,) and not fewest.exact
+    two_astray = astray.copy()
+    two_astray[1] -= 150.0  # another astray the other way: LIKELY_INLIERS - 1 agree, too few
+    too_few = LocalFeatures(two_astray, one_astray.descriptors, one_astray.size, one_astray.colours)
+    assert verifier.verify(too_few, [row, other], [0.9, 0.5]).pinned == ()
     assert verifier.verify(moved_keypoints(store, row, PIN_INLIERS - 1), [other, row], [0.9, 0.5]).pinned == ()  # far below: one too few
     assert verifier.verify(moved_keypoints(store, row, PIN_INLIERS), [other, row], [0.9, 0.5]).pinned == (row,)
     enough = verifier.verify(moved_keypoints(store, row, PIN_INLIERS + 2), [other, row], [0.9, 0.5])
@@ -485,6 +499,49 @@ def test_the_label_heads_word_puts_the_likeliest_first_when_nothing_else_does(st
     assert verifier.verify(blank, rows, [0.5, 0.6, 0.3], np.array([True, False, False])).pinned == (7,)  # the lead
 
 
+def test_lifts_are_the_shortlists_candidates_above_the_score_whose_labels_the_head_believes():
+    rows, scores = np.array([5, 8, 2, 9]), np.array([LIFT_FROM + 0.3, LIFT_FROM + 0.1, LIFT_FROM, LIFT_FROM + 0.2])
+    lifted = lifts(rows, scores, np.array([True, True, True, False]))
+    assert [row for row, _ in lifted] == [5, 8]  # at LIFT_FROM: nothing; not agreeing: nothing
+    np.testing.assert_allclose([lift for _, lift in lifted], [LIFT * 0.3, LIFT * 0.1])
+    assert lifts(rows, scores, None) == ()  # no label head: nothing rises
+
+
+def album_order_by_hand(recommender: Recommender, query: Query, allowed: np.ndarray | None = None) -> list[int]:
+    """Every product in a query's order: its pinned ones, then all the others by album score plus lift."""
+    index = recommender.index
+    assert index is not None
+    lift = dict(query.lifted)
+    scores = index.vectors @ query.vector
+    order = sorted(range(len(index)), key=lambda row: -(scores[row] + lift.get(row, 0.0)))
+    keep = [row for row in order if allowed is None or allowed[row]]
+    first = [row for row in query.pinned if row in keep]
+    return first + [row for row in keep if row not in first]
+
+
+def test_lifted_products_rise_in_the_album_on_every_page_and_under_any_filter(exact_recommender):
+    """A query's lifted products rank by album score plus lift, over the whole catalogue: a product the
+    page's search did not reach comes in, pinned ones stay first, every page and every filter sees the one order."""
+    index = exact_recommender.index
+    assert index is not None
+    vector = index.vectors[0]
+    scores = index.vectors @ vector
+    plain = list(np.argsort(-scores, kind="stable"))
+    last, middle = int(plain[-1]), int(plain[len(plain) // 2])
+    query = Query(vector, pinned=(int(plain[3]),), lifted=((last, 3.0), (middle, float(scores[plain[1]] - scores[middle]) + 0.01), (int(plain[3]), 5.0)))
+    expected = album_order_by_hand(exact_recommender, query)
+    assert expected[:4] == [int(plain[3]), last, int(plain[0]), middle]  # the pinned one, then the lifted from the bottom and the middle
+    first, second = (exact_recommender.answer([query], k=5, offset=offset)[0] for offset in (0, 5))
+    assert [match.row for match in first + second] == expected[:10]
+    assert first[1].score == pytest.approx(scores[last])  # a lifted product shows its own album score
+    assert [match.row for match in exact_recommender.answer([query], k=len(index))[0]] == expected
+    kind = index.products[middle]["masterCategory"]
+    allowed = np.array([product["masterCategory"] == kind for product in index.products])
+    filtered = exact_recommender.answer([query], k=5, where={"masterCategory": kind})[0]
+    assert [match.row for match in filtered] == album_order_by_hand(exact_recommender, query, allowed)[:5]
+    assert [match.row for match in filtered] == [row for row in expected if allowed[row]][:5]
+
+
 def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_their_own_labels(head_exact_index):
     """With the instance head's shortlist, a photo's shortlist query carries the label head's class
     probabilities for it; a product agrees when the probability of each of its own AGREEING_LABELS the head
@@ -526,6 +583,30 @@ def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_the
     nothing = recommender.agreeing(unknown, rows)
     assert nothing is not None and not nothing.any()
     assert recommender.agreeing(ShortlistQuery(asked.vectors), rows) is None
+
+
+def test_a_photos_query_lifts_the_shortlisted_products_the_label_head_believes(head_exact_index, fashion_catalogue, store_items):
+    """verify() lifts (Query.lifted) each shortlisted product, other than the one put first, whose score in the
+    instance head's space is above LIFT_FROM and whose labels the head gives LIFT_LABELS, by LIFT x (score -
+    LIFT_FROM); with the stage's thresholds of the label check (LABELS_AGREE) the lifts would be fewer."""
+    recommender = Recommender(head_exact_index).load()
+    index = recommender.index
+    assert index is not None and index.shortlist_vectors is not None
+    lifted_any = False
+    for product_id in TEXTURED:
+        photo = recommender.prepare(shopper_bytes(fashion_catalogue, item_with(store_items, product_id)))
+        (vector,), (asked,) = recommender.embed_photos([photo])
+        assert asked is not None
+        query = recommender.verify(photo, vector, asked)
+        scores = index.shortlist_vectors @ asked.vectors[0]
+        shortlisted = np.argsort(-scores, kind="stable")[:SHORTLIST]
+        agree = recommender.agreeing(asked, shortlisted, LIFT_LABELS)
+        assert agree is not None
+        by_hand = {int(row): LIFT * (float(scores[row]) - LIFT_FROM) for row, ok in zip(shortlisted, agree) if ok and scores[row] > LIFT_FROM}
+        assert dict(query.lifted) == pytest.approx(by_hand, abs=1e-5)
+        lifted_any |= bool(by_hand)
+        assert [match.row for match in recommender.answer([query], k=len(index))[0]] == album_order_by_hand(recommender, query)
+    assert lifted_any
 
 
 # --- end to end: an index with keypoints, the Recommender ---------------------------------------
@@ -801,7 +882,8 @@ def test_the_evaluator_reports_what_a_shopper_whose_product_is_not_carried_sees(
         taken_out = recommender.verify(photo, vector, asked, allowed=allowed)
         assert row not in taken_out.pinned
         ranked = [match.row for match in recommender.matches(vector[None], k=len(index))[0] if match.row != row]
-        albums = {"with_stage": [*taken_out.pinned, *[r for r in ranked if r not in taken_out.pinned]][:3], "without_stage": ranked[:3]}
+        assert row not in dict(taken_out.lifted)  # the stage's album: the pinned product, then the lifted ones risen
+        albums = {"with_stage": [r for r in album_order_by_hand(recommender, taken_out) if r != row][:3], "without_stage": ranked[:3]}
         for stage, album in albums.items():
             for label in LABELS:
                 shares[stage][label].append(float(np.mean([index.products[r][label] == index.products[row][label] for r in album])))
@@ -824,8 +906,9 @@ def shortlist_vectors_made_again(index: CatalogueIndex, catalogue: Catalogue, it
     instance = index.shortlist_head
     assert instance is not None
     in_rows = [item_with(items, product["id"]) for product in index.products]
-    views = shopper_views(subset(catalogue, items), in_rows, extractor, instance.settings)
-    return product_vectors(instance, index.features, view_means(instance, views))
+    views, colours = shopper_views(subset(catalogue, items), in_rows, extractor, instance.settings, colours=instance.takes_colours)
+    inputs = [instance.inputs(view, None if colours is None else colours[i]) for i, view in enumerate(views)]
+    return product_vectors(instance, instance.inputs(index.features, index.colours), view_means(instance, inputs))
 
 
 def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashion_catalogue, store_items, mobilenet_real):
@@ -836,11 +919,13 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     assert all(path.is_file() for path in instance_files(head_exact_index))
     instance = index.shortlist_head
     assert instance.settings == instance_settings(SMALL_HEAD) and not instance.prototypes and instance.settings.temperature == INSTANCE_TEMPERATURE
-    assert not np.allclose(instance.w1, index.head.w1)  # trained apart from the head
     assert index.head.settings.views == 1 and instance.settings.views == 2  # the head's view, and one more of its own
+    # it takes each photo's colour histogram beside its features (the same cut in other colours is the usual look-alike)
+    assert instance.takes_colours and not index.head.takes_colours and instance.feature_dim == index.head.feature_dim + COLOUR_DIM
+    assert not np.allclose(instance.w1[: index.head.feature_dim], index.head.w1)  # trained apart from the head
     # every product trained it, so each product's vector takes in its views (database-side augmentation)
     np.testing.assert_allclose(index.shortlist_vectors, shortlist_vectors_made_again(index, fashion_catalogue, store_items, mobilenet_real), atol=1e-4)
-    assert not np.allclose(index.shortlist_vectors, instance.embed(index.features), atol=1e-2)
+    assert not np.allclose(index.shortlist_vectors, instance.embed(instance.inputs(index.features, index.colours)), atol=1e-2)
     manifest = json.loads((head_exact_index / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"]["shortlist"] == {
         "method": INSTANCE_METHOD, "vector_dim": SMALL_HEAD.dim, "settings": instance.settings.to_json(), "views_in_product_vectors": 2,
@@ -852,8 +937,10 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     vectors, asked = recommender.embed_photos([photo])
     assert asked[0] is not None and asked[0].vectors.shape == (3, SMALL_HEAD.dim)
     assert recommender.extractor is not None and photo.crops is not None
-    features = recommender.extractor.extract(np.concatenate([photo.pixels[None], photo.crops]))
-    np.testing.assert_allclose(asked[0].vectors, instance.embed(features), atol=1e-5)  # the photo, then its crops
+    pixels = np.concatenate([photo.pixels[None], photo.crops])
+    features = recommender.extractor.extract(pixels)
+    inputs = instance.inputs(features, colour_histograms(pixels, instance.settings.colour_method))
+    np.testing.assert_allclose(asked[0].vectors, instance.embed(inputs), atol=1e-5)  # the photo, then its crops
     np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1])[0], atol=1e-5)  # the album's own vector
     first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
@@ -861,7 +948,7 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     photo = alone.prepare(shopper_bytes(fashion_catalogue, item))
     vectors, asked = alone.embed_photos([photo])
     assert asked[0] is not None and asked[0].vectors.shape == (1, SMALL_HEAD.dim)
-    np.testing.assert_allclose(asked[0].vectors, instance.embed(features[:1]), atol=1e-5)
+    np.testing.assert_allclose(asked[0].vectors, instance.embed(inputs[:1]), atol=1e-5)
     first = alone.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
 
@@ -916,6 +1003,33 @@ def test_an_index_built_before_the_instance_head_shortlists_with_the_head_and_a_
     (damaged / SHORTLIST_VECTORS).unlink()
     with pytest.raises(IndexCorruptError, match="damaged"):
         load_index(damaged)
+    mixed = tmp_path / "mixed"  # weights that take colours, settings that say they do not
+    shutil.copytree(head_exact_index, mixed)
+    params_json = mixed / head_files(INSTANCE_PREFIX)[0]
+    params = json.loads(params_json.read_text(encoding="utf-8"))
+    params["settings"]["colour"] = 0.0
+    params_json.write_text(json.dumps(params), encoding="utf-8")
+    with pytest.raises(IndexCorruptError, match="damaged"):
+        load_index(mixed)
+
+
+def test_an_instance_head_without_colours_shortlists_on_the_features_alone(fashion_catalogue, store_items, mobilenet_real, tmp_path):
+    """An instance head built before it took colours (or with ``instance_colour`` 0) embeds the photo's
+    features alone, and still finds the product."""
+    out = tmp_path / "index"
+    settings = dataclasses.replace(SMALL_HEAD, instance_colour=0.0)
+    build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, head="labels", head_settings=settings, exact_items=True)
+    index = load_index(out)
+    instance = index.shortlist_head
+    assert instance is not None and index.head is not None and not instance.takes_colours and instance.feature_dim == index.head.feature_dim
+    recommender = Recommender(out).load()
+    item = item_with(store_items, TEXTURED[1])
+    photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))
+    _, (asked,) = recommender.embed_photos([photo])
+    assert asked is not None and recommender.extractor is not None
+    np.testing.assert_allclose(asked.vectors, instance.embed(recommender.extractor.extract(photo.pixels[None])), atol=1e-5)
+    first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
+    assert first.id == item.id and first.exact
 
 
 def test_a_head_index_without_keypoints_keeps_no_shortlist(head_exact_index, fashion_catalogue, store_items, mobilenet_real, tmp_path):

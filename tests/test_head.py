@@ -13,6 +13,7 @@ import pytest
 
 from recommender import Recommender, build_index, load_catalogue, load_index
 from recommender.builder import resolve_head
+from recommender.colour import DEFAULT_METHOD
 from recommender.errors import BuildError, IndexCorruptError
 from recommender.evaluation.metrics import evaluate_rankings
 from recommender.head import (
@@ -23,6 +24,7 @@ from recommender.head import (
     EmbeddingHead,
     HeadSettings,
     _view_rows,
+    head_inputs,
     instance_settings,
     product_vectors,
     train_head,
@@ -169,7 +171,8 @@ def test_a_head_saved_before_query_pull_and_the_instance_heads_own_settings_exis
     head = train_head(data["features"], data["labels"], (), HeadSettings(**{**SMALL.__dict__, "epochs": 2}))
     head.save(tmp_path)
     params = json.loads((tmp_path / PARAMS_JSON).read_text())
-    for name in ("query_pull", "instance_views", "instance_epochs", "instance_batch_size", "view_contrast", "instance_view_contrast"):
+    for name in ("query_pull", "instance_views", "instance_epochs", "instance_batch_size", "view_contrast", "instance_view_contrast",
+                 "colour", "instance_colour", "colour_method"):  # fmt: skip
         del params["settings"][name]
     (tmp_path / PARAMS_JSON).write_text(json.dumps(params))
     loaded = EmbeddingHead.load(tmp_path)
@@ -178,7 +181,32 @@ def test_a_head_saved_before_query_pull_and_the_instance_heads_own_settings_exis
     assert (loaded.settings.instance_epochs, loaded.settings.instance_batch_size) == (2, SMALL.batch_size)  # and trained as long as it
     assert instance_settings(loaded.settings).epochs == 2 != instance_settings(HeadSettings()).epochs
     assert loaded.settings.view_contrast == instance_settings(loaded.settings).view_contrast == 0.0 != HeadSettings().instance_view_contrast
+    assert instance_settings(loaded.settings).colour == 0.0 != instance_settings(HeadSettings()).colour  # its instance head took features alone
+    assert not loaded.takes_colours and loaded.settings.colour_method == DEFAULT_METHOD
     np.testing.assert_allclose(loaded.query_vectors(data["features"]), head.embed(data["features"]), atol=1e-6)
+
+
+def test_a_head_that_takes_colours_sees_them_beside_the_features_at_their_weight():
+    """The instance head's input (HeadSettings.instance_colour): the features and the colour histogram, each
+    unit length, the histogram scaled by its weight; a head without colours takes the features as they are."""
+    rng = np.random.default_rng(0)
+    features, colours = rng.random((5, 12)).astype(np.float32), rng.random((5, 7)).astype(np.float32)
+    assert head_inputs(features, None, 0.0) is features
+    both = head_inputs(features, colours, 0.5)
+    assert both.shape == (5, 19)
+    np.testing.assert_allclose(both[:, :12], l2_normalize(features), atol=1e-6)
+    np.testing.assert_allclose(both[:, 12:], 0.5 * l2_normalize(colours), atol=1e-6)
+    for missing in (None, colours[:4]):
+        with pytest.raises(ValueError, match="colour histogram"):
+            head_inputs(features, missing, 0.5)
+    settings = instance_settings(dataclasses.replace(SMALL, epochs=2))
+    assert settings.colour == HeadSettings().instance_colour > 0
+    inputs = head_inputs(features, colours, settings.colour)
+    head = train_head(inputs, [{}] * 5, [head_inputs(features + 0.1, colours, settings.colour)], settings)
+    assert head.takes_colours and head.feature_dim == 19
+    np.testing.assert_allclose(head.inputs(features, colours), inputs, atol=1e-6)
+    with pytest.raises(ValueError, match="colour histogram"):
+        head.inputs(features, None)
 
 
 def test_a_large_catalogue_trains_on_a_type_balanced_sample():
@@ -270,7 +298,9 @@ def test_a_capped_build_trains_on_its_sample_and_embeds_every_product(demo_catal
     np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels), atol=1e-6)
     # views of only the sample: every product's shortlist vector is its photo's alone (views of some would tilt the search)
     assert index.shortlist_head is not None and index.shortlist_vectors is not None
-    np.testing.assert_allclose(index.shortlist_vectors, index.shortlist_head.embed(index.features), atol=1e-6)
+    assert index.shortlist_head.takes_colours and index.colours is not None  # beside the features, each product's colour histogram
+    inputs = index.shortlist_head.inputs(index.features, index.colours)
+    np.testing.assert_allclose(index.shortlist_vectors, index.shortlist_head.embed(inputs), atol=1e-6)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["local_features"]["shortlist"]["views_in_product_vectors"] == 0
 

@@ -20,6 +20,14 @@ def test_a_button_keeps_a_copy_not_a_view_of_the_batch() -> None:
     assert following is not None and following.vector is page.vector  # later pages share the copy
 
 
+def test_the_next_page_keeps_the_photos_pinned_and_lifted_products() -> None:
+    """Every page of a photo ranks the same products first and lifts the same ones (recommender.Query)."""
+    lifted = ((4, 0.12), (9, 0.03))
+    page = NextPage(np.ones(4, dtype=np.float32), 0, pinned=(2,), exact=True, lifted=lifted)
+    following = next_page(page.vector, page.offset, PAGE, 98, page.pinned, exact=page.exact, lifted=page.lifted)
+    assert following is not None and (following.offset, following.pinned, following.exact, following.lifted) == (PAGE, (2,), True, lifted)
+
+
 @pytest.mark.parametrize(
     ("offset", "shown", "catalogue_size", "expected"),
     [
