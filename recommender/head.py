@@ -480,17 +480,6 @@ def shopper_views(
     return shopper_view_inputs(paths, [item.id for item in items], extractor, settings, batch_size, colours=colours)
 
 
-def shopper_view_features(
-    paths: Sequence[Path],
-    keys: Sequence[str],
-    extractor: FeatureExtractor,
-    settings: HeadSettings | None = None,
-    batch_size: int = 32,
-) -> list[np.ndarray]:
-    """Backbone features of ``settings.views`` shopper-like photos of each photo in ``paths`` (:func:`shopper_view_inputs`)."""
-    return shopper_view_inputs(paths, keys, extractor, settings, batch_size)[0]
-
-
 def shopper_view_inputs(
     paths: Sequence[Path],
     keys: Sequence[str],

@@ -353,23 +353,30 @@ class Recommender:
         else:
             rows, scores = searcher.candidates(shortlist_queries.vectors, SHORTLIST, allowed=allowed)
         chosen, best = shortlist(rows, scores)
-        found = self.verifier.verify(local, chosen, best, self.agreeing(shortlist_queries, chosen))
-        return Query(vector, found.pinned, found.exact, lifts(chosen, best, self.agreeing(shortlist_queries, chosen, LIFT_LABELS)))
+        belief = self._belief(shortlist_queries, chosen)  # looked up once, weighed at both thresholds
+        found = self.verifier.verify(local, chosen, best, None if belief is None else belief >= LABELS_AGREE)
+        return Query(vector, found.pinned, found.exact, lifts(chosen, best, None if belief is None else belief >= LIFT_LABELS))
 
     def agreeing(self, shortlist_query: ShortlistQuery | None, rows: np.ndarray, at: float = LABELS_AGREE) -> np.ndarray | None:
         """For each of ``rows``, whether the label head gives each of its catalogue labels in
         :data:`~recommender.exact_match.AGREEING_LABELS` at least ``at`` (:data:`~recommender.exact_match.LABELS_AGREE`)
         for the photo (a product lacking one never agrees); None without the label head's belief."""
+        belief = self._belief(shortlist_query, rows)
+        return None if belief is None else belief >= at
+
+    def _belief(self, shortlist_query: ShortlistQuery | None, rows: np.ndarray) -> np.ndarray | None:
+        """For each of ``rows``, the least probability the label head gives one of its catalogue labels in
+        :data:`~recommender.exact_match.AGREEING_LABELS` for the photo (-1 where the product lacks one); None
+        without the label head's belief or any of those labels."""
         if shortlist_query is None or shortlist_query.labels is None or self._product_classes is None:
             return None
-        agree = np.ones(len(rows), dtype=bool)
-        checked = False
+        belief: np.ndarray | None = None
         for label in AGREEING_LABELS:
             if label in shortlist_query.labels and label in self._product_classes:
                 classes = self._product_classes[label][rows]
-                agree &= (classes >= 0) & (shortlist_query.labels[label][np.maximum(classes, 0)] >= at)
-                checked = True
-        return agree if checked else None
+                likely = np.where(classes >= 0, shortlist_query.labels[label][np.maximum(classes, 0)], -1.0)
+                belief = likely if belief is None else np.minimum(belief, likely)
+        return belief
 
     def queries(self, photos: list[QueryPhoto]) -> list[Query]:
         """:meth:`embed_photos` then :meth:`verify` for each photo."""

@@ -359,8 +359,9 @@ def head_views(
 
     assert extractor is not None
     print(f"Re-training the embedding head on {len(train_rows)} products ({settings.views} shopper-like views each)...", flush=True)
-    return head_module.shopper_view_features([photos[row] for row in train_rows], [index.products[row]["id"] for row in train_rows],
-                                             extractor, settings, batch_size=extractor.batch_size)
+    views, _ = head_module.shopper_view_inputs([photos[row] for row in train_rows], [index.products[row]["id"] for row in train_rows],
+                                               extractor, settings, batch_size=extractor.batch_size)
+    return views
 
 
 def index_model(index: CatalogueIndex) -> FeatureExtractor:

@@ -349,5 +349,3 @@ def verified_exact_items(
         figures = {label: {stage: report.precision[label]["micro"] for stage, report in reports.items()} for label in LABELS}
         with_stage = replace(with_stage, taken_out={label: values for label, values in figures.items() if not any(map(math.isnan, values.values()))})
     return global_only, with_stage
-
-
