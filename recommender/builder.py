@@ -495,9 +495,10 @@ def _train_head(
     instance: bool,
 ) -> tuple[head_module.EmbeddingHead, head_module.EmbeddingHead | None, np.ndarray | None]:
     """Train the head on (a type-balanced sample of) ``rows``, and with ``instance`` (keypoints wanted) the
-    instance head on the same views and its extra ones (with their colour histograms beside their features,
-    and ``colours``, the products', beside ``features``), timed together for the report. Returns the heads
-    and, where every product trained, the instance head's :func:`~recommender.head.view_means` of each row."""
+    instance head on the same views and its extra ones, timed together for the report. A head that takes
+    colours sees each view's colour histogram beside its features, and ``colours``, the products', beside
+    ``features``. Returns the heads and, where every product trained, the instance head's
+    :func:`~recommender.head.view_means` of each row."""
     started = time.perf_counter()
     settings = settings or head_module.HeadSettings()
     labels = [item.labels for item in rows]
@@ -507,15 +508,17 @@ def _train_head(
     shortlist_settings = head_module.instance_settings(settings) if instance else None
     views, view_colours = head_module.shopper_views(
         catalogue, [rows[row] for row in sample], extractor, head_module.views_to_make(settings, instance), batch_size,
-        colours=shortlist_settings is not None and shortlist_settings.colour > 0,
+        colours=settings.colour > 0 or (shortlist_settings is not None and shortlist_settings.colour > 0),
     )  # fmt: skip
     sample_labels = [labels[row] for row in sample]
-    trained = head_module.train_head(features[sample], sample_labels, views[: settings.views], settings)
+    own, inputs = head_module.training_inputs(features[sample], colours[sample], views[: settings.views], view_colours, settings.colour)
+    trained = head_module.train_head(own, sample_labels, inputs, settings)
     shortlist = seen = None
     if shortlist_settings is not None:
-        weight = shortlist_settings.colour
-        inputs = [head_module.head_inputs(view, None if view_colours is None else view_colours[i], weight) for i, view in enumerate(views[: shortlist_settings.views])]
-        shortlist = head_module.train_head(head_module.head_inputs(features[sample], colours[sample], weight), sample_labels, inputs, shortlist_settings)
+        own, inputs = head_module.training_inputs(
+            features[sample], colours[sample], views[: shortlist_settings.views], view_colours, shortlist_settings.colour
+        )  # fmt: skip
+        shortlist = head_module.train_head(own, sample_labels, inputs, shortlist_settings)
         if len(sample) == len(rows):  # the sample is every row, in order (head.training_rows)
             seen = head_module.view_means(shortlist, inputs)
     report.head_products = len(sample)
@@ -527,7 +530,7 @@ def _colour_method(index: CatalogueIndex) -> str | None:
     """The colour-histogram method that made the index's stored histograms; None when unknown."""
     refinement = index.manifest.refinement
     if refinement.get("method") == head_module.METHOD and "colour_histogram" not in refinement:
-        return colour.DEFAULT_METHOD  # a head's index searches no colours: they stay as they are
+        return colour.DEFAULT_METHOD  # a head's index stores the default method's (its heads record it as colour_method)
     try:
         return colour.method_of(refinement)
     except ValueError:

@@ -100,7 +100,8 @@ RANSAC_PIXELS = 8.0
 #: 10-19: 0.93). The product itself first: 85.12 % → 83.08 %, in the top 5 86.75 % → 85.05 %.
 #: 6 / 3 / 0.06 since the instance head takes the photo's colours (head.HeadSettings.instance_colour): its
 #: candidates are more often the product, and its wrong ones less often another colour, so the same colour
-#: cost buys more (seeds 0-19 with :data:`LIFT`: first 87.50 %, top 5 89.40 %; chosen on seeds 0-9, checked on 10-19)
+#: cost buys more (seeds 0-19 with :data:`LIFT`: first 87.50 %, top 5 89.40 %; chosen on seeds 0-9, checked on 10-19).
+#: :data:`LIKELY_INLIERS` 4 again since the label head sees colours too (head.HeadSettings.colour): see there
 PIN_INLIERS = 6
 MAX_PINNED = 1
 #: when no candidate is verified, the one first by agreeing matches (the shortlist's score breaking
@@ -119,8 +120,12 @@ MAX_PINNED = 1
 #: Those figures were measured with 2; it is 4 since (:data:`PIN_INLIERS`): on 2-5 matches the
 #: candidate put first was the product for 78 % of the photos of carried products it fired on, but it
 #: fired on 29 % of the photos of products not carried (11 % of carried ones'), where it is always wrong;
-#: 3 since the instance head takes colours (:data:`PIN_INLIERS`)
-LIKELY_INLIERS = 3
+#: 3 since the instance head takes colours (:data:`PIN_INLIERS`). 4 again since the label head takes them
+#: too: its album then agrees with the photo's product's colour far more often (for products not carried,
+#: 50.8 % of the album against about 44 %), so every wrong product put first costs more of it. Seeds 0-19 with
+#: :data:`LIFT_LABELS` 0.3: first 87.37 %, top 5 89.18 %, colour 0.88 points below the album's without the
+#: stage; with 3 (and 0.1) 87.88 %, 89.78 %, but colour 1.50 points below (0.3 alone: 1.14)
+LIKELY_INLIERS = 4
 #: when nothing has even LIKELY_INLIERS, the shortlist's best still comes first if its score (cosine in
 #: the instance head's space) is this much above the next candidate's: SIFT finds nothing on a plain
 #: garment or a blurred photo, but the instance head can still single the product out. Seeds 0-19
@@ -148,10 +153,12 @@ LABELS_AGREE = 0.2
 #: album's colour agreement 0.35 points below the album's without the stage instead of 0.81, articleType 0.58
 #: instead of 0.42. Chosen among 0.5-1.0, 0.3-0.6 and 0.05-0.2 on seeds 0-9 (top 5 88.90 %, colour +0.07,
 #: articleType -0.71), checked on 10-19 (89.90 %, -0.77, -0.44); without the label check (0.5 from 0.5) the
-#: top 5 was 88.70 / 89.13 %; a larger lift or a lower gate bought at most 0.3 points more for up to 1.0 of colour
+#: top 5 was 88.70 / 89.13 %; a larger lift or a lower gate bought at most 0.3 points more for up to 1.0 of colour.
+#: 0.3 since the label head takes colours (its beliefs are surer; :data:`LIKELY_INLIERS`): seeds 0-19, colour
+#: 0.88 points below the album's without the stage against 0.85 with 0.2, articleType -0.08 against -0.24
 LIFT = 0.5
 LIFT_FROM = 0.4
-LIFT_LABELS = 0.1
+LIFT_LABELS = 0.3
 #: agreeing matches, and the margin over the next candidate, that make the first an exact match. 12
 #: (chosen on seed 0) called 53.0 % of the photos of seeds 0-14 exact, but falsely 0.67 % with the
 #: product taken out, 3.3 % on seed 13; 14: 48.4 %, falsely 0.40 %, at most 1.7 % on one seed (16: 44.6 %,

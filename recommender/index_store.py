@@ -113,18 +113,30 @@ class CatalogueIndex:
     def ids(self) -> list[str]:
         return [product[ID_COLUMN] for product in self.products]
 
-    def query_vectors(self, features: np.ndarray, colours: Callable[[], np.ndarray]) -> np.ndarray:
+    def query_vectors(self, features: np.ndarray, colours: Callable[[str], np.ndarray]) -> np.ndarray:
         """Query photos' backbone features → vectors in this index's space: through its head, its
-        refinement (which also needs the photos' ``colours()``, made only then) or as they are."""
+        refinement or as they are. A head that takes colours, and a refinement, also need the photos'
+        ``colours(method)``, made only then."""
         return self.query_vectors_and_labels(features, colours)[0]
 
-    def query_vectors_and_labels(self, features: np.ndarray, colours: Callable[[], np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    def query_vectors_and_labels(self, features: np.ndarray, colours: Callable[[str], np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
         """:meth:`query_vectors` and, through a head, each label's class probabilities for the photos (None without one)."""
         if self.head is not None:
-            return self.head.query_vectors_and_labels(features)
+            head = self.head
+            return head.query_vectors_and_labels(features, colours(head.settings.colour_method) if head.takes_colours else None)
         if self.refiner is not None:
-            return self.refiner.query_vectors(features, colours()), None
+            return self.refiner.query_vectors(features, colours(self.refiner.colour_method)), None
         return features, None
+
+    @property
+    def colour_method(self) -> str:
+        """How this index's stored colour histograms were made, and so how a query's must be: its head's
+        recorded method, its refinement's, or what a plain index records."""
+        if self.head is not None:
+            return self.head.settings.colour_method
+        if self.refiner is not None:
+            return self.refiner.colour_method
+        return colour.method_of(self.manifest.refinement)
 
     @property
     def instance_shortlist(self) -> bool:
@@ -213,12 +225,15 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
             f"The index at {directory} was built for the search backend {manifest.backend!r}, which this version does not serve. "
             "Rebuild it with --backend exact, ann or milvus."
         )
-    if head is not None and (head.feature_dim != manifest.model.feature_dim or head.vector_dim != vector_dim):
+    head_inputs = manifest.model.feature_dim + (colour.DIM if head is not None and head.takes_colours else 0)  # features, and colours where it takes them
+    if head is not None and (head.feature_dim != head_inputs or head.vector_dim != vector_dim):
         raise IndexCorruptError(
             f"The embedding head at {directory} maps {head.feature_dim} to {head.vector_dim} values; the manifest says "
-            f"{manifest.model.feature_dim} to {vector_dim}. Rebuild the index."
+            f"{head_inputs} to {vector_dim}. Rebuild the index."
         )
-    shortlist_head, shortlist_vectors = _shortlist(directory, head, features, mmap) if head is not None and local_features is not None else (None, None)
+    if head is not None and head.takes_colours and colours is None:
+        raise IndexCorruptError(f"The index at {directory} lacks {COLOURS}, the colour histograms its embedding head takes. Rebuild it.")
+    shortlist_head, shortlist_vectors = _shortlist(directory, head, features, colours, mmap) if head is not None and local_features is not None else (None, None)
     return CatalogueIndex(
         directory=directory, manifest=manifest, vectors=vectors, products=products, columns=columns, features=features,
         colours=colours, refiner=refiner, head=head, local_features=local_features, shortlist_vectors=shortlist_vectors,
@@ -226,16 +241,19 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
     )  # fmt: skip
 
 
-def _shortlist(directory: Path, head: EmbeddingHead, features: np.ndarray, mmap: bool) -> tuple[EmbeddingHead, np.ndarray]:
+def _shortlist(directory: Path, head: EmbeddingHead, features: np.ndarray, colours: np.ndarray | None, mmap: bool) -> tuple[EmbeddingHead, np.ndarray]:
     """The exact-item shortlist's head and product vectors: the instance head and its stored vectors, or, for
     an index built before it, the head itself and its embedding before the pull, made here."""
     params_json, _, _ = head_module.head_files(head_module.INSTANCE_PREFIX)
     if not (directory / params_json).exists():
-        blocks = [head.embed(features[start : start + _REFINE_BLOCK]) for start in range(0, len(features), _REFINE_BLOCK)]
+        blocks = []
+        for start in range(0, len(features), _REFINE_BLOCK):
+            rows = slice(start, start + _REFINE_BLOCK)
+            blocks.append(head.embed(head.inputs(features[rows], colours[rows] if colours is not None and head.takes_colours else None)))
         return head, np.concatenate(blocks) if blocks else np.zeros((0, head.vector_dim), np.float32)
     try:
         instance = EmbeddingHead.load(directory, head_module.INSTANCE_PREFIX)
-        wanted = head.feature_dim + (colour.DIM if instance.takes_colours else 0)  # features, and colours where it takes them
+        wanted = features.shape[1] + (colour.DIM if instance.takes_colours else 0)  # features, and colours where it takes them
         if instance.feature_dim != wanted:
             raise ValueError(f"the instance head takes {instance.feature_dim} inputs, not {wanted}")
         return instance, _load_rows(directory / SHORTLIST_VECTORS, len(features), instance.vector_dim, mmap)
@@ -463,7 +481,9 @@ class IndexWriter:
         views ``seen``, where given: :func:`~recommender.head.product_vectors`)."""
         features, colours = self._features, self._colours
         assert features is not None and colours is not None
-        self._write_vectors(staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows]))
+        self._write_vectors(
+            staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows], colours[rows] if head.takes_colours else None)
+        )  # fmt: skip
         head.save(staging)
         if shortlist is not None:
             def vectors_of(rows: slice) -> np.ndarray:

@@ -17,9 +17,10 @@ the album's vectors (README "Exact item").
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from functools import cache
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -185,6 +186,12 @@ def extractor_for_index(
     )
 
 
+def _colours_of(pixels: np.ndarray) -> Callable[[str], np.ndarray]:
+    """The images' colour histograms by method, each made at most once and only when asked: the label head,
+    a refinement and the instance head may each want them, or none."""
+    return cache(lambda method: colour_histograms(pixels, method))
+
+
 def _global_order(
     found: np.ndarray, similarity: np.ndarray, first: list[int], lifted: tuple[tuple[int, float], ...], allowed: np.ndarray | None,
     vectors: np.ndarray, vector: np.ndarray,
@@ -318,11 +325,12 @@ class Recommender:
         index, _, _ = self._loaded()
         crops = [photo.crops for photo in photos if photo.crops is not None]
         pixels = np.concatenate([np.stack([photo.pixels for photo in photos]), *crops])
-        features, vectors, labels = self._features_and_vectors(pixels)
+        colours = _colours_of(pixels)
+        features, vectors, labels = self._features_and_vectors(pixels, colours)
         whole = vectors[: len(photos)]
         if not crops:
             return whole, [None] * len(photos)
-        asked = index.shortlist_queries(features, vectors, lambda method: colour_histograms(pixels, method))
+        asked = index.shortlist_queries(features, vectors, colours)
         beliefs = labels if self._product_classes is not None else None  # rows beyond the photos' are their crops'
         rest = asked[len(photos) :]
         shortlist_queries: list[ShortlistQuery | None] = []
@@ -390,16 +398,14 @@ class Recommender:
         features plus the photo's colour histogram (recommender/refine.py), or the index's learned
         embedding head (recommender/head.py).
         """
-        return self._features_and_vectors(pixels)[1]
+        return self._features_and_vectors(pixels, _colours_of(pixels))[1]
 
-    def _features_and_vectors(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
-        """Decoded images → (backbone features, query vectors, the head's label probabilities or None)."""
+    def _features_and_vectors(
+        self, pixels: np.ndarray, colours: Callable[[str], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+        """Decoded images → (backbone features, query vectors, the head's label probabilities or None); the
+        images' ``colours`` (:func:`_colours_of`) are made only for an index whose vectors need them."""
         index, extractor, _ = self._loaded()
-
-        def colours() -> np.ndarray:  # asked for by a refined index only
-            assert index.refiner is not None
-            return colour_histograms(pixels, index.refiner.colour_method)
-
         features = extractor.extract(pixels)
         return features, *index.query_vectors_and_labels(features, colours)
 

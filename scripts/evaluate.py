@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             shopper_pool = [photos[row] for row in searchable_rows]
             shopper = embed_shopper_queries(extractor, photos, index, query_rows, shopper_pool, args.seed)
         query_features = features[query_rows] if shopper is None else shopper.features
-        query_colours = None if shopper is None else shopper.colours
+        query_colours = shopper.colours if shopper is not None else None if colours is None else colours[query_rows]
 
         def plain() -> Evaluation:
             return protocols.held_out("plain", features[searchable_rows], searchable_rows, query_features, query_rows, labels, k=k)
@@ -174,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         def retrained_head() -> Evaluation:
             assert head is not None
             training_rows = searchable_rows[head_module.training_rows([labels[row] for row in searchable_rows], head.settings)]
-            views = head_views(extractor, photos or [image_of(index, catalogue, row) for row in range(len(index))],
-                               index, training_rows, head.settings)
+            views, view_colours = head_views(extractor, photos or [image_of(index, catalogue, row) for row in range(len(index))],
+                                             index, training_rows, head.settings)
             train, test = protocols.head_split_vectors(
                 features, labels, searchable_rows, query_rows, views, head.settings,
                 query_features=query_features, training_rows=training_rows,
+                colours=colours, view_colours=view_colours, query_colours=query_colours,
             )
             return protocols.held_out("head", train, searchable_rows, test, query_rows, labels, k=k)
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             global_only, exact = protocols.verified_exact_items(Recommender(args.index, exact_crops=args.exact_crops).load(), shot_bytes, exact_rows, k=k)
         else:
             shots = embed_shopper_queries(extractor, photos, index, exact_rows, photos, args.seed)
-            exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda: shots.colours), exact_rows, k=k, searcher=served)
+            exact = protocols.exact_items(vectors, index.query_vectors(shots.features, lambda _method: shots.colours), exact_rows, k=k, searcher=served)
 
     primary = evaluations["index"].report
     what = f"{mode}" + (f" {holdout:g}, seed {args.seed}" if holdout is not None else "")
@@ -335,12 +336,12 @@ def embed_shopper_queries(
     """Shopper photos of ``query_rows``, decoded and embedded by the index's own model, as the bot does."""
     import numpy as np
 
-    from recommender.colour import colour_histograms, method_of
+    from recommender.colour import colour_histograms
     from recommender.evaluation import protocols
     from recommender.images import load_image
 
     assert extractor is not None
-    colour_method = method_of(index.manifest.refinement)  # the one the index's stored histograms used
+    colour_method = index.colour_method  # the one the index's stored histograms used
 
     def embed(shots: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.stack([load_image(shot, extractor.input_size) for shot in shots])  # as Recommender.decode
@@ -353,15 +354,15 @@ def embed_shopper_queries(
 
 def head_views(
     extractor: FeatureExtractor | None, photos: Sequence[Path], index: CatalogueIndex, train_rows: np.ndarray, settings: head_module.HeadSettings
-) -> list[np.ndarray]:
-    """Backbone features of the head's shopper-like training views of ``train_rows`` (backgrounds from them only)."""
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Backbone features of the head's shopper-like training views of ``train_rows`` (backgrounds from them only),
+    and their colour histograms where the head takes colours (else None)."""
     from recommender import head as head_module
 
     assert extractor is not None
     print(f"Re-training the embedding head on {len(train_rows)} products ({settings.views} shopper-like views each)...", flush=True)
-    views, _ = head_module.shopper_view_inputs([photos[row] for row in train_rows], [index.products[row]["id"] for row in train_rows],
-                                               extractor, settings, batch_size=extractor.batch_size)
-    return views
+    return head_module.shopper_view_inputs([photos[row] for row in train_rows], [index.products[row]["id"] for row in train_rows],
+                                           extractor, settings, batch_size=extractor.batch_size, colours=settings.colour > 0)
 
 
 def index_model(index: CatalogueIndex) -> FeatureExtractor:

@@ -418,15 +418,15 @@ def test_a_few_agreeing_matches_put_the_likeliest_first_but_never_verify_it(stor
     row = next(i for i, item in enumerate(store_items) if item.id == TEXTURED[0])
     other = (row + 1) % STORE_SIZE
     verifier = Verifier(store)
-    few = moved_keypoints(store, row, LIKELY_INLIERS + 2)
-    assert LIKELY_INLIERS + 2 < PIN_INLIERS
+    few = moved_keypoints(store, row, PIN_INLIERS - 1)
+    assert LIKELY_INLIERS <= PIN_INLIERS - 1
     found = verifier.verify(few, [row, other], [0.9, 0.5])
-    assert found.pinned == (row,) and found.inliers == (LIKELY_INLIERS + 2,) and not found.exact
+    assert found.pinned == (row,) and found.inliers == (PIN_INLIERS - 1,) and not found.exact
     assert row not in verifier.verify(few, [other, row], [0.9, 0.5]).pinned  # 0.4 of cosine below: too few
     behind = verifier.verify(few, [other, row], [0.62, 0.60])  # 0.02 below: its matches outweigh that
-    assert behind.pinned == (row,) and behind.inliers == (LIKELY_INLIERS + 2,) and not behind.exact
+    assert behind.pinned == (row,) and behind.inliers == (PIN_INLIERS - 1,) and not behind.exact
     assert verifier.verify(moved_keypoints(store, row, 1), [row, other], [0.9, 0.5]).pinned == ()  # one keypoint: nothing
-    # RANSAC needs 4 matches: LIKELY_INLIERS (3) agreeing ones come with a fourth that does not
+    # LIKELY_INLIERS agreeing matches, with one more that does not (RANSAC needs 4 in all)
     one_astray = moved_keypoints(store, row, LIKELY_INLIERS + 1)
     astray = one_astray.points.copy()
     astray[0] += 150.0
@@ -553,7 +553,7 @@ def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_the
     _, (asked,) = recommender.embed_photos([photo])
     assert asked is not None and asked.labels is not None
     features = recommender.extractor.extract(photo.pixels[None])
-    _, expected = index.head.query_vectors_and_labels(features)
+    _, expected = index.head.query_vectors_and_labels(features, colour_histograms(photo.pixels[None], index.head.settings.colour_method))
     assert set(asked.labels) == set(index.head.class_names)
     for label, likely in asked.labels.items():
         assert likely.shape == (len(index.head.class_names[label]),)
@@ -588,7 +588,7 @@ def test_a_photo_brings_what_the_label_head_believes_and_candidates_agree_by_the
 def test_a_photos_query_lifts_the_shortlisted_products_the_label_head_believes(head_exact_index, fashion_catalogue, store_items):
     """verify() lifts (Query.lifted) each shortlisted product, other than the one put first, whose score in the
     instance head's space is above LIFT_FROM and whose labels the head gives LIFT_LABELS, by LIFT x (score -
-    LIFT_FROM); with the stage's thresholds of the label check (LABELS_AGREE) the lifts would be fewer."""
+    LIFT_FROM)."""
     recommender = Recommender(head_exact_index).load()
     index = recommender.index
     assert index is not None and index.shortlist_vectors is not None
@@ -921,7 +921,7 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     assert instance.settings == instance_settings(SMALL_HEAD) and not instance.prototypes and instance.settings.temperature == INSTANCE_TEMPERATURE
     assert index.head.settings.views == 1 and instance.settings.views == 2  # the head's view, and one more of its own
     # it takes each photo's colour histogram beside its features (the same cut in other colours is the usual look-alike)
-    assert instance.takes_colours and not index.head.takes_colours and instance.feature_dim == index.head.feature_dim + COLOUR_DIM
+    assert instance.takes_colours and instance.feature_dim == index.features.shape[1] + COLOUR_DIM
     assert not np.allclose(instance.w1[: index.head.feature_dim], index.head.w1)  # trained apart from the head
     # every product trained it, so each product's vector takes in its views (database-side augmentation)
     np.testing.assert_allclose(index.shortlist_vectors, shortlist_vectors_made_again(index, fashion_catalogue, store_items, mobilenet_real), atol=1e-4)
@@ -941,7 +941,8 @@ def test_a_head_index_shortlists_with_its_instance_head(head_exact_index, fashio
     features = recommender.extractor.extract(pixels)
     inputs = instance.inputs(features, colour_histograms(pixels, instance.settings.colour_method))
     np.testing.assert_allclose(asked[0].vectors, instance.embed(inputs), atol=1e-5)  # the photo, then its crops
-    np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1])[0], atol=1e-5)  # the album's own vector
+    album_colours = colour_histograms(pixels[:1], index.head.settings.colour_method)
+    np.testing.assert_allclose(vectors[0], index.head.query_vectors(features[:1], album_colours)[0], atol=1e-5)  # the album's own vector
     first = recommender.recommend(shopper_bytes(fashion_catalogue, item), k=5)[0]
     assert first.id == item.id and first.exact
     alone = Recommender(head_exact_index).load()  # the default: the photo alone, in the instance head's space
@@ -990,7 +991,8 @@ def test_an_index_built_before_the_instance_head_shortlists_with_the_head_and_a_
         path.unlink()
     index = load_index(old)
     assert index.head is not None and index.shortlist_head is index.head and index.shortlist_vectors is not None
-    np.testing.assert_allclose(index.shortlist_vectors, index.head.embed(index.features), atol=1e-6)  # before the pull
+    before_the_pull = index.head.embed(index.head.inputs(index.features, index.colours))
+    np.testing.assert_allclose(index.shortlist_vectors, before_the_pull, atol=1e-6)
     loaded = Recommender(old).load()
     assert loaded.finds_exact_items
     verifier = loaded.verifier
@@ -1021,7 +1023,7 @@ def test_an_instance_head_without_colours_shortlists_on_the_features_alone(fashi
     build_index(subset(fashion_catalogue, store_items), out, mobilenet_real, head="labels", head_settings=settings, exact_items=True)
     index = load_index(out)
     instance = index.shortlist_head
-    assert instance is not None and index.head is not None and not instance.takes_colours and instance.feature_dim == index.head.feature_dim
+    assert instance is not None and index.head is not None and not instance.takes_colours and instance.feature_dim == index.features.shape[1]
     recommender = Recommender(out).load()
     item = item_with(store_items, TEXTURED[1])
     photo = recommender.prepare(shopper_bytes(fashion_catalogue, item))

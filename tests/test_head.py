@@ -13,7 +13,8 @@ import pytest
 
 from recommender import Recommender, build_index, load_catalogue, load_index
 from recommender.builder import resolve_head
-from recommender.colour import DEFAULT_METHOD
+from recommender.colour import DEFAULT_METHOD, colour_histograms
+from recommender.colour import DIM as COLOUR_DIM
 from recommender.errors import BuildError, IndexCorruptError
 from recommender.evaluation.metrics import evaluate_rankings
 from recommender.head import (
@@ -28,6 +29,7 @@ from recommender.head import (
     instance_settings,
     product_vectors,
     train_head,
+    training_inputs,
     training_rows,
     view_means,
 )
@@ -37,7 +39,7 @@ from scripts.build_index import parse_args
 from tests.build_helpers import make_shop
 from tests.recommender_helpers import run_script
 
-SMALL = HeadSettings(labels=("articleType",), hidden=64, dim=16, epochs=40, batch_size=32, views=1, seed=3)
+SMALL = HeadSettings(labels=("articleType",), hidden=64, dim=16, epochs=40, batch_size=32, views=1, seed=3, colour=0.0)  # features alone
 
 
 def domain_shifted(classes: int = 4, per_class: int = 40, dim: int = 32, seed: int = 0) -> dict[str, Any]:
@@ -182,7 +184,7 @@ def test_a_head_saved_before_query_pull_and_the_instance_heads_own_settings_exis
     assert instance_settings(loaded.settings).epochs == 2 != instance_settings(HeadSettings()).epochs
     assert loaded.settings.view_contrast == instance_settings(loaded.settings).view_contrast == 0.0 != HeadSettings().instance_view_contrast
     assert instance_settings(loaded.settings).colour == 0.0 != instance_settings(HeadSettings()).colour  # its instance head took features alone
-    assert not loaded.takes_colours and loaded.settings.colour_method == DEFAULT_METHOD
+    assert not loaded.takes_colours and loaded.settings.colour_method == DEFAULT_METHOD and HeadSettings().colour > 0  # it took features alone
     np.testing.assert_allclose(loaded.query_vectors(data["features"]), head.embed(data["features"]), atol=1e-6)
 
 
@@ -207,6 +209,67 @@ def test_a_head_that_takes_colours_sees_them_beside_the_features_at_their_weight
     np.testing.assert_allclose(head.inputs(features, colours), inputs, atol=1e-6)
     with pytest.raises(ValueError, match="colour histogram"):
         head.inputs(features, None)
+
+
+def colour_blind_features(per_colour: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Products whose backbone features carry their type but nothing of their colour, which only their colour
+    histograms carry (as ImageNet features know a shirt's cut better than its colour), and phone photos of
+    them: features and histograms with noise. Train and test halves, as :func:`domain_shifted`."""
+    rng = np.random.default_rng(seed)
+    palettes = rng.random((3, 24))  # one histogram shape per colour
+    centres = rng.standard_normal((2, 32))
+    colour_of, type_of = np.repeat(np.arange(3), per_colour), np.tile(np.arange(2), 3 * per_colour // 2)
+    features = centres[type_of] + 0.6 * rng.standard_normal((len(type_of), 32))
+    colours = palettes[colour_of] + 0.05 * rng.random((len(type_of), 24))
+    labels = [{"articleType": f"type{t}", "baseColour": f"colour{c}"} for t, c in zip(type_of, colour_of)]
+
+    def phone(values: np.ndarray, noise: float) -> np.ndarray:
+        return values + noise * rng.random(values.shape)
+
+    test = np.arange(len(type_of)) % 4 == 0
+    return {
+        "features": features[~test], "colours": colours[~test], "labels": [labels[i] for i in np.flatnonzero(~test)],
+        "views": [phone(features[~test], 0.3)], "view_colours": [phone(colours[~test], 0.1)],
+        "query_features": phone(features[test], 0.3), "query_colours": phone(colours[test], 0.1),
+        "query_colour": np.array([f"colour{c}" for c in colour_of[test]]),
+    }  # fmt: skip
+
+
+def test_the_head_tells_colours_apart_from_the_histogram_where_the_features_carry_none():
+    """HeadSettings.colour: beside its features each photo's colour histogram enters the head, which then
+    tells a phone photo's colour that its features alone cannot; the products' and queries' vectors need it."""
+    data = colour_blind_features()
+    accuracy = {}
+    for weight in (0.0, 0.5):
+        settings = dataclasses.replace(SMALL, labels=("articleType", "baseColour"), colour=weight)
+        inputs, views = training_inputs(data["features"], data["colours"], data["views"], data["view_colours"], weight)
+        head = train_head(inputs, data["labels"], views, settings)
+        assert head.takes_colours == (weight > 0)
+        _, believed = head.query_vectors_and_labels(data["query_features"], data["query_colours"])
+        guesses = np.array(head.class_names["baseColour"])[believed["baseColour"].argmax(axis=1)]
+        accuracy[weight] = float(np.mean(guesses == data["query_colour"]))
+        assert head.index_vectors(data["features"], data["labels"], data["colours"]).shape == (len(data["features"]), SMALL.dim)
+    assert accuracy[0.0] < 0.6, f"the features alone should not tell the colour ({accuracy[0.0]:.2f})"
+    assert accuracy[0.5] >= 0.9, f"with the histogram the head should ({accuracy[0.5]:.2f})"
+    with pytest.raises(ValueError, match="colour histogram"):
+        head.query_vectors(data["query_features"])
+    with pytest.raises(ValueError, match="colour histogram"):
+        head.index_vectors(data["features"], data["labels"])
+
+
+def test_training_inputs_are_each_photos_head_inputs_and_need_every_views_colours():
+    rng = np.random.default_rng(1)
+    features, colours = rng.random((4, 6)).astype(np.float32), rng.random((4, 5)).astype(np.float32)
+    views, view_colours = [features + 1, features + 2], [colours + 1, colours + 2]
+    own, inputs = training_inputs(features, colours, views, view_colours, 0.5)
+    np.testing.assert_allclose(own, head_inputs(features, colours, 0.5))
+    for view, made in enumerate(inputs):
+        np.testing.assert_allclose(made, head_inputs(views[view], view_colours[view], 0.5))
+    own, inputs = training_inputs(features, None, views, None, 0.0)  # the features as they are
+    assert own is features and all(made is view for made, view in zip(inputs, views))
+    for missing in (None, view_colours[:1]):
+        with pytest.raises(ValueError, match="each view's colour histogram"):
+            training_inputs(features, colours, views, missing, 0.5)
 
 
 def test_a_large_catalogue_trains_on_a_type_balanced_sample():
@@ -263,13 +326,18 @@ def test_a_built_head_embeds_products_and_queries_alike(demo_catalogue, mobilene
     assert index.head is not None and index.refiner is None
     assert index.manifest.refinement == index.head.describe() and index.manifest.vector_dim == 16
     assert index.features is not None and index.features.shape == (len(demo_catalogue), mobilenet_random.feature_dim)
+    # the head takes each photo's colour histogram beside its features: the products' stored ones, the query's own
+    assert index.head.takes_colours and index.head.feature_dim == mobilenet_random.feature_dim + COLOUR_DIM and index.colours is not None
     labels = [{k: v for k, v in product.items() if k not in ("id", "image")} for product in index.products]
-    np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels), atol=1e-6)
+    np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels, index.colours), atol=1e-6)
+    without_colours = index.head.embed(np.concatenate([l2_normalize(index.features), np.zeros_like(index.colours)], axis=1))
+    assert not np.allclose(index.head.embed(index.head.inputs(index.features, index.colours)), without_colours, atol=1e-3)  # they count
 
     recommender = Recommender(out).load()
     photo = demo_catalogue.images_dir / demo_catalogue.items[0].image
     pixels = recommender.decode(photo)[None]
-    np.testing.assert_allclose(recommender.embed(pixels), index.head.query_vectors(mobilenet_random.extract(pixels)), atol=1e-5)
+    expected = index.head.query_vectors(mobilenet_random.extract(pixels), colour_histograms(pixels, index.head.settings.colour_method))
+    np.testing.assert_allclose(recommender.embed(pixels), expected, atol=1e-5)
     assert len(recommender.recommend(photo, k=3)) == 3
 
     updated = build_index(demo_catalogue, out, mobilenet_random, update=True, head="labels", head_settings=settings)
@@ -281,6 +349,11 @@ def test_a_built_head_embeds_products_and_queries_alike(demo_catalogue, mobilene
     Path(damaged / WEIGHT_FILES[0]).unlink()
     with pytest.raises(IndexCorruptError):
         load_index(damaged)
+    colourless = tmp_path / "colourless"  # the head takes the products' colour histograms: without them, refused
+    shutil.copytree(out, colourless)
+    (colourless / "colour.npy").unlink()
+    with pytest.raises(IndexCorruptError, match="colour histograms its embedding head takes"):
+        load_index(colourless)
 
 
 def test_a_capped_build_trains_on_its_sample_and_embeds_every_product(demo_catalogue, mobilenet_random, tmp_path):
@@ -295,7 +368,7 @@ def test_a_capped_build_trains_on_its_sample_and_embeds_every_product(demo_catal
     index = load_index(out)
     assert index.head is not None and len(index.vectors) == len(demo_catalogue)
     labels = [{k: v for k, v in product.items() if k not in ("id", "image")} for product in index.products]
-    np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels), atol=1e-6)
+    np.testing.assert_allclose(index.vectors, index.head.index_vectors(index.features, labels, index.colours), atol=1e-6)
     # views of only the sample: every product's shortlist vector is its photo's alone (views of some would tilt the search)
     assert index.shortlist_head is not None and index.shortlist_vectors is not None
     assert index.shortlist_head.takes_colours and index.colours is not None  # beside the features, each product's colour histogram

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,7 +183,7 @@ def test_the_head_is_retrained_on_the_searchable_rows_only():
     labels = items(*[f"T{t}" for t in types])
     query_rows, searchable_rows = np.arange(0, 40, 5), np.setdiff1d(np.arange(40), np.arange(0, 40, 5))
     views = [features[searchable_rows] + 0.1 * rng.standard_normal((len(searchable_rows), 24))]
-    settings = HeadSettings(labels=("articleType",), hidden=16, dim=8, epochs=3, batch_size=16, dropout=0.0, views=1)
+    settings = HeadSettings(labels=("articleType",), hidden=16, dim=8, epochs=3, batch_size=16, dropout=0.0, views=1, colour=0.0)
     train, test = head_split_vectors(features, labels, searchable_rows, query_rows, views, settings)
     assert train.shape == (len(searchable_rows), 8) and test.shape == (len(query_rows), 8)
     relabelled = [dict(item, articleType="never seen") if row in set(query_rows) else item for row, item in enumerate(labels)]
@@ -192,6 +193,32 @@ def test_the_head_is_retrained_on_the_searchable_rows_only():
     shopper = features[query_rows] + 1.0
     np.testing.assert_allclose(np.linalg.norm(head_split_vectors(features, labels, searchable_rows, query_rows, views, settings,
                                                                  query_features=shopper)[1], axis=1), 1.0, atol=1e-5)
+
+
+def test_a_head_that_takes_colours_is_retrained_on_the_rows_and_views_colours_and_asked_with_the_queries():
+    """HeadSettings.colour: the re-trained head needs every row's colour histogram and its views'; the queries'
+    are their rows' own, or those given beside their shopper photos' features."""
+    from recommender.head import HeadSettings
+
+    rng = np.random.default_rng(5)
+    types = np.repeat(np.arange(4), 10)
+    features = rng.standard_normal((4, 24))[types] + 0.3 * rng.standard_normal((40, 24))
+    colours = rng.random((40, 10))
+    labels = items(*[f"T{t}" for t in types])
+    query_rows, searchable_rows = np.arange(0, 40, 5), np.setdiff1d(np.arange(40), np.arange(0, 40, 5))
+    views = [features[searchable_rows] + 0.1 * rng.standard_normal((len(searchable_rows), 24))]
+    view_colours = [colours[searchable_rows] + 0.05]
+    settings = HeadSettings(labels=("articleType",), hidden=16, dim=8, epochs=3, batch_size=16, dropout=0.0, views=1, colour=0.5)
+    with pytest.raises(ValueError, match="colour histogram"):
+        head_split_vectors(features, labels, searchable_rows, query_rows, views, settings)
+    given: dict[str, Any] = {"colours": colours, "view_colours": view_colours}
+    train, test = head_split_vectors(features, labels, searchable_rows, query_rows, views, settings, **given)
+    assert train.shape == (len(searchable_rows), 8) and test.shape == (len(query_rows), 8)
+    asked = features[query_rows]
+    _, same = head_split_vectors(features, labels, searchable_rows, query_rows, views, settings, asked, **given, query_colours=colours[query_rows])
+    np.testing.assert_allclose(same, test, atol=1e-5)
+    _, other = head_split_vectors(features, labels, searchable_rows, query_rows, views, settings, asked, **given, query_colours=colours[query_rows][::-1])
+    assert not np.allclose(other, test, atol=1e-3)  # the queries' colours count
 
 
 def test_exact_items_count_where_the_product_itself_comes():

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Searcher
-from ..head import HeadSettings, train_head
+from ..head import HeadSettings, train_head, training_inputs
 from ..recommender import Query, Recommender
 from ..refine import LabelCentroids
 from ..search import ExactSearcher
@@ -164,6 +164,10 @@ def head_split_vectors(
     settings: HeadSettings,
     query_features: np.ndarray | None = None,
     training_rows: Rows | None = None,
+    *,
+    colours: np.ndarray | None = None,
+    view_colours: Sequence[np.ndarray] | None = None,
+    query_colours: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An embedding head trained on the searchable rows only (their labels and ``views``), then applied.
 
@@ -171,16 +175,26 @@ def head_split_vectors(
     build samples them (:func:`recommender.head.training_rows`); ``views`` are their shopper-view
     features, row for row (made from searchable photos only). Returns ``(searchable vectors, query
     vectors)``; the queries go through the head as the bot's would (no labels), from their stored
-    features or ``query_features``.
+    features or ``query_features``. A head whose settings take colours also needs every row's
+    ``colours``, the views' ``view_colours`` and, with ``query_features``, the ``query_colours``.
     """
     searchable = np.asarray(searchable_rows, dtype=np.int64)
     queries = np.asarray(query_rows, dtype=np.int64)
     training = searchable if training_rows is None else np.asarray(training_rows, dtype=np.int64)
     if np.setdiff1d(training, searchable).size:
         raise ValueError("the head must train on searchable rows only")
-    head = train_head(features[training], [labels[row] for row in training], views, settings)
+
+    def rows_colours(rows: np.ndarray) -> np.ndarray | None:
+        return None if colours is None else colours[rows]
+
+    inputs, view_inputs = training_inputs(features[training], rows_colours(training), views, view_colours, settings.colour)
+    head = train_head(inputs, [labels[row] for row in training], view_inputs, settings)
     asked = features[queries] if query_features is None else query_features
-    return head.index_vectors(features[searchable], [labels[row] for row in searchable]), head.query_vectors(asked)
+    asked_colours = rows_colours(queries) if query_features is None else query_colours
+    return (
+        head.index_vectors(features[searchable], [labels[row] for row in searchable], rows_colours(searchable)),
+        head.query_vectors(asked, asked_colours),
+    )
 
 
 def shopper_query_photo(photo: PhotoLike, key: str, seed: int, background_pool: Sequence[PhotoLike] | None = None) -> bytes:
