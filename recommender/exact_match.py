@@ -31,11 +31,11 @@ seed, 4k catalogue, MobileNetV2 int8 with the default head; README "Exact item")
    shortlist's likely candidates whose type and colour the label head believes rise (:data:`LIFT`).
 
 The product itself first, seeds 0-19: 20.7-26.3 % with the global search alone (seeds 0-2), 51.7-63.7 %
-with the first version of this stage (seeds 0-2), **87.50 %** now (82.7-92.0 % per seed); in the top 5
-36.7-42.3 % → 56.7-66.7 % → **89.40 %** (85.3-94.0 %), for 36-38 ms per photo (the evaluator's whole
+with the first version of this stage (seeds 0-2), **87.37 %** now (83.3-92.0 % per seed); in the top 5
+36.7-42.3 % → 56.7-66.7 % → **89.15 %** (85.0-93.7 %), for 36-38 ms per photo (the evaluator's whole
 query, batches of 16) on these 2 cores. For photos of products the shop does not carry, whatever comes
 first is wrong: the album's agreement with the photo's product stays within 1 point of the album's
-without the stage (articleType 0.58 points below, colour 0.35, the other labels within 0.15).
+without the stage (colour 0.88 points below, the other labels within 0.1).
 The photo's keypoints are found at a lower contrast threshold than the catalogue's
 (recommender/local_features.py, ``QUERY_CONTRAST``).
 
@@ -122,7 +122,7 @@ MAX_PINNED = 1
 #: fired on 29 % of the photos of products not carried (11 % of carried ones'), where it is always wrong;
 #: 3 since the instance head takes colours (:data:`PIN_INLIERS`). 4 again since the label head takes them
 #: too: its album then agrees with the photo's product's colour far more often (for products not carried,
-#: 50.8 % of the album against about 44 %), so every wrong product put first costs more of it. Seeds 0-19 with
+#: 50.8 % of the album against 45.0 %), so every wrong product put first costs more of it. Seeds 0-19 with
 #: :data:`LIFT_LABELS` 0.3: first 87.37 %, top 5 89.18 %, colour 0.88 points below the album's without the
 #: stage; with 3 (and 0.1) 87.88 %, 89.78 %, but colour 1.50 points below (0.3 alone: 1.14)
 LIKELY_INLIERS = 4

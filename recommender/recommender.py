@@ -237,7 +237,7 @@ class Recommender:
         self.max_pixels = max_pixels
         #: the exact-item shortlist searches crops of the photo besides the photo (:data:`CROP_SCALES`). Off by
         #: default: on 44k products with ResNet50 their forward passes cost 19-39 ms of the bot's p50 on 2 cores,
-        #: beyond the stage's 50 ms budget, for 0.9 points more products first and 0.8 more in the top 5 (Quality, "Exact item")
+        #: beyond the stage's 50 ms budget, for 0.6 points more products first and 0.7 more in the top 5 (Quality, "Exact item")
         self.exact_crops = exact_crops
         self.index: CatalogueIndex | None = None
         self.extractor: FeatureExtractor | None = None
