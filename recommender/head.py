@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,10 @@ class EmbeddingHead:
     def takes_colours(self) -> bool:
         """The head's input is backbone features and the photo's colour histogram (:attr:`HeadSettings.colour`)."""
         return self.settings.colour > 0
+
+    def colours_of(self, colours: Callable[[str], np.ndarray]) -> np.ndarray | None:
+        """The photos' histograms this head takes, from ``colours(method)`` (made only then), else None."""
+        return colours(self.settings.colour_method) if self.takes_colours else None
 
     def inputs(self, features: np.ndarray, colours: np.ndarray | None) -> np.ndarray:
         """Photos' backbone features (and colour histograms, which a head that :attr:`takes_colours` needs) → what :meth:`embed` takes."""

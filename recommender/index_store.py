@@ -122,8 +122,7 @@ class CatalogueIndex:
     def query_vectors_and_labels(self, features: np.ndarray, colours: Callable[[str], np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
         """:meth:`query_vectors` and, through a head, each label's class probabilities for the photos (None without one)."""
         if self.head is not None:
-            head = self.head
-            return head.query_vectors_and_labels(features, colours(head.settings.colour_method) if head.takes_colours else None)
+            return self.head.query_vectors_and_labels(features, self.head.colours_of(colours))
         if self.refiner is not None:
             return self.refiner.query_vectors(features, colours(self.refiner.colour_method)), None
         return features, None
@@ -150,7 +149,7 @@ class CatalogueIndex:
         if self.shortlist_head is None:
             return query_vectors
         head = self.shortlist_head
-        return head.embed(head.inputs(features, colours(head.settings.colour_method) if head.takes_colours else None))
+        return head.embed(head.inputs(features, head.colours_of(colours)))
 
 
 def index_exists(directory: str | os.PathLike[str]) -> bool:
@@ -225,11 +224,11 @@ def load_index(directory: str | os.PathLike[str], *, mmap: bool = False) -> Cata
             f"The index at {directory} was built for the search backend {manifest.backend!r}, which this version does not serve. "
             "Rebuild it with --backend exact, ann or milvus."
         )
-    head_inputs = manifest.model.feature_dim + (colour.DIM if head is not None and head.takes_colours else 0)  # features, and colours where it takes them
-    if head is not None and (head.feature_dim != head_inputs or head.vector_dim != vector_dim):
+    head_width = manifest.model.feature_dim + (colour.DIM if head is not None and head.takes_colours else 0)  # features, and colours where it takes them
+    if head is not None and (head.feature_dim != head_width or head.vector_dim != vector_dim):
         raise IndexCorruptError(
             f"The embedding head at {directory} maps {head.feature_dim} to {head.vector_dim} values; the manifest says "
-            f"{head_inputs} to {vector_dim}. Rebuild the index."
+            f"{head_width} to {vector_dim}. Rebuild the index."
         )
     if head is not None and head.takes_colours and colours is None:
         raise IndexCorruptError(f"The index at {directory} lacks {COLOURS}, the colour histograms its embedding head takes. Rebuild it.")
@@ -249,7 +248,7 @@ def _shortlist(directory: Path, head: EmbeddingHead, features: np.ndarray, colou
         blocks = []
         for start in range(0, len(features), _REFINE_BLOCK):
             rows = slice(start, start + _REFINE_BLOCK)
-            blocks.append(head.embed(head.inputs(features[rows], colours[rows] if colours is not None and head.takes_colours else None)))
+            blocks.append(head.embed(head.inputs(features[rows], None if colours is None else colours[rows])))  # a head without colours ignores them
         return head, np.concatenate(blocks) if blocks else np.zeros((0, head.vector_dim), np.float32)
     try:
         instance = EmbeddingHead.load(directory, head_module.INSTANCE_PREFIX)
@@ -481,13 +480,11 @@ class IndexWriter:
         views ``seen``, where given: :func:`~recommender.head.product_vectors`)."""
         features, colours = self._features, self._colours
         assert features is not None and colours is not None
-        self._write_vectors(
-            staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows], colours[rows] if head.takes_colours else None)
-        )  # fmt: skip
+        self._write_vectors(staging, head.vector_dim, lambda rows: head.index_vectors(features[rows], labels[rows], colours[rows]))
         head.save(staging)
         if shortlist is not None:
             def vectors_of(rows: slice) -> np.ndarray:
-                inputs = shortlist.inputs(features[rows], colours[rows] if shortlist.takes_colours else None)
+                inputs = shortlist.inputs(features[rows], colours[rows])  # a head without colours ignores them
                 return head_module.product_vectors(shortlist, inputs, None if seen is None else seen[rows])
 
             self._write_vectors(staging, shortlist.vector_dim, vectors_of, SHORTLIST_VECTORS)

@@ -157,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.queries == protocols.SHOPPER_QUERIES:  # backgrounds come from the searchable side only
             shopper_pool = [photos[row] for row in searchable_rows]
             shopper = embed_shopper_queries(extractor, photos, index, query_rows, shopper_pool, args.seed)
-        query_features = features[query_rows] if shopper is None else shopper.features
-        query_colours = shopper.colours if shopper is not None else None if colours is None else colours[query_rows]
+        query_colours: np.ndarray | None  # the queries' colour histograms, which a head with colours and the refinement take
+        if shopper is not None:
+            query_features, query_colours = shopper.features, shopper.colours
+        else:
+            query_features, query_colours = features[query_rows], None if colours is None else colours[query_rows]
 
         def plain() -> Evaluation:
             return protocols.held_out("plain", features[searchable_rows], searchable_rows, query_features, query_rows, labels, k=k)
